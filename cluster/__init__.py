@@ -1,0 +1,1 @@
+"""Small pieces shared by jobs and serving: connecting, runtime env, resources (cluster issue)."""

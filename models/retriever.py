@@ -1,0 +1,182 @@
+"""The text-video retriever: CLIP4Clip's backbone and temporal header, DRL's interaction.
+
+``encode_text`` and ``encode_video`` are separate from scoring so that an index stores
+video encodings and a service encodes only the query.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
+from transformers.models.clip.modeling_clip import CLIPEncoderLayer
+
+from .wti import WTIHead
+
+SIM_HEADERS = ("meanP", "seqTransf")
+INTERACTIONS = ("dp", "ti", "wti")
+
+
+def _tiny_clip(vocab_size: int, image_size: int) -> dict:
+    # Special ids of the tiny BPE (models.tokenizer, clip style): start 0, end 1, pad = end.
+    text = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                num_attention_heads=2, max_position_embeddings=64, hidden_act="quick_gelu")
+    vision = dict(image_size=image_size, patch_size=16, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=2, hidden_act="quick_gelu")
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64).to_dict()
+
+
+@dataclass
+class RetrieverConfig:
+    """Everything needed to rebuild the retriever; saved as ``config.json``.
+
+    ``clip_config`` is the HF CLIP config. ``clip_path`` names a local pretrained CLIP
+    folder and matters only when building a fresh model.
+    """
+
+    sim_header: Literal["meanP", "seqTransf"] = "seqTransf"
+    interaction: Literal["dp", "ti", "wti"] = "wti"
+    max_words: int = 32
+    max_frames: int = 12
+    temporal_layers: int = 4
+    clip_config: dict = field(default_factory=dict)
+    clip_path: str | None = None
+
+    def __post_init__(self):
+        if self.sim_header not in SIM_HEADERS:
+            raise ValueError(f"sim_header must be one of {SIM_HEADERS}, got {self.sim_header!r}")
+        if self.interaction not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+
+    @classmethod
+    def tiny(cls, vocab_size: int = 1000, image_size: int = 64, **kw) -> "RetrieverConfig":
+        return cls(clip_config=_tiny_clip(vocab_size, image_size), **kw)
+
+    @classmethod
+    def base(cls, clip_path: str, **kw) -> "RetrieverConfig":
+        """CLIP (reference: ViT-B/32) from a local folder."""
+        clip = CLIPConfig.from_pretrained(clip_path, local_files_only=True)
+        return cls(clip_config=clip.to_dict(), clip_path=clip_path, **kw)
+
+    @property
+    def image_size(self) -> int:
+        return self.clip_config["vision_config"]["image_size"]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.clip_config["projection_dim"]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class TemporalTransformer(nn.Module):
+    """CLIP4Clip's seqTransf header: frame positions, a masked transformer, residual.
+
+    Its layers are CLIP text-transformer layers (width D, D/64 heads), so that they can be
+    initialised from CLIP's text layers 0..n-1 as CLIP4Clip does.
+    """
+
+    def __init__(self, text_config: CLIPTextConfig, num_layers: int, max_frames: int):
+        super().__init__()
+        self.frame_position_embeddings = nn.Embedding(max_frames, text_config.hidden_size)
+        self.layers = nn.ModuleList(CLIPEncoderLayer(text_config) for _ in range(num_layers))
+
+    def init_from_clip_text(self, clip: CLIPModel) -> None:
+        text_model = clip.text_model
+        for layer, source in zip(self.layers, text_model.encoder.layers):
+            layer.load_state_dict(source.state_dict())
+        positions = text_model.embeddings.position_embedding.weight
+        rows = min(positions.shape[0], self.frame_position_embeddings.num_embeddings)
+        with torch.no_grad():
+            self.frame_position_embeddings.weight[:rows] = positions[:rows]
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frames ``[V, F, D]``, frame_mask ``[V, F]`` -> ``[V, F, D]``."""
+        V, num_frames, _ = frames.shape
+        positions = torch.arange(num_frames, device=frames.device)
+        hidden = frames + self.frame_position_embeddings(positions)  # (V, F, D)
+        # Additive key mask, (V, 1, F, F): padded frames are never attended to.
+        blocked = (frame_mask == 0)[:, None, None, :].expand(V, 1, num_frames, num_frames)
+        bias = torch.zeros(blocked.shape, dtype=hidden.dtype, device=hidden.device)
+        bias = bias.masked_fill(blocked, torch.finfo(hidden.dtype).min)
+        for layer in self.layers:
+            hidden = layer(hidden, bias)
+        return hidden + frames
+
+
+class Retriever(nn.Module):
+    """CLIP4Clip + DRL: ``encode_text``, ``encode_video`` and ``similarity``.
+
+    ``forward`` is the training-time score matrix ``[A, V]`` (unscaled); the loss lives in
+    ``models.losses``.
+    """
+
+    def __init__(self, config: RetrieverConfig):
+        super().__init__()
+        self.config = config
+        if config.clip_path:
+            self.clip = CLIPModel.from_pretrained(config.clip_path, local_files_only=True)
+        else:
+            self.clip = CLIPModel(CLIPConfig(**config.clip_config))
+        dim = config.embed_dim
+        self.temporal = None
+        if config.sim_header == "seqTransf":
+            text_config = self.clip.text_model.config  # carries the attention implementation
+            if text_config.hidden_size != dim:
+                raise ValueError(
+                    f"seqTransf needs CLIP's text width ({text_config.hidden_size}) to equal its "
+                    f"projection dim ({dim})"
+                )
+            self.temporal = TemporalTransformer(text_config, config.temporal_layers, config.max_frames)
+            if config.clip_path:
+                self.temporal.init_from_clip_text(self.clip)
+        self.head = WTIHead(dim, config.interaction) if config.interaction != "dp" else None
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every token's projected state after the final layer norm: ``[A, L, D]`` and mask ``[A, L]``."""
+        hidden = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.clip.text_projection(hidden), attention_mask  # (A, L, D)
+
+    def encode_video(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pixel_values ``[V, F, 3, H, W]`` -> per-frame features ``[V, F, D]`` and mask ``[V, F]``.
+
+        Each frame's CLS state after the post layer norm, projected, then the temporal header.
+        """
+        V, num_frames = pixel_values.shape[:2]
+        pooled = self.clip.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (V*F, Dv)
+        frames = self.clip.visual_projection(pooled).view(V, num_frames, -1)  # (V, F, D)
+        if self.temporal is not None:
+            frames = self.temporal(frames, frame_mask)
+        return frames, frame_mask
+
+    def similarity(self, text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
+        """Unscaled scores ``[A, V]`` by the configured interaction."""
+        if self.head is not None:
+            return self.head(text_feat, video_feat, text_mask, video_mask)
+        return dot_product_scores(text_feat, text_mask, video_feat, video_mask)
+
+    def forward(self, input_ids, attention_mask, pixel_values, frame_mask) -> torch.Tensor:
+        text_feat, text_mask = self.encode_text(input_ids, attention_mask)
+        video_feat, video_mask = self.encode_video(pixel_values, frame_mask)
+        return self.similarity(text_feat, text_mask, video_feat, video_mask)
+
+
+def dot_product_scores(text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
+    """CLIP4Clip's meanP similarity ``[A, V]``: end-of-text token vs masked mean of frames.
+
+    The end-of-text token is the last real token (CLIP puts it right before the padding).
+    """
+    last = text_mask.sum(-1).long() - 1  # (A,)
+    text = F.normalize(text_feat[torch.arange(text_feat.shape[0]), last], dim=-1)  # (A, D)
+    mask = video_mask.unsqueeze(-1).to(video_feat.dtype)  # (V, F, 1)
+    frames = F.normalize(video_feat, dim=-1) * mask
+    video = F.normalize(frames.sum(1) / mask.sum(1).clamp(min=1), dim=-1)  # (V, D)
+    return text @ video.T

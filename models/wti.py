@@ -1,0 +1,205 @@
+"""Token-wise text-video scoring: DRL's TI and WTI, computed exactly and fast.
+
+The reference (DRL's ``wti_interaction``) builds a 4-D ``[A, V, L, F]`` tensor with an
+einsum and multiplies the masks in separately, in 32 x 32 blocks. Here the same numbers
+come from one matrix product of the masked, L2-normalised token matrix by the masked,
+L2-normalised frame matrix, followed by the two max-reductions, block by block, so that
+peak memory is set by the block size and not by ``A x V``.
+
+Semantics kept from the reference, on purpose:
+- a padded token-frame pair scores 0 (not -inf), so a max can pick a padded pair;
+- WTI weights are computed from the *un-normalised* features, padded positions get
+  weight 0 through a -inf logit before the softmax;
+- TI is WTI with uniform weights ``mask / count``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+INTERACTIONS = ("wti", "ti")
+
+# One block of the token-by-frame matrix holds about this many floats. 32 texts x 32
+# tokens x 64 videos x 12 frames (3 MB in fp32) stays in a 2-core CPU's cache while both
+# max-reductions read it; measured in bench/wti.py.
+BLOCK_ELEMENTS = 32 * 32 * 64 * 12
+GPU_BLOCK_ELEMENTS = 64 * BLOCK_ELEMENTS
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis with padded positions (mask 0) at -inf. Shapes ``[N, T]``."""
+    logits = logits.masked_fill(mask == 0, float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def uniform_weights(mask: torch.Tensor) -> torch.Tensor:
+    """TI's weights: ``mask / count`` per row. ``[N, T]`` -> ``[N, T]``."""
+    mask = mask.float()
+    return mask / mask.sum(dim=-1, keepdim=True)
+
+
+def normalize_masked(feat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalise each vector and zero the padded ones. ``[N, T, D]``, mask ``[N, T]``."""
+    return F.normalize(feat, dim=-1) * mask.unsqueeze(-1).to(feat.dtype)
+
+
+def _block_scores(
+    text: torch.Tensor, text_weight: torch.Tensor, frames: torch.Tensor, frame_weight: torch.Tensor
+) -> torch.Tensor:
+    """Scores of one block.
+
+    text ``[a, L, D]`` and frames in frame-major order ``[F, v, D]`` (so that both
+    max-reductions are element-wise maxima over contiguous slabs), text_weight ``[a, L]``,
+    frame_weight ``[v, F]``. Returns ``[a, v]`` in fp32.
+    """
+    a, L, D = text.shape
+    num_frames, v, _ = frames.shape
+    sim = (text.reshape(a * L, D) @ frames.reshape(num_frames * v, D).T).view(a, L, num_frames, v)
+    t2v = sim.amax(dim=2).float()  # (a, L, v): best frame per token
+    v2t = sim.amax(dim=1).float()  # (a, F, v): best token per frame
+    t2v = torch.bmm(text_weight.float().unsqueeze(1), t2v).squeeze(1)  # (a, v)
+    v2t = torch.einsum("afv,vf->av", v2t, frame_weight.float())  # (a, v)
+    return (t2v + v2t) / 2
+
+
+def _block_sizes(num_tokens: int, num_frames: int, device: torch.device, block_elements: int | None):
+    budget = block_elements or (GPU_BLOCK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS)
+    texts = max(1, min(32 if device.type != "cuda" else 256, budget // (num_tokens * num_frames)))
+    videos = max(1, budget // (texts * num_tokens * num_frames))
+    return texts, videos
+
+
+def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
+    # fp16 keeps 10 mantissa bits for cosines in [-1, 1]: rankings match fp32 (bench/wti.py).
+    if dtype is not None:
+        return dtype
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def token_wise_scores(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    video: torch.Tensor,
+    video_weight: torch.Tensor,
+    block_elements: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The exact ``[A, V]`` score matrix from prepared features.
+
+    text ``[A, L, D]`` and video ``[V, F, D]`` are normalised with padding zeroed
+    (``normalize_masked``); text_weight ``[A, L]`` and video_weight ``[V, F]`` sum to 1 per
+    row over real positions. Computes in the features' dtype unless ``dtype`` is given.
+    Differentiable: training calls it through ``WTIHead``.
+    """
+    A, L, _ = text.shape
+    V, num_frames, _ = video.shape
+    if dtype is not None:
+        text, video = text.to(dtype), video.to(dtype)
+    texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
+    rows = []
+    for j in range(0, V, videos_per_block):
+        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
+        vw = video_weight[j : j + videos_per_block]
+        rows.append(
+            torch.cat(
+                [
+                    _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
+                    for i in range(0, A, texts_per_block)
+                ]
+            )
+        )
+    return torch.cat(rows, dim=1) if rows else text.new_zeros(A, 0, dtype=torch.float32)
+
+
+@torch.no_grad()
+def token_wise_topk(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    video: torch.Tensor,
+    video_weight: torch.Tensor,
+    k: int,
+    block_elements: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k videos per text without ever holding the ``[A, V]`` matrix.
+
+    Same inputs as ``token_wise_scores``; on a GPU it computes in fp16 unless ``dtype`` is
+    given. Returns (scores ``[A, k']``, indices ``[A, k']``),
+    best first, with ``k' = min(k, V)``.
+    """
+    A, L, _ = text.shape
+    V, num_frames, _ = video.shape
+    k = min(k, V)
+    dtype = _compute_dtype(text.device, dtype)
+    text, video = text.to(dtype), video.to(dtype)
+    texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
+    best_scores = torch.full((A, 0), float("-inf"), device=text.device)
+    best_index = torch.zeros((A, 0), dtype=torch.long, device=text.device)
+    for j in range(0, V, videos_per_block):
+        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
+        vw = video_weight[j : j + videos_per_block]
+        block = torch.cat(
+            [
+                _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
+                for i in range(0, A, texts_per_block)
+            ]
+        )  # (A, v)
+        index = torch.arange(j, j + block.shape[1], device=text.device).expand(A, -1)
+        scores = torch.cat([best_scores, block], dim=1)
+        indices = torch.cat([best_index, index], dim=1)
+        best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_index = indices.gather(1, order)
+    return best_scores, best_index
+
+
+class WTIHead(nn.Module):
+    """DRL's token-wise interaction head (``wti`` or ``ti``).
+
+    ``head(text_feat [A,L,D], video_feat [V,F,D], text_mask [A,L], video_mask [V,F])``
+    returns the unscaled score matrix ``[A, V]``.
+    """
+
+    def __init__(self, dim: int, interaction: str = "wti", block_elements: int | None = None):
+        super().__init__()
+        if interaction not in INTERACTIONS:
+            raise ValueError(f"interaction must be one of {INTERACTIONS}, got {interaction!r}")
+        self.interaction = interaction
+        self.block_elements = block_elements
+        self.text_weight_fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+        self.video_weight_fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def text_token_weights(self, text_feat: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+        """``[A, L, D]`` (un-normalised) -> ``[A, L]`` weights summing to 1 over real tokens."""
+        if self.interaction == "ti":
+            return uniform_weights(text_mask)
+        return masked_softmax(self.text_weight_fc(text_feat).squeeze(-1), text_mask)
+
+    def video_frame_weights(self, video_feat: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+        """``[V, F, D]`` (un-normalised) -> ``[V, F]`` weights summing to 1 over real frames."""
+        if self.interaction == "ti":
+            return uniform_weights(video_mask)
+        return masked_softmax(self.video_weight_fc(video_feat).squeeze(-1), video_mask)
+
+    def prepare_text(self, text_feat: torch.Tensor, text_mask: torch.Tensor):
+        """What the scoring needs of the texts: (normalised masked ``[A,L,D]``, weights ``[A,L]``)."""
+        return normalize_masked(text_feat, text_mask), self.text_token_weights(text_feat, text_mask)
+
+    def prepare_video(self, video_feat: torch.Tensor, video_mask: torch.Tensor):
+        """What the scoring needs of the videos; depends on the video only, so an index stores it."""
+        return normalize_masked(video_feat, video_mask), self.video_frame_weights(video_feat, video_mask)
+
+    def forward(
+        self,
+        text_feat: torch.Tensor,
+        video_feat: torch.Tensor,
+        text_mask: torch.Tensor,
+        video_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        text, text_weight = self.prepare_text(text_feat, text_mask)
+        video, video_weight = self.prepare_video(video_feat, video_mask)
+        return token_wise_scores(text, text_weight, video, video_weight, self.block_elements)

@@ -1,0 +1,1 @@
+"""Ray Serve application (arrives with the serving issue). Importing it starts nothing."""
