@@ -14,14 +14,16 @@ from safetensors.torch import load_file
 from torch import nn
 from transformers import BlipConfig, BlipTextConfig, BlipTextModel, GPT2Config, GPT2Model, ViTConfig, ViTModel
 
+from .hf_config import config_dict
+
 NUM_CLASSES = {"pit24": 59, "endo18": 18}
 
 
 def _tiny_vit(image_size: int) -> dict:
-    return ViTConfig(
+    return config_dict(ViTConfig(
         image_size=image_size, patch_size=16, hidden_size=64, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=128,
-    ).to_dict()
+    ))
 
 
 # The tiny BPE (models.tokenizer, gpt2 style) has <|endoftext|> at id 0.
@@ -29,17 +31,17 @@ _TINY_SPECIAL_IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
 def _tiny_blip_text(vocab_size: int) -> dict:
-    return BlipTextConfig(
+    return config_dict(BlipTextConfig(
         vocab_size=vocab_size, hidden_size=64, encoder_hidden_size=64, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=128, max_position_embeddings=64,
         sep_token_id=0, **_TINY_SPECIAL_IDS,
-    ).to_dict()
+    ))
 
 
 def _tiny_gpt2(vocab_size: int) -> dict:
-    return GPT2Config(
+    return config_dict(GPT2Config(
         vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=2, n_positions=64, **_TINY_SPECIAL_IDS
-    ).to_dict()
+    ))
 
 
 @dataclass
@@ -82,7 +84,7 @@ class PitVQAConfig:
         gpt2 = GPT2Config.from_pretrained(gpt2_path, local_files_only=True)
         return cls(
             num_classes=num_classes, vocab_size=vocab_size, image_size=vit.image_size,
-            vit_config=vit.to_dict(), text_config=text.to_dict(), gpt2_config=gpt2.to_dict(),
+            vit_config=config_dict(vit), text_config=config_dict(text), gpt2_config=config_dict(gpt2),
             vit_path=vit_path, blip_path=blip_path, gpt2_path=gpt2_path, **kw,
         )
 

@@ -14,6 +14,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+from .hf_config import config_dict
 from .wti import WTIHead
 
 SIM_HEADERS = ("meanP", "seqTransf")
@@ -26,7 +27,7 @@ def _tiny_clip(vocab_size: int, image_size: int) -> dict:
                 num_attention_heads=2, max_position_embeddings=64, hidden_act="quick_gelu")
     vision = dict(image_size=image_size, patch_size=16, hidden_size=64, intermediate_size=128,
                   num_hidden_layers=2, num_attention_heads=2, hidden_act="quick_gelu")
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=64).to_dict()
+    return config_dict(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
 
 
 @dataclass
@@ -59,7 +60,7 @@ class RetrieverConfig:
     def base(cls, clip_path: str, **kw) -> "RetrieverConfig":
         """CLIP (reference: ViT-B/32) from a local folder."""
         clip = CLIPConfig.from_pretrained(clip_path, local_files_only=True)
-        return cls(clip_config=clip.to_dict(), clip_path=clip_path, **kw)
+        return cls(clip_config=config_dict(clip), clip_path=clip_path, **kw)
 
     @property
     def image_size(self) -> int:

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+import torch
+
+from models import PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, load_checkpoint, save_checkpoint, tokenize
+
+
+def files_in(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_pitvqa_round_trip(tmp_path, gpt2_tokenizer):
+    torch.manual_seed(0)
+    model = PitVQANet(PitVQAConfig.tiny(num_classes=18, vocab_size=len(gpt2_tokenizer))).eval()
+    save_checkpoint(tmp_path, model, gpt2_tokenizer)
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(files_in(tmp_path))
+    assert not [n for n in files_in(tmp_path) if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
+    loaded, tokenizer = load_checkpoint(tmp_path)
+    enc = tokenize(tokenizer, ["what instrument is being used", "where"], 30)
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(pixels, **enc), loaded(pixels, **enc))
+    assert loaded.config == model.config
+
+
+@pytest.mark.parametrize("sim_header,interaction", [("seqTransf", "wti"), ("meanP", "dp")])
+def test_retriever_round_trip(tmp_path, clip_tokenizer, sim_header, interaction):
+    torch.manual_seed(0)
+    config = RetrieverConfig.tiny(vocab_size=len(clip_tokenizer), sim_header=sim_header, interaction=interaction)
+    model = Retriever(config).eval()
+    save_checkpoint(tmp_path, model, clip_tokenizer, extra={"epoch": 3})
+    assert json.loads((tmp_path / "config.json").read_text())["epoch"] == 3
+    loaded, tokenizer = load_checkpoint(tmp_path)
+    enc = tokenize(tokenizer, ["a red circle moves to the left", "a blue square"], 16)
+    pixels, frame_mask = torch.randn(2, 12, 3, 64, 64), torch.ones(2, 12, dtype=torch.long)
+    with torch.no_grad():
+        assert torch.equal(model(enc["input_ids"], enc["attention_mask"], pixels, frame_mask),
+                           loaded(enc["input_ids"], enc["attention_mask"], pixels, frame_mask))
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(tmp_path)
