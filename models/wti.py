@@ -77,6 +77,22 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+def _column_blocks(text, text_weight, video, video_weight, block_elements):
+    """Yield ``(first_video, scores [A, v])`` for consecutive blocks of videos."""
+    A, L, _ = text.shape
+    V, num_frames, _ = video.shape
+    texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
+    for j in range(0, V, videos_per_block):
+        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
+        vw = video_weight[j : j + videos_per_block]
+        yield j, torch.cat(
+            [
+                _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
+                for i in range(0, A, texts_per_block)
+            ]
+        )  # (A, v)
+
+
 def token_wise_scores(
     text: torch.Tensor,
     text_weight: torch.Tensor,
@@ -92,24 +108,10 @@ def token_wise_scores(
     row over real positions. Computes in the features' dtype unless ``dtype`` is given.
     Differentiable: training calls it through ``WTIHead``.
     """
-    A, L, _ = text.shape
-    V, num_frames, _ = video.shape
     if dtype is not None:
         text, video = text.to(dtype), video.to(dtype)
-    texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
-    rows = []
-    for j in range(0, V, videos_per_block):
-        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
-        vw = video_weight[j : j + videos_per_block]
-        rows.append(
-            torch.cat(
-                [
-                    _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
-                    for i in range(0, A, texts_per_block)
-                ]
-            )
-        )
-    return torch.cat(rows, dim=1) if rows else text.new_zeros(A, 0, dtype=torch.float32)
+    blocks = [block for _, block in _column_blocks(text, text_weight, video, video_weight, block_elements)]
+    return torch.cat(blocks, dim=1) if blocks else text.new_zeros(text.shape[0], 0, dtype=torch.float32)
 
 
 @torch.no_grad()
@@ -125,26 +127,14 @@ def token_wise_topk(
     """Top-k videos per text without ever holding the ``[A, V]`` matrix.
 
     Same inputs as ``token_wise_scores``; on a GPU it computes in fp16 unless ``dtype`` is
-    given. Returns (scores ``[A, k']``, indices ``[A, k']``),
-    best first, with ``k' = min(k, V)``.
+    given. Returns (scores ``[A, k']``, indices ``[A, k']``), best first, ``k' = min(k, V)``.
     """
-    A, L, _ = text.shape
-    V, num_frames, _ = video.shape
-    k = min(k, V)
     dtype = _compute_dtype(text.device, dtype)
     text, video = text.to(dtype), video.to(dtype)
-    texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
+    A = text.shape[0]
     best_scores = torch.full((A, 0), float("-inf"), device=text.device)
     best_index = torch.zeros((A, 0), dtype=torch.long, device=text.device)
-    for j in range(0, V, videos_per_block):
-        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
-        vw = video_weight[j : j + videos_per_block]
-        block = torch.cat(
-            [
-                _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
-                for i in range(0, A, texts_per_block)
-            ]
-        )  # (A, v)
+    for j, block in _column_blocks(text, text_weight, video, video_weight, block_elements):
         index = torch.arange(j, j + block.shape[1], device=text.device).expand(A, -1)
         scores = torch.cat([best_scores, block], dim=1)
         indices = torch.cat([best_index, index], dim=1)
