@@ -31,3 +31,21 @@ def gpt2_tokenizer():
 @pytest.fixture(scope="session")
 def clip_tokenizer():
     return build_bpe_tokenizer(CORPUS, vocab_size=300, style="clip")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray instance for the whole test session."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_msrvtt(tmp_path_factory):
+    from ingest.synthetic import make_msrvtt
+
+    return make_msrvtt(tmp_path_factory.mktemp("msrvtt"), num_train=12, num_test=6, seconds=4, fps=8)

@@ -1,0 +1,98 @@
+"""The clip decoding job: Ray Data decodes videos into frame batches in parallel.
+
+``clip_dataset`` is the lazy stage (training can stream from it); ``write_clips`` runs it
+and stores uint8 frames, frame masks and video ids as Parquet shards, so that training
+reads decoded frames and never decodes twice. Bad videos are skipped and reported by a
+small collector actor, so the report is complete on a multi-node cluster too.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from .report import Report, Skipped
+from .video import BadVideo, ClipSpec, decode_clip
+
+
+@ray.remote(num_cpus=0)
+class SkipCollector:
+    """Gathers ``Skipped`` records from every decoding actor."""
+
+    def __init__(self):
+        self.records: list[Skipped] = []
+
+    def add(self, records: list[Skipped]) -> None:
+        self.records.extend(records)
+
+    def all(self) -> list[Skipped]:
+        return self.records
+
+
+class ClipDecoder:
+    """``map_batches`` callable: rows of ``video_id``/``path`` -> decoded clips (good ones only)."""
+
+    def __init__(self, spec: ClipSpec, collector):
+        self.spec = spec
+        self.collector = collector
+
+    def __call__(self, batch: dict[str, np.ndarray]):
+        # A generator, so that a batch of only bad videos yields no rows at all.
+        ids, frames, masks, skipped = [], [], [], []
+        for video_id, path in zip(batch["video_id"], batch["path"]):
+            try:
+                clip, mask = decode_clip(path, self.spec)
+            except BadVideo as bad:
+                skipped.append(Skipped(bad.kind, str(path), str(bad)))
+                continue
+            ids.append(video_id)
+            frames.append(clip)
+            masks.append(mask)
+        if skipped:
+            ray.get(self.collector.add.remote(skipped))
+        if ids:
+            yield {"video_id": np.array(ids, dtype=object), "frames": np.stack(frames), "frame_mask": np.stack(masks)}
+
+
+def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concurrency: int | None = None,
+                 batch_size: int = 4) -> ray.data.Dataset:
+    """Lazy Ray Dataset of decoded clips: ``video_id``, ``frames [F,S,S,3] uint8``, ``frame_mask [F]``.
+
+    ``videos`` maps video id to path. Decoding runs on a bounded pool of actors (one CPU
+    each; ``concurrency`` defaults to the cluster's CPUs).
+    """
+    rows = [{"video_id": vid, "path": str(path)} for vid, path in videos.items()]
+    workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(1, min(workers, len(rows)))
+    # Enough blocks that every actor gets work, few enough that each holds a few videos.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), workers * 4)))
+    return ds.map_batches(
+        ClipDecoder,
+        fn_constructor_kwargs={"spec": spec, "collector": collector},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1,
+    )
+
+
+def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
+                concurrency: int | None = None) -> tuple[int, Report]:
+    """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
+
+    The report (``out_dir/skipped.jsonl``) lists every skipped video and why.
+    """
+    out_dir = Path(out_dir)
+    collector = SkipCollector.remote()
+    ds = clip_dataset(videos, spec, collector, concurrency)
+    ds.write_parquet(str(out_dir / "clips"))
+    report = Report(ray.get(collector.all.remote()))
+    report.write(out_dir / "skipped.jsonl")
+    ray.kill(collector)
+    written = ray.data.read_parquet(str(out_dir / "clips")).count() if (out_dir / "clips").exists() else 0
+    return written, report
+
+
+def read_clips(out_dir: str | Path) -> ray.data.Dataset:
+    """The Parquet shards ``write_clips`` wrote, as a Ray Dataset."""
+    return ray.data.read_parquet(str(Path(out_dir) / "clips"))

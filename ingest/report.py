@@ -1,0 +1,45 @@
+"""Bad input is skipped, never silently: every skip becomes a record in a report."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """One skipped input: what kind of problem, where, and why."""
+
+    kind: str  # e.g. missing_video, bad_video, short_video, missing_image, bad_qa_line, unknown_answer
+    path: str
+    reason: str
+    line: int | None = None
+
+
+class Report:
+    """Collects ``Skipped`` records; writes them as JSON lines and prints a count."""
+
+    def __init__(self, records: list[Skipped] | None = None):
+        self.records = list(records or [])
+
+    def add(self, kind: str, path: str, reason: str, line: int | None = None) -> None:
+        self.records.append(Skipped(kind, str(path), reason, line))
+
+    def extend(self, records) -> None:
+        self.records.extend(records)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(r.kind for r in self.records))
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in self.records))
+        return path
+
+    def summary(self, what: str) -> str:
+        if not self.records:
+            return f"{what}: nothing skipped"
+        parts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts().items()))
+        return f"{what}: skipped {len(self.records)} ({parts})"
