@@ -1,6 +1,6 @@
 """Small, learnable datasets generated from a seed, in the real on-disk layouts.
 
-MSR-VTT layout: short real video files (PyAV, H.264) of one coloured shape moving in one
+MSR-VTT layout: short real video files (PyAV, MPEG-4 Part 2: byte-for-byte reproducible, unlike x264 here) of one coloured shape moving in one
 direction, with several captions per video that say which shape, colour, size and
 direction. A retriever that reads both the frames (colour, shape, size) and their order
 (direction) can find the right clip; one that ignores the video cannot.
@@ -60,15 +60,17 @@ def draw_frame(clip: Clip, t: float, width: int, height: int, rng: np.random.Gen
     return frame.clip(0, 255).astype(np.uint8)
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4") -> None:
     import av
 
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
+        stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            picture.pts = index  # explicit timestamps: without them the output varies run to run
+            container.mux(stream.encode(picture))
         container.mux(stream.encode())
 
 
