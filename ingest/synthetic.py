@@ -67,6 +67,10 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mp
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # A key frame every second (the frames 1 fps sampling keeps) and enough bits that
+        # shapes leaving the picture leave no ghosts behind.
+        stream.codec_context.gop_size = fps
+        stream.bit_rate = max(400_000, width * height * fps // 4)
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
             picture.pts = index  # explicit timestamps: without them the output varies run to run
@@ -108,4 +112,116 @@ def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seco
     videos = [{"video_id": c.video_id, "split": "train" if i < num_train else "test", "id": i} for i, c in enumerate(clips)]
     (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences, "videos": videos}))
     (root / "attributes.json").write_text(json.dumps({c.video_id: c.__dict__ for c in clips}))
+    return root
+
+
+# --- PitVQA layout ---------------------------------------------------------------------
+# Each second of a raw 1280x720 "surgical" video shows a step (the background colour,
+# which also fixes the phase) and up to two instruments (shape + colour) at one of five
+# places inside the crop box that extraction keeps. The QA answers follow from the frame.
+
+STEPS = {  # step -> (phase, background colour)
+    "nasal_corridor_creation": ("nasal_sphenoid", (120, 40, 40)),
+    "anterior_sphenoidotomy": ("nasal_sphenoid", (150, 90, 60)),
+    "septum_displacement": ("nasal_sphenoid", (160, 70, 110)),
+    "sellotomy": ("sellar", (60, 60, 130)),
+    "tumour_excision": ("sellar", (50, 120, 120)),
+    "nasal_packing": ("closure", (90, 110, 50)),
+}
+INSTRUMENTS = {  # instrument -> (shape, colour)
+    "suction": ("circle", (240, 240, 240)),
+    "freer_elevator": ("square", (240, 220, 40)),
+    "pituitary_rongeurs": ("triangle", (40, 230, 230)),
+    "spatula_dissector": ("circle", (230, 40, 230)),
+    "kerrisons": ("square", (250, 140, 20)),
+    "cottle": ("triangle", (30, 200, 60)),
+}
+PLACES = {"top-left": (455, 210), "top-right": (775, 210), "centre": (615, 370),
+          "bottom-left": (455, 530), "bottom-right": (775, 530)}
+COUNTS = ("zero", "one", "two")
+
+
+def _scene(video: int, second: int, seed: int) -> dict:
+    rng = random.Random(seed * 7919 + video * 101 + second)
+    steps = list(STEPS)
+    step = steps[(video + second // 4) % len(steps)]  # a video moves through steps
+    count = rng.choice((0, 1, 1, 2, 2))
+    tools = rng.sample(list(INSTRUMENTS), count)
+    places = rng.sample(list(PLACES), count)
+    return {"step": step, "tools": list(zip(tools, places))}
+
+
+def _draw_scene(scene: dict, rng: np.random.Generator) -> np.ndarray:
+    frame = np.zeros((720, 1280, 3), np.int16)
+    frame[:] = STEPS[scene["step"]][1]
+    frame += rng.integers(-10, 11, (720, 1280, 1))
+    radius = 70
+    yy, xx = np.mgrid[-radius:radius, -radius:radius]
+    for tool, place in scene["tools"]:
+        shape, colour = INSTRUMENTS[tool]
+        if shape == "circle":
+            inside = xx**2 + yy**2 <= radius**2
+        elif shape == "square":
+            inside = (abs(xx) <= radius * 0.8) & (abs(yy) <= radius * 0.8)
+        else:
+            inside = abs(xx) <= (yy + radius) / 2
+        cx, cy = PLACES[place]
+        patch = frame[cy - radius : cy + radius, cx - radius : cx + radius]
+        patch[inside] = colour
+    return frame.clip(0, 255).astype(np.uint8)
+
+
+def scene_qa(scene: dict) -> list[tuple[str, str]]:
+    """The question/answer pairs a frame supports (PitVQA-style templates)."""
+    phase = STEPS[scene["step"]][0]
+    tools = scene["tools"]
+    qa = [("What is the surgical phase?", phase), ("What is the surgical step?", scene["step"]),
+          ("How many instruments are there?", COUNTS[len(tools)]),
+          ("What is the first instrument?", tools[0][0] if tools else "no_visible_instrument"),
+          ("What is the second instrument?", tools[1][0] if len(tools) > 1 else "no_secondary_instrument")]
+    for ordinal, (tool, place) in zip(("first", "second"), tools):
+        qa.append((f"Where is the {ordinal} instrument?", place))
+        qa.append((f"Where is the {tool.replace('_', ' ')}?", place))
+    return qa
+
+
+def make_pit24_raw(root: str | Path, videos: int = 25, seconds: int = 8, fps: int = 5, seed: int = 0) -> dict[str, Path]:
+    """Raw 1280x720 videos ``root/raw/video_XX.mp4``; returns ``{"video_XX": path}``."""
+    raw = Path(root) / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for number in range(1, videos + 1):
+        noise = np.random.default_rng(seed * 1000 + number)
+        frames = [_draw_scene(_scene(number, k // fps, seed), noise) for k in range(seconds * fps)]
+        out[f"video_{number:02d}"] = raw / f"video_{number:02d}.mp4"
+        write_video(out[f"video_{number:02d}"], frames, fps)
+    return out
+
+
+def write_pit24_qa(root: str | Path, seed: int = 0) -> int:
+    """One QA file per extracted frame: ``QA/video_XX/NNNNN.txt``. Returns the file count."""
+    root = Path(root)
+    written = 0
+    for image in sorted((root / "images").glob("video_*/*.png")):
+        number, second = int(image.parent.name.split("_")[1]), int(image.stem)
+        folder = root / "QA" / image.parent.name
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = [f"{q}|{a}" for q, a in scene_qa(_scene(number, second, seed))]
+        (folder / f"{image.stem}.txt").write_text("\n".join(lines) + "\n")
+        written += 1
+    return written
+
+
+def make_pit24(root: str | Path, videos: int = 25, seconds: int = 8, fps: int = 5, seed: int = 0) -> Path:
+    """A PitVQA-layout tree under ``root``: raw videos, then the Ray Data extraction job
+    (``ingest.extract``) writes ``images/``, then one QA file per image. Needs Ray."""
+    from .extract import extract_frames
+    from .report import Report
+
+    root = Path(root)
+    report = Report()
+    extract_frames(make_pit24_raw(root, videos, seconds, fps, seed), root, report)
+    if report.records:  # our own videos: a skip here is a bug, not bad input
+        raise RuntimeError(report.summary("synthetic extraction"))
+    write_pit24_qa(root, seed)
     return root
