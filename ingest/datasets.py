@@ -1,0 +1,73 @@
+"""Ray Datasets of training and evaluation rows.
+
+Images and frames are normalised, and text is tokenized, here in ``map_batches`` (on the
+Ray workers), never inside the models.
+"""
+from __future__ import annotations
+
+import numpy as np
+import ray
+from PIL import Image
+
+from models.tokenizer import tokenize
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+
+
+class QABatcher:
+    """Rows ``image``/``question``/``label`` -> ``pixel_values [B,3,S,S]`` (0-1, as the
+    reference's ToTensor, or normalised), ``input_ids``/``attention_mask [B,L]``, ``label``."""
+
+    def __init__(self, tokenizer, image_size: int, max_length: int = 30, mean=None, std=None):
+        self.tokenizer, self.image_size, self.max_length = tokenizer, image_size, max_length
+        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        images = []
+        for path in batch["image"]:
+            image = Image.open(path).convert("RGB")
+            if image.size != (self.image_size, self.image_size):
+                image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
+            images.append(np.asarray(image))
+        pixels = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (B, 3, S, S)
+        if self.mean is not None:
+            pixels = (pixels - self.mean) / self.std
+        tokens = tokenize(self.tokenizer, list(batch["question"]), self.max_length)
+        return {"pixel_values": pixels, "input_ids": tokens["input_ids"].numpy(),
+                "attention_mask": tokens["attention_mask"].numpy(), "label": batch["label"].astype(np.int64)}
+
+
+def qa_dataset(rows: list[dict], tokenizer, image_size: int, max_length: int = 30, mean=None, std=None,
+               batch_size: int = 64) -> ray.data.Dataset:
+    """VQA rows (from ``ingest.qa.read_qa``) as model-ready tensors."""
+    return ray.data.from_items(rows).map_batches(
+        QABatcher, fn_constructor_kwargs=dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length,
+                                              mean=mean, std=std),
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+    )
+
+
+def caption_dataset(pairs: list[tuple[str, str]], tokenizer, max_words: int = 32) -> ray.data.Dataset:
+    """(video_id, caption) pairs -> ``video_id``, ``input_ids``/``attention_mask [max_words]``."""
+
+    def encode(batch):
+        tokens = tokenize(tokenizer, list(batch["caption"]), max_words)
+        return {"video_id": batch["video_id"], "input_ids": tokens["input_ids"].numpy(),
+                "attention_mask": tokens["attention_mask"].numpy()}
+
+    items = [{"video_id": v, "caption": c} for v, c in pairs]
+    return ray.data.from_items(items).map_batches(encode, batch_size=256)
+
+
+def normalize_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """uint8 ``frames [B,F,S,S,3]`` -> CLIP-normalised ``pixel_values [B,F,3,S,S]`` float32.
+
+    Padded frames are normalised like the rest; ``frame_mask`` tells the model to ignore them.
+    """
+    frames = batch["frames"].astype(np.float32) / 255.0
+    pixels = ((frames - CLIP_MEAN) / CLIP_STD).transpose(0, 1, 4, 2, 3)
+    out = {k: v for k, v in batch.items() if k != "frames"}
+    out["pixel_values"] = np.ascontiguousarray(pixels)
+    return out

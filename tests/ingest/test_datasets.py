@@ -1,0 +1,37 @@
+"""Normalisation and tokenization run inside Ray Data (map_batches), on a real local Ray."""
+import numpy as np
+
+from ingest.datasets import CLIP_MEAN, CLIP_STD, caption_dataset, normalize_clips, qa_dataset
+from ingest.msrvtt import read_test
+from models import tokenize
+
+
+def test_qa_rows_become_model_inputs(ray_local, tmp_path, gpt2_tokenizer):
+    from PIL import Image
+
+    rows = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((224, 224, 3), 50 * i, np.uint8)).save(path)
+        rows.append({"image": str(path), "question": "what instrument is being used", "answer": "x", "label": i})
+    batch = qa_dataset(rows, gpt2_tokenizer, image_size=64).take_batch(5)
+    assert batch["pixel_values"].shape == (5, 3, 64, 64) and batch["pixel_values"].dtype == np.float32
+    assert np.allclose(batch["pixel_values"].reshape(5, -1).mean(1), [50 * i / 255 for i in range(5)], atol=1e-3)
+    want = tokenize(gpt2_tokenizer, ["what instrument is being used"], 30)
+    assert (batch["input_ids"][0] == want["input_ids"][0].numpy()).all()
+    assert batch["label"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_captions_are_tokenized_in_the_pipeline(ray_local, synthetic_msrvtt, clip_tokenizer):
+    pairs = read_test(synthetic_msrvtt / "MSRVTT_JSFUSION_test.csv").pairs
+    rows = caption_dataset(pairs, clip_tokenizer, max_words=32).take_all()
+    assert [r["video_id"] for r in rows] == [v for v, _ in pairs]
+    assert rows[0]["input_ids"].shape == (32,) and rows[0]["input_ids"][0] == clip_tokenizer.bos_token_id
+
+
+def test_normalize_clips():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8)
+    out = normalize_clips({"frames": frames, "frame_mask": np.ones((2, 3))})
+    assert out["pixel_values"].shape == (2, 3, 3, 4, 4) and "frames" not in out
+    want = (frames[1, 2, 0, 3] / 255.0 - CLIP_MEAN) / CLIP_STD
+    assert np.allclose(out["pixel_values"][1, 2, :, 0, 3], want, atol=1e-6)
