@@ -60,16 +60,17 @@ def draw_frame(clip: Clip, t: float, width: int, height: int, rng: np.random.Gen
     return frame.clip(0, 255).astype(np.uint8)
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4") -> None:
+def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4", gop: int | None = None) -> None:
+    """Encode RGB frames; a key frame every ``gop`` frames (default: every second)."""
     import av
 
     height, width = frames[0].shape[:2]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # A key frame every second (the frames 1 fps sampling keeps) and enough bits that
-        # shapes leaving the picture leave no ghosts behind.
-        stream.codec_context.gop_size = fps
+        # By default a key frame every second (the frames 1 fps sampling keeps) and enough
+        # bits that shapes leaving the picture leave no ghosts behind.
+        stream.codec_context.gop_size = gop or fps
         stream.bit_rate = max(400_000, width * height * fps // 4)
         for index, frame in enumerate(frames):
             picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
@@ -79,7 +80,8 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mp
 
 
 def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seconds: int = 4, fps: int = 8,
-                width: int = 80, height: int = 80, seed: int = 0) -> Path:
+                width: int = 80, height: int = 80, seed: int = 0, gop: int | None = None,
+                codec: str = "mpeg4") -> Path:
     """Write an MSR-VTT-layout corpus under ``root``; returns ``root``.
 
     ``videos/videoN.mp4``, ``MSRVTT_train.9k.csv``, ``MSRVTT_JSFUSION_test.csv`` and
@@ -99,7 +101,7 @@ def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seco
         noise = np.random.default_rng(seed * 100003 + i)
         n = seconds * fps
         write_video(root / "videos" / f"{clip.video_id}.mp4",
-                    [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)], fps)
+                    [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)], fps, codec=codec, gop=gop)
     train, test = clips[:num_train], clips[num_train:]
     with (root / "MSRVTT_train.9k.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["video_id"]] + [[c.video_id] for c in train])

