@@ -65,8 +65,10 @@ def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concu
     rows = [{"video_id": vid, "path": str(path)} for vid, path in videos.items()]
     workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
     workers = max(1, min(workers, len(rows)))
-    # Enough blocks that every actor gets work, few enough that each holds a few videos.
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), workers * 4)))
+    # Blocks of about 4 batches: big enough that per-block overhead stays small, small
+    # enough that clips stream out early and the actors stay evenly loaded (bench/decode.py).
+    blocks = max(min(len(rows), workers * 4), -(-len(rows) // (batch_size * 4)))
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     return ds.map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"spec": spec, "collector": collector},

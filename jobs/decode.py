@@ -1,0 +1,82 @@
+"""Data preparation jobs on Ray Data.
+
+    python jobs/decode.py clips --features_path VIDEOS --output_dir OUT [--max_frames 12 ...]
+    python jobs/decode.py pitvqa-frames --videos RAW_VIDEOS --data_root ROOT
+
+``clips`` decodes every video in a folder into Parquet shards of sampled frames (CLIP4Clip /
+DRL sampling) for training and indexing. ``pitvqa-frames`` runs PitVQA's "video to images,
+then preprocess": one frame per second, cropped and resized to 224x224, under
+``ROOT/images/video_XX/``. Both skip bad videos, list them in a report and print the count.
+Ray comes from ``RAY_ADDRESS`` or starts locally.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one clear line and exit code 2, never a traceback
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_args(argv):
+    parser = _Parser(prog="jobs/decode.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    clips = sub.add_parser("clips", help="videos -> Parquet shards of sampled frames")
+    clips.add_argument("--features_path", "--features-path", required=True, help="folder of videos")
+    clips.add_argument("--output_dir", "--output-dir", required=True)
+    clips.add_argument("--max_frames", "--max-frames", type=int, default=12)
+    clips.add_argument("--feature_framerate", "--feature-framerate", type=float, default=1.0)
+    clips.add_argument("--slice_framepos", "--slice-framepos", type=int, choices=(0, 1, 2), default=2)
+    clips.add_argument("--image_size", "--image-size", type=int, default=224)
+    clips.add_argument("--workers", type=int, default=None, help="decoding actors (default: the cluster's CPUs)")
+    frames = sub.add_parser("pitvqa-frames", help="raw PitVQA videos -> 1 fps, preprocessed PNG frames")
+    frames.add_argument("--videos", required=True, help="folder of video_XX.mp4 files")
+    frames.add_argument("--data_root", "--data-root", required=True)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import ray
+
+    from ingest.report import Report
+    from ingest.video import ClipSpec, find_videos
+
+    source = Path(args.features_path if args.command == "clips" else args.videos)
+    if not source.is_dir():
+        print(f"jobs/decode.py: error: {source} is not a folder", file=sys.stderr)
+        return 2
+    videos = find_videos(source)
+    if not videos:
+        print(f"jobs/decode.py: error: no video files in {source}", file=sys.stderr)
+        return 2
+    ray.init(ignore_reinit_error=True)
+    if args.command == "clips":
+        from ingest.clips import write_clips
+
+        try:
+            spec = ClipSpec(args.feature_framerate, args.max_frames, args.slice_framepos, args.image_size)
+        except ValueError as err:
+            print(f"jobs/decode.py: error: {err}", file=sys.stderr)
+            return 2
+        written, report = write_clips(videos, args.output_dir, spec, args.workers)
+        print(f"decoded {written} of {len(videos)} videos into {Path(args.output_dir) / 'clips'}")
+        print(report.summary("decode") + f"; report: {Path(args.output_dir) / 'skipped.jsonl'}")
+    else:
+        from ingest.extract import extract_frames
+
+        report = Report()
+        images = extract_frames(videos, args.data_root, report)
+        report.write(Path(args.data_root) / "skipped_videos.jsonl")
+        print(f"wrote {len(images)} frames under {Path(args.data_root) / 'images'}")
+        print(report.summary("extract") + f"; report: {Path(args.data_root) / 'skipped_videos.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
