@@ -71,3 +71,45 @@ def normalize_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     out = {k: v for k, v in batch.items() if k != "frames"}
     out["pixel_values"] = np.ascontiguousarray(pixels)
     return out
+
+
+class CaptionExpander:
+    """``map_batches`` callable over decoded clips: one output row per caption of each clip
+    (a broadcast join: captions are small, clips are large), tokenized here."""
+
+    def __init__(self, captions: dict[str, list[str]], tokenizer, max_words: int):
+        self.captions, self.tokenizer, self.max_words = captions, tokenizer, max_words
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        owners = [i for i, video_id in enumerate(batch["video_id"]) for _ in self.captions.get(video_id, [])]
+        texts = [c for video_id in batch["video_id"] for c in self.captions.get(video_id, [])]
+        tokens = tokenize(self.tokenizer, texts, self.max_words) if texts else None
+        return {
+            "video_id": batch["video_id"][owners],
+            "caption": np.array(texts, dtype=object),
+            "input_ids": tokens["input_ids"].numpy() if texts else np.zeros((0, self.max_words), np.int64),
+            "attention_mask": tokens["attention_mask"].numpy() if texts else np.zeros((0, self.max_words), np.int64),
+            "frames": batch["frames"][owners],
+            "frame_mask": batch["frame_mask"][owners],
+        }
+
+
+def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, tokenizer, max_words: int = 32,
+                         report=None) -> ray.data.Dataset:
+    """One row per caption with its video's decoded clip: ``input_ids``, ``attention_mask``,
+    ``pixel_values [F,3,S,S]`` (CLIP-normalised) and ``frame_mask``.
+
+    ``clips`` is the clip job's output (``ingest.clips.read_clips``). Captions whose video
+    was skipped there have no row and, when a ``report`` is given, are listed in it as
+    ``caption_without_video``.
+    """
+    captions: dict[str, list[str]] = {}
+    for video_id, caption in pairs:
+        captions.setdefault(video_id, []).append(caption)
+    if report is not None:
+        decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
+        for video_id, caption in pairs:
+            if video_id not in decoded:
+                report.add("caption_without_video", video_id, f"no decoded clip for caption {caption[:60]!r}")
+    expand = CaptionExpander(captions, tokenizer, max_words)
+    return clips.map_batches(expand, batch_size=1).map_batches(normalize_clips)

@@ -35,3 +35,29 @@ def test_normalize_clips():
     assert out["pixel_values"].shape == (2, 3, 3, 4, 4) and "frames" not in out
     want = (frames[1, 2, 0, 3] / 255.0 - CLIP_MEAN) / CLIP_STD
     assert np.allclose(out["pixel_values"][1, 2, :, 0, 3], want, atol=1e-6)
+
+
+def test_captions_join_their_decoded_clips(ray_local, synthetic_msrvtt, clip_tokenizer, tmp_path):
+    from ingest.clips import read_clips, write_clips
+    from ingest.datasets import caption_clip_dataset
+    from ingest.msrvtt import read_train
+    from ingest.report import Report
+    from ingest.video import ClipSpec, find_videos
+
+    videos = find_videos(synthetic_msrvtt / "videos")
+    videos["video0"] = tmp_path / "gone.mp4"  # this video's captions lose their clip
+    write_clips(videos, tmp_path / "out", ClipSpec(image_size=16, max_frames=4))
+    pairs = read_train(synthetic_msrvtt / "MSRVTT_train.9k.csv", synthetic_msrvtt / "MSRVTT_data.json").pairs
+    report = Report()
+    rows = caption_clip_dataset(pairs, read_clips(tmp_path / "out"), clip_tokenizer, max_words=16,
+                                report=report).take_all()
+    lost = sum(v == "video0" for v, _ in pairs)
+    assert len(rows) == len(pairs) - lost and lost == 5
+    assert report.counts() == {"caption_without_video": lost}
+    row = rows[0]
+    assert row["pixel_values"].shape == (4, 3, 16, 16) and row["input_ids"].shape == (16,)
+    assert row["frame_mask"].tolist() == [1, 1, 1, 1]
+    by_video = {}
+    for v, c in pairs:
+        by_video.setdefault(v, []).append(c)
+    assert all(r["caption"] in by_video[r["video_id"]] for r in rows)
