@@ -1,0 +1,75 @@
+"""Evaluation metrics, as the papers report them.
+
+Retrieval (CLIP4Clip / DRL): R@1/5/10 in percent, median and mean rank, text-to-video and
+video-to-text. VQA (PitVQA): accuracy, macro precision/recall/F1 (``zero_division=1`` as
+the reference, and 0 beside it), balanced accuracy, and the majority-class baseline.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _recall_stats(ranks: np.ndarray) -> dict[str, float]:
+    """Ranks are 1-based. Recall in percent, as the papers print them."""
+    return {
+        "R@1": float(100 * np.mean(ranks <= 1)),
+        "R@5": float(100 * np.mean(ranks <= 5)),
+        "R@10": float(100 * np.mean(ranks <= 10)),
+        "MdR": float(np.median(ranks)),
+        "MnR": float(np.mean(ranks)),
+    }
+
+
+def retrieval_ranks(sim: np.ndarray, text_video: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-based ranks from a ``[T, V]`` score matrix; ``text_video[t]`` is text t's video.
+
+    t2v: the rank of each text's video among all videos. v2t: for each video, the best
+    rank any of its captions gets among all texts (several captions per video). A tie
+    ranks in the true item's favour, as CLIP4Clip's ``compute_metrics`` does.
+    """
+    sim = np.asarray(sim, dtype=np.float64)
+    text_video = np.asarray(text_video)
+    T, V = sim.shape
+    true_t2v = sim[np.arange(T), text_video]
+    t2v = 1 + (sim > true_t2v[:, None]).sum(axis=1)
+    v2t = np.full(V, np.inf)
+    for t in range(T):  # rank of text t among all texts, for its own video's column
+        v = text_video[t]
+        v2t[v] = min(v2t[v], 1 + (sim[:, v] > sim[t, v]).sum())
+    return t2v, v2t[np.isfinite(v2t)].astype(np.int64)
+
+
+def retrieval_metrics(sim: np.ndarray, text_video: np.ndarray) -> dict:
+    """``metrics.json`` for retrieval: t2v and v2t recall/ranks, plus chance R@1."""
+    t2v, v2t = retrieval_ranks(sim, text_video)
+    return {"t2v": _recall_stats(t2v), "v2t": _recall_stats(v2t), "num_texts": int(sim.shape[0]),
+            "num_videos": int(sim.shape[1]), "chance_R@1": 100.0 / sim.shape[1]}
+
+
+def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None) -> tuple[dict, np.ndarray]:
+    """(``metrics.json`` for VQA, confusion matrix ``[C, C]`` with rows = truth).
+
+    Macro averages run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's
+    default, which the reference uses). ``majority_acc`` predicts the most frequent class
+    of ``train_labels`` (of ``y_true`` when not given) for every question.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
+    present = (predicted + actual) > 0
+    out = {"acc": float(np.mean(y_true == y_pred)), "num_questions": int(len(y_true)), "num_classes": num_classes}
+    for zero_division, suffix in ((1.0, ""), (0.0, "_zero_division_0")):
+        precision = np.where(predicted > 0, true_positive / np.maximum(predicted, 1), zero_division)
+        recall = np.where(actual > 0, true_positive / np.maximum(actual, 1), zero_division)
+        denom = precision + recall
+        f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
+        out["precision" + suffix] = float(precision[present].mean())
+        out["recall" + suffix] = float(recall[present].mean())
+        out["f1" + suffix] = float(f1[present].mean())
+    out["balanced_acc"] = float((true_positive[actual > 0] / actual[actual > 0]).mean())
+    reference = np.asarray(train_labels) if train_labels is not None else y_true
+    majority = np.bincount(reference, minlength=num_classes).argmax()
+    out["majority_acc"] = float(np.mean(y_true == majority))
+    return out, confusion
