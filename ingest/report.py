@@ -26,9 +26,6 @@ class Report:
     def add(self, kind: str, path: str, reason: str, line: int | None = None) -> None:
         self.records.append(Skipped(kind, str(path), reason, line))
 
-    def extend(self, records) -> None:
-        self.records.extend(records)
-
     def counts(self) -> dict[str, int]:
         return dict(Counter(r.kind for r in self.records))
 

@@ -107,11 +107,3 @@ def find_videos(folder: str | Path) -> dict[str, Path]:
     """``video_id -> path`` for every video file directly in ``folder`` (any common extension)."""
     return {p.stem: p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS}
 
-
-def video_path(folder: str | Path, video_id: str) -> Path:
-    """``<folder>/<video_id>.mp4``, or the same id with another extension if that exists."""
-    folder = Path(folder)
-    for ext in VIDEO_EXTENSIONS:
-        if (folder / f"{video_id}{ext}").is_file():
-            return folder / f"{video_id}{ext}"
-    return folder / f"{video_id}.mp4"

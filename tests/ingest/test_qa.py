@@ -1,5 +1,4 @@
 """pit24 and endo18 trees with every fault the readers must survive."""
-import json
 
 import numpy as np
 import pytest
