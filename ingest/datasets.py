@@ -80,15 +80,19 @@ class CaptionExpander:
     def __init__(self, captions: dict[str, list[str]], tokenizer, max_words: int):
         self.captions, self.tokenizer, self.max_words = captions, tokenizer, max_words
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]):
+        # A generator: a batch of clips without captions (say, test videos while building
+        # the training rows) yields no rows rather than empty arrays.
         owners = [i for i, video_id in enumerate(batch["video_id"]) for _ in self.captions.get(video_id, [])]
+        if not owners:
+            return
         texts = [c for video_id in batch["video_id"] for c in self.captions.get(video_id, [])]
-        tokens = tokenize(self.tokenizer, texts, self.max_words) if texts else None
-        return {
+        tokens = tokenize(self.tokenizer, texts, self.max_words)
+        yield {
             "video_id": batch["video_id"][owners],
             "caption": np.array(texts, dtype=object),
-            "input_ids": tokens["input_ids"].numpy() if texts else np.zeros((0, self.max_words), np.int64),
-            "attention_mask": tokens["attention_mask"].numpy() if texts else np.zeros((0, self.max_words), np.int64),
+            "input_ids": tokens["input_ids"].numpy(),
+            "attention_mask": tokens["attention_mask"].numpy(),
             "frames": batch["frames"][owners],
             "frame_mask": batch["frame_mask"][owners],
         }

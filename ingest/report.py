@@ -35,6 +35,11 @@ class Report:
         path.write_text("".join(json.dumps(asdict(r)) + "\n" for r in self.records))
         return path
 
+    @classmethod
+    def read(cls, path: str | Path) -> "Report":
+        lines = Path(path).read_text().splitlines()
+        return cls([Skipped(**json.loads(line)) for line in lines if line.strip()])
+
     def summary(self, what: str) -> str:
         if not self.records:
             return f"{what}: nothing skipped"

@@ -1,14 +1,162 @@
-"""Main job placeholder: training arrives with the training issue (#4).
+"""Train on Ray Train, then evaluate: the WTI retriever (default) or PitVQANet.
 
-Until then this prints what exists and exits 0, so the README's first command runs.
+    python jobs/train.py                      # tiny retriever on the built-in synthetic MSR-VTT data
+    python jobs/train.py --model pitvqa       # tiny PitVQANet on the built-in synthetic pit24 data
+    python jobs/train.py --dataset=pit24 --data_root=DIR --epochs=60 --batch_size=64 --lr=0.00002 \\
+        --preset base --vit_path V --blip_path B --gpt2_path G
+    python jobs/train.py --model wti --dataset msrvtt --train_csv ... --val_csv ... --data_path ... \\
+        --features_path VIDEOS --preset base --clip_path CLIP ...       # CLIP4Clip / DRL flags
+    ray job submit --working-dir . -- python jobs/train.py --output_dir /shared/runs/wti
+
+Ray comes from RAY_ADDRESS (or the job's cluster) and starts locally otherwise. Running
+the same command again with the same --output_dir resumes after the last finished epoch.
 """
+from __future__ import annotations
+
+import json
+import shutil
 import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jobs.args import MODELS, build_parser, resolve  # noqa: E402
+from jobs.cli import fail, init_ray  # noqa: E402
+from jobs.cli import scale as scale_of  # noqa: E402
+from jobs.data import DataError, prepare_data  # noqa: E402
+from jobs.evaluate import evaluate  # noqa: E402
+
+PROG = "jobs/train.py"
+RUN_NAME = "train"  # Ray Train's run folder inside --output_dir
+
+
+def parse_args(argv):
+    args = build_parser(PROG, __doc__).parse_args(argv)
+    args.kind = MODELS[args.model]
+    args.output_dir = str(Path(args.output_dir or f"runs/{args.model}").resolve())
+    args.synthetic_dir = str(Path(args.synthetic_dir).expanduser().resolve())
+    return args
+
+
+def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
+    """Ray Train V2: one TorchTrainer over the recipe in ``jobs.loops``; returns its Result."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from jobs.loops import LOOPS
+
+    config = {
+        "model_config": model_config.to_dict(), "tokenizer": tokenizer, "output_dir": args.output_dir,
+        "epochs": args.epochs, "batch_size": args.batch_size, "batch_size_val": args.batch_size_val, "lr": args.lr,
+        "seed": args.seed, "n_display": args.n_display, "inject_failure": args.inject_failure, "use_gpu": use_gpu,
+        "num_train_rows": data.num_train_rows,
+    }
+    if args.kind == "retriever":
+        config.update({k: getattr(args, k) for k in (
+            "coef_lr", "weight_decay", "warmup_proportion", "max_grad_norm", "cdcr", "cdcr_alpha1", "cdcr_alpha2",
+            "cdcr_lambda")})
+    else:
+        config["train_labels"] = data.train_labels
+    trainer = TorchTrainer(
+        LOOPS[args.kind],
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=RUN_NAME, storage_path=args.output_dir, logging_config=LoggingConfig(log_level="WARNING"),
+            # Worker prints reach the console once (the print patch would echo each line twice).
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            failure_config=FailureConfig(max_failures=args.max_failures),
+            # Keeps the best epoch by validation score (R@1 / macro-F1) and always the latest.
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_score",
+                                               checkpoint_score_order="max"),
+        ),
+        datasets={"train": data.train, "val": data.val},
+    )
+    return trainer.fit()
+
+
+def best_epoch_folder(output_dir: Path) -> Path | None:
+    """The kept epoch folder with the highest validation score (ties: the earlier epoch)."""
+    history = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+    score = {row["epoch"]: row["val_score"] for row in history}
+    kept = [f for f in sorted((output_dir / RUN_NAME).glob("epoch_*")) if (f / "model" / "config.json").is_file()]
+    return max(kept, key=lambda f: score.get(int(f.name.split("_")[1]), float("-inf")), default=None)
+
+
+def write_outputs(output_dir: Path, kind: str) -> tuple[Path, list[dict]]:
+    """Copy the best epoch to ``checkpoint/`` and plot the history; returns both."""
+    from jobs.plots import plot_history
+
+    best = best_epoch_folder(output_dir)
+    if best is None:
+        raise RuntimeError(f"training finished without a checkpoint in {output_dir / RUN_NAME}")
+    checkpoint = output_dir / "checkpoint"
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    shutil.copytree(best / "model", checkpoint)
+    history = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+    plot_history(history, output_dir / "loss.png", "R@1" if kind == "retriever" else "f1")
+    return checkpoint, history
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("jobs/train.py: training arrives with issue #4 (Ray Train). "
-          "Built so far: the models (models/), their tests (pytest) and bench/wti.py.")
+    started = time.time()
+    args = parse_args(argv)
+    error = resolve(args, args.kind)
+    if error:
+        return fail(PROG, error)
+    output_dir = Path(args.output_dir)
+    if args.fresh:
+        for name in (RUN_NAME, "checkpoint", "history.jsonl", ".injected_failure"):
+            path = output_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ray = init_ray()
+    scale = scale_of(args, ray)
+    if isinstance(scale, str):
+        return fail(PROG, scale)
+    workers, use_gpu = scale
+    try:
+        if not args.do_train:
+            return _evaluate_only(args, output_dir, use_gpu)
+        data, tokenizer, model_config = prepare_data(args)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        return fail(PROG, str(err))
+    data.report.write(output_dir / "skipped.jsonl")
+    print(f"training {args.model} ({args.preset}) on {args.dataset}: {data.num_train_rows} training rows, "
+          f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
+          flush=True)
+    fit(args, data, tokenizer, model_config, workers, use_gpu)
+    checkpoint, history = write_outputs(output_dir, args.kind)
+    metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
+    _print_results(output_dir, metrics, history, time.time() - started)
     return 0
+
+
+def _evaluate_only(args, output_dir: Path, use_gpu: bool) -> int:
+    from models.checkpoint import load_checkpoint
+
+    checkpoint = output_dir / "checkpoint"
+    model, tokenizer = load_checkpoint(checkpoint)
+    data, _, _ = prepare_data(args, tokenizer, model.config)
+    metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
+    _print_results(output_dir, metrics, [], 0.0)
+    return 0
+
+
+def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds: float) -> None:
+    from jobs.evaluate import summary
+
+    best = max(history, key=lambda row: row["val_score"])["epoch"] if history else None
+    print(f"\n{summary(metrics)}")
+    print(f"results in {output_dir}" + (f" (after {seconds:.0f} s)" if seconds else ""))
+    print(f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer")
+    for name, what in (("metrics.json", "the evaluation above"), ("history.jsonl", "one line per epoch"),
+                       ("loss.png", "training loss and validation metric per epoch"),
+                       ("recall.png", "recall@K curves"), ("confusion.png", "validation confusion matrix"),
+                       ("skipped.jsonl", "inputs skipped, and why")):
+        if (output_dir / name).exists():
+            print(f"  {name:<15} {what}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import math
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from torch import nn
 
 MAX_LOGIT_SCALE = 100.0
 
@@ -23,6 +24,10 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
+    if not tensor.is_floating_point():  # masks and ids: nothing to differentiate
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(tensor.contiguous()), dim=0)
@@ -109,3 +114,40 @@ def cdcr_loss(
         c_text = (z_t * text_weight[token_keep].unsqueeze(1)).T @ z_tv / B
         c_video = (z_v * video_weight[frame_keep].unsqueeze(1)).T @ z_vt / B
     return _decorrelation((c_text + c_video) / 2, alpha1, alpha2)
+
+
+class ContrastiveObjective(nn.Module):
+    """The retriever's training loss as one module, so that DDP sees every parameter used
+    inside ``forward``: encode the local batch, gather features from every worker (the
+    contrastive batch is the global batch), score, symmetric InfoNCE, optional CDCR.
+
+    ``forward`` returns ``{"loss", "nce", "cdcr", "global_batch"}``.
+    """
+
+    def __init__(self, retriever, cdcr: int = 0, cdcr_alpha1: float = 0.14, cdcr_alpha2: float = 0.0,
+                 cdcr_lambda: float = 0.001):
+        super().__init__()
+        if cdcr and retriever.head is None:
+            raise ValueError("CDCR needs token-wise features: use interaction 'wti' or 'ti'")
+        self.retriever = retriever
+        self.cdcr, self.cdcr_alpha1, self.cdcr_alpha2, self.cdcr_lambda = cdcr, cdcr_alpha1, cdcr_alpha2, cdcr_lambda
+
+    def forward(self, input_ids, attention_mask, pixel_values, frame_mask) -> dict[str, torch.Tensor]:
+        text_feat, text_mask = self.retriever.encode_text(input_ids, attention_mask)  # (b, L, D)
+        video_feat, video_mask = self.retriever.encode_video(pixel_values, frame_mask)  # (b, F, D)
+        text_feat, text_mask, video_feat, video_mask = (
+            all_gather_with_grad(t) for t in (text_feat, text_mask, video_feat, video_mask)
+        )  # (B, ...), B = the global batch
+        scores = self.retriever.similarity(text_feat, text_mask, video_feat, video_mask)  # (B, B)
+        nce = info_nce(scores, self.retriever.logit_scale)
+        regulariser = scores.new_zeros(())
+        if self.cdcr:
+            head = self.retriever.head
+            text, text_weight = head.prepare_text(text_feat, text_mask)
+            video, video_weight = head.prepare_video(video_feat, video_mask)
+            regulariser = self.cdcr_lambda * cdcr_loss(
+                self.cdcr, text, text_mask, video, video_mask, text_weight, video_weight,
+                self.cdcr_alpha1, self.cdcr_alpha2,
+            )
+        return {"loss": nce + regulariser, "nce": nce.detach(), "cdcr": regulariser.detach(),
+                "global_batch": torch.tensor(scores.shape[0])}

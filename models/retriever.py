@@ -164,20 +164,44 @@ class Retriever(nn.Module):
             return self.head(text_feat, video_feat, text_mask, video_mask)
         return dot_product_scores(text_feat, text_mask, video_feat, video_mask)
 
+    def prepare_text(self, text_feat, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """What exact scoring (``models.token_wise_scores``) needs of the texts:
+        normalised tokens ``[A, L, D]`` and weights ``[A, L]``. For ``dp`` that is the one
+        end-of-text token with weight 1, so every interaction is scored by the same kernel."""
+        if self.head is not None:
+            return self.head.prepare_text(text_feat, text_mask)
+        token = end_token(text_feat, text_mask)  # (A, D)
+        return token.unsqueeze(1), token.new_ones(token.shape[0], 1)
+
+    def prepare_video(self, video_feat, video_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``prepare_text`` for videos (``[V, F, D]``, ``[V, F]``); for ``dp`` the
+        normalised mean of the normalised real frames, ``[V, 1, D]``. Depends on the video
+        only, so an index stores it."""
+        if self.head is not None:
+            return self.head.prepare_video(video_feat, video_mask)
+        video = mean_frame(video_feat, video_mask)  # (V, D)
+        return video.unsqueeze(1), video.new_ones(video.shape[0], 1)
+
     def forward(self, input_ids, attention_mask, pixel_values, frame_mask) -> torch.Tensor:
         text_feat, text_mask = self.encode_text(input_ids, attention_mask)
         video_feat, video_mask = self.encode_video(pixel_values, frame_mask)
         return self.similarity(text_feat, text_mask, video_feat, video_mask)
 
 
-def dot_product_scores(text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
-    """CLIP4Clip's meanP similarity ``[A, V]``: end-of-text token vs masked mean of frames.
-
-    The end-of-text token is the last real token (CLIP puts it right before the padding).
-    """
+def end_token(text_feat: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """The normalised end-of-text token ``[A, D]``: the last real token (CLIP puts it right
+    before the padding)."""
     last = text_mask.sum(-1).long() - 1  # (A,)
-    text = F.normalize(text_feat[torch.arange(text_feat.shape[0]), last], dim=-1)  # (A, D)
+    return F.normalize(text_feat[torch.arange(text_feat.shape[0]), last], dim=-1)
+
+
+def mean_frame(video_feat: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip's meanP video vector ``[V, D]``: normalised mean of the normalised real frames."""
     mask = video_mask.unsqueeze(-1).to(video_feat.dtype)  # (V, F, 1)
     frames = F.normalize(video_feat, dim=-1) * mask
-    video = F.normalize(frames.sum(1) / mask.sum(1).clamp(min=1), dim=-1)  # (V, D)
-    return text @ video.T
+    return F.normalize(frames.sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
+
+def dot_product_scores(text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
+    """CLIP4Clip's meanP similarity ``[A, V]``: end-of-text token vs mean frame."""
+    return end_token(text_feat, text_mask) @ mean_frame(video_feat, video_mask).T

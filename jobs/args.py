@@ -1,0 +1,140 @@
+"""The flags of ``jobs/train.py`` and ``jobs/evaluate.py``.
+
+Names follow the reference repos, so that their commands work as written: PitVQA's
+(``--dataset=pit24 --epochs=60 --batch_size=64 --lr=0.00002``, with ``--data_root``),
+CLIP4Clip's (``--train_csv --val_csv --data_path --features_path --max_words --max_frames
+--feature_framerate --slice_framepos --sim_header --coef_lr ...``) and DRL's
+(``--interaction --cdcr*``, and its spellings ``--agg_module``, ``--video_framerate``,
+``--video_path``, ``--anno_path``, ``--datatype``). Each flag also takes ``-`` for ``_``.
+Defaults marked "preset" depend on ``--preset``: the tiny preset trains a random-init
+model from scratch in minutes, the base preset follows the papers.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jobs.cli import Parser, positive_float, positive_int
+from jobs.data import DEFAULT_SYNTHETIC_DIR
+
+MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
+DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
+
+# Preset-dependent defaults: (tiny, base). The tiny values were tuned so that the main
+# jobs reach their targets in a few CPU minutes; the base values are the papers'.
+PRESET_DEFAULTS = {
+    "retriever": {"epochs": (12, 5), "batch_size": (32, 128), "lr": (1e-3, 1e-4), "coef_lr": (1.0, 1e-3),
+                  "max_frames": (4, 12)},
+    "pitvqa": {"epochs": (12, 60), "batch_size": (32, 64), "lr": (1e-3, 2e-5)},
+}
+
+
+def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
+    parser = Parser(prog=prog, description=description)
+    add = parser.add_argument
+    if evaluate:
+        add("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
+        add("--output_dir", default=None, help="where metrics.json and plots go (default: next to the checkpoint)")
+    else:
+        add("--model", choices=sorted(MODELS), default="wti", help="wti (= retriever): CLIP4Clip + DRL's WTI; pitvqa: PitVQANet")
+        add("--output_dir", default=None, help="checkpoints, metrics.json, history.jsonl and plots (default: runs/<model>)")
+        add("--preset", choices=("tiny", "base"), default="tiny",
+            help="tiny: small random-init models; base: the papers' models (needs the weight folders)")
+    add("--dataset", "--datatype", choices=("msrvtt", "pit24", "endo18"), default=None,
+        help="default: msrvtt for the retriever, pit24 for pitvqa")
+    add("--synthetic_dir", default=str(DEFAULT_SYNTHETIC_DIR),
+        help="where the built-in synthetic datasets are generated when no data flags are given")
+    add("--seed", "--random_seed", type=int, default=42, help="random seed (model init, shuffling, synthetic data)")
+    add("--num_workers", type=positive_int, default=None, help="Ray Train workers (default: one per GPU, else 1)")
+    add("--use_gpu", action=argparse.BooleanOptionalAction, default=None,
+        help="train and evaluate on GPUs (default: when the cluster has them)")
+    add("--num_shards", type=positive_int, default=None,
+        help="video shards of the evaluation similarity matrix (default: one per GPU, else 2)")
+
+    g = parser.add_argument_group("retrieval data (MSR-VTT layout, CLIP4Clip/DRL names)")
+    g.add_argument("--train_csv", default=None, help="MSRVTT_train.9k.csv")
+    g.add_argument("--val_csv", default=None, help="MSRVTT_JSFUSION_test.csv")
+    g.add_argument("--data_path", default=None, help="MSRVTT_data.json (CLIP4Clip's or Frozen-in-Time's layout)")
+    g.add_argument("--features_path", "--video_path", default=None, help="folder of the videos")
+    g.add_argument("--anno_path", default=None, help="DRL: folder holding the two CSVs and MSRVTT_data.json")
+    g.add_argument("--max_words", type=positive_int, default=32, help="text tokens")
+    g.add_argument("--max_frames", type=positive_int, default=None, help="frames per clip (preset: 4 tiny, 12 base)")
+    g.add_argument("--feature_framerate", "--video_framerate", type=positive_float, default=1.0, help="frames per second sampled")
+    g.add_argument("--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform")
+    g.add_argument("--synthetic_train", type=positive_int, default=240, help="synthetic MSR-VTT training videos")
+    g.add_argument("--synthetic_test", type=positive_int, default=48, help="synthetic MSR-VTT test videos (at most 96)")
+
+    g = parser.add_argument_group("VQA data (PitVQA / EndoVis18-VQA layouts)")
+    g.add_argument("--data_root", default=None, help="dataset root (pit24: QA/ and images/; endo18: seq_N/)")
+    g.add_argument("--synthetic_videos", type=positive_int, default=25, help="synthetic pit24 videos (the split needs 25)")
+    g.add_argument("--max_length", type=positive_int, default=30, help="question tokens")
+
+    g = parser.add_argument_group("pretrained weights (local folders; nothing is downloaded)")
+    g.add_argument("--clip_path", "--pretrained_clip_name", default=None, help="CLIP folder (base retriever)")
+    g.add_argument("--vit_path", default=None, help="ViT folder (base PitVQANet)")
+    g.add_argument("--blip_path", default=None, help="BLIP folder (base PitVQANet)")
+    g.add_argument("--gpt2_path", default=None, help="GPT-2 folder (base PitVQANet)")
+    g.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the CLIP/GPT-2 folder, or a tiny BPE)")
+    g.add_argument("--image_size", type=positive_int, default=64, help="image side of the tiny presets")
+    if evaluate:
+        return parser
+
+    g = parser.add_argument_group("training")
+    g.add_argument("--epochs", type=positive_int, default=None, help="preset: retriever 12 tiny / 5 base; pitvqa 12 / 60")
+    g.add_argument("--batch_size", type=positive_int, default=None,
+                   help="global batch over all workers (preset: retriever 32 / 128; pitvqa 32 / 64)")
+    g.add_argument("--batch_size_val", type=positive_int, default=64, help="validation batch")
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (preset: retriever 1e-3 / 1e-4; pitvqa 1e-3 / 2e-5)")
+    g.add_argument("--coef_lr", type=positive_float, default=None, help="CLIP's lr is lr * coef_lr (preset: 1 / 1e-3)")
+    g.add_argument("--weight_decay", type=float, default=0.2, help="retriever AdamW weight decay (none on biases and norms)")
+    g.add_argument("--warmup_proportion", type=float, default=0.1, help="retriever cosine schedule warm-up")
+    g.add_argument("--max_grad_norm", type=positive_float, default=1.0, help="retriever gradient clipping")
+    g.add_argument("--sim_header", "--agg_module", choices=("meanP", "seqTransf"), default="seqTransf", help="temporal header")
+    g.add_argument("--interaction", choices=("wti", "ti", "dp"), default="wti", help="text-video interaction")
+    g.add_argument("--cross_num_hidden_layers", type=positive_int, default=4, help="seqTransf layers")
+    g.add_argument("--cdcr", type=int, choices=(0, 1, 2, 3), default=0, help="DRL's channel decorrelation (0 = off)")
+    g.add_argument("--cdcr_alpha1", type=float, default=1.0, help="CDCR on-diagonal weight")
+    g.add_argument("--cdcr_alpha2", type=float, default=0.06, help="CDCR off-diagonal weight")
+    g.add_argument("--cdcr_lambda", type=float, default=0.001, help="CDCR loss weight")
+    g.add_argument("--text_encoder_init", choices=("config", "pretrained"), default="config",
+                   help="PitVQANet's BLIP text encoder: random from config (reference) or pretrained")
+    g.add_argument("--max_failures", type=int, default=2, help="worker failures Ray Train recovers from")
+    g.add_argument("--fresh", action="store_true", help="discard an earlier run in --output_dir instead of resuming it")
+    g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
+    g.add_argument("--do_train", nargs="?", type=int, const=1, default=1, help="CLIP4Clip/DRL compatibility: train (1)")
+    g.add_argument("--do_eval", nargs="?", type=int, const=1, default=0,
+                   help="with --do_train 0: only evaluate <output_dir>/checkpoint")
+    g.add_argument("--inject_failure", type=positive_int, default=None,
+                   help="testing: the first worker to reach this step raises, once per output_dir")
+    return parser
+
+
+def resolve(args, kind: str) -> str | None:
+    """Fill the preset defaults and derived paths in place; return an error line or None."""
+    defaults = PRESET_DEFAULTS[kind]
+    column = 0 if getattr(args, "preset", "tiny") == "tiny" else 1
+    for name, values in defaults.items():
+        if getattr(args, name, None) is None and hasattr(args, name):
+            setattr(args, name, values[column])
+    if args.dataset is None:
+        args.dataset = DATASETS[kind][0]
+    if args.dataset not in DATASETS[kind]:
+        return f"--dataset {args.dataset} is not a {kind} dataset (choose from {', '.join(DATASETS[kind])})"
+    if args.anno_path:  # DRL keeps the annotations together
+        anno = Path(args.anno_path)
+        args.train_csv = args.train_csv or str(anno / "MSRVTT_train.9k.csv")
+        args.val_csv = args.val_csv or str(anno / "MSRVTT_JSFUSION_test.csv")
+        args.data_path = args.data_path or str(anno / "MSRVTT_data.json")
+    if getattr(args, "preset", None) == "base":
+        needed = ["clip_path"] if kind == "retriever" else ["vit_path", "blip_path", "gpt2_path"]
+        missing = [f"--{name}" for name in needed if not getattr(args, name)]
+        if missing:
+            return f"--preset base needs the local weight folder(s) {' '.join(missing)}"
+    for name in ("clip_path", "vit_path", "blip_path", "gpt2_path", "tokenizer_path"):
+        if getattr(args, name) and not Path(getattr(args, name)).is_dir():
+            return f"--{name} {getattr(args, name)}: no such folder"
+    if kind == "retriever" and getattr(args, "cdcr", 0) and args.interaction == "dp":
+        return "--cdcr needs token-wise features: use --interaction wti or ti"
+    if not 0 <= getattr(args, "warmup_proportion", 0) < 1:
+        return "--warmup_proportion must be in [0, 1)"
+    return None

@@ -1,0 +1,257 @@
+"""The data side of the jobs: find (or generate) a dataset, decode it once, and hand Ray
+Datasets of model-ready rows to training and evaluation.
+
+With no data flags the built-in synthetic data is generated on first use, in the real
+layouts, under ``--synthetic_dir``; the same readers then run on it as on the real sets.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from ingest.clips import read_clips, write_clips
+from ingest.datasets import caption_clip_dataset, normalize_clips, qa_dataset
+from ingest.msrvtt import read_test, read_train
+from ingest.qa import load_labels, read_qa
+from ingest.report import Report
+from ingest.video import ClipSpec, find_videos
+from models import build_bpe_tokenizer, load_tokenizer
+
+DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
+COMPLETE = ".complete"  # written last: a generation that was interrupted is redone
+# Model-ready rows are kept in Ray's object store when they fit in this many bytes, so that
+# epochs after the first do not redo normalisation; larger sets stream every epoch.
+MATERIALIZE_BYTES = 2 << 30
+
+
+def _keep_if_small(ds: ray.data.Dataset, num_rows: int, bytes_per_row: int) -> ray.data.Dataset:
+    return ds.materialize() if num_rows * bytes_per_row <= MATERIALIZE_BYTES else ds
+
+
+class DataError(ValueError):
+    """Data that cannot be used as asked; the message says why (exit code 2, no traceback)."""
+
+
+# --- MSR-VTT layout (retrieval) ---------------------------------------------------------
+
+
+@dataclass
+class MsrvttFiles:
+    train_csv: Path
+    val_csv: Path
+    data_path: Path  # MSRVTT_data.json
+    features_path: Path  # folder of videos
+    cache_dir: Path  # where decoded clips are kept
+
+
+def msrvtt_files(args) -> MsrvttFiles:
+    """The user's MSR-VTT files, or the synthetic corpus (generated if absent)."""
+    given = [args.train_csv, args.val_csv, args.data_path, args.features_path]
+    if any(given):
+        if not all(given):
+            raise DataError("MSR-VTT needs all of --train_csv, --val_csv, --data_path and --features_path")
+        for path in given:
+            if not Path(path).exists():
+                raise DataError(f"{path}: no such file or folder")
+        return MsrvttFiles(*(Path(p) for p in given), cache_dir=Path(args.output_dir))
+    root = Path(args.synthetic_dir) / f"msrvtt_{args.synthetic_train}x{args.synthetic_test}"
+    if not (root / COMPLETE).is_file():
+        from ingest.synthetic import make_msrvtt
+
+        print(f"generating the synthetic MSR-VTT-layout corpus under {root} "
+              f"({args.synthetic_train} train + {args.synthetic_test} test videos, once)", flush=True)
+        make_msrvtt(root, num_train=args.synthetic_train, num_test=args.synthetic_test)
+        (root / COMPLETE).touch()
+    return MsrvttFiles(root / "MSRVTT_train.9k.csv", root / "MSRVTT_JSFUSION_test.csv", root / "MSRVTT_data.json",
+                       root / "videos", cache_dir=root)
+
+
+def decoded_clips(video_ids: list[str], features_path: Path, spec: ClipSpec, cache_dir: Path) -> tuple[Path, Report]:
+    """Decode the videos once with the Ray Data clip job; later runs reuse the shards.
+
+    The folder is keyed by the sampling settings; ``skipped.jsonl`` marks it complete.
+    """
+    found = find_videos(features_path)
+    # A listed video that is not in the folder is decoded from its expected path, so that
+    # the clip job reports it as missing rather than it vanishing here.
+    videos = {vid: found.get(vid, features_path / f"{vid}.mp4") for vid in video_ids}
+    key = f"clips_{spec.feature_framerate:g}fps_{spec.max_frames}f_pos{spec.slice_framepos}_{spec.image_size}px"
+    out = cache_dir / key
+    if (out / "skipped.jsonl").is_file():
+        report = Report.read(out / "skipped.jsonl")
+        print(f"reusing decoded clips in {out} ({report.summary('decode')})", flush=True)
+        return out, report
+    shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier decode
+    print(f"decoding {len(videos)} videos with Ray Data into {out}", flush=True)
+    written, report = write_clips(videos, out, spec)
+    print(f"decoded {written} clips; {report.summary('decode')}", flush=True)
+    return out, report
+
+
+@dataclass
+class RetrievalData:
+    train: ray.data.Dataset  # one row per training caption with its clip
+    val: ray.data.Dataset  # one row per test caption with its clip and ``video_index`` (per-epoch validation)
+    test_pairs: list[tuple[str, str]]  # (video_id, caption) of the decoded test videos
+    test_video_ids: list[str]  # ``video_index`` -> video id
+    test_videos: ray.data.Dataset  # one row per decoded test video: video_id, pixel_values, frame_mask
+    num_train_rows: int
+    report: Report
+
+
+def retrieval_captions(files: MsrvttFiles):
+    """(train split, test split) as caption-video pairs."""
+    return read_train(files.train_csv, files.data_path), read_test(files.val_csv)
+
+
+def retrieval_tokenizer(args, train_texts: list[str]):
+    """A local CLIP tokenizer folder, or a tiny BPE built from the training captions."""
+    path = args.tokenizer_path or args.clip_path
+    if path:
+        return load_tokenizer(path)
+    return build_bpe_tokenizer(train_texts, vocab_size=1000, style="clip")
+
+
+def retrieval_data(files: MsrvttFiles, spec: ClipSpec, tokenizer, max_words: int) -> RetrievalData:
+    train, test = retrieval_captions(files)
+    clips_dir, report = decoded_clips(train.video_ids + test.video_ids, files.features_path, spec, files.cache_dir)
+    clips = read_clips(clips_dir)
+    decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
+    train_rows = [pair for pair in train.pairs if pair[0] in decoded]
+    test_pairs = [pair for pair in test.pairs if pair[0] in decoded]
+    if not train_rows or not test_pairs:
+        raise DataError(f"no decodable videos for the {'training' if not train_rows else 'test'} captions; "
+                        f"see {clips_dir / 'skipped.jsonl'}")
+    test_video_ids = list(dict.fromkeys(video_id for video_id, _ in test_pairs))
+    video_index = {video_id: i for i, video_id in enumerate(test_video_ids)}
+
+    def test_clips_only(batch):
+        keep = np.isin(batch["video_id"], test_video_ids)
+        return {k: v[keep] for k, v in batch.items()}
+
+    test_videos = clips.map_batches(test_clips_only).map_batches(normalize_clips)
+
+    def tensors_only(batch):  # Ray Train's torch batches hold numbers only
+        return {k: v for k, v in batch.items() if k not in ("video_id", "caption")}
+
+    def with_video_index(batch):
+        batch["video_index"] = np.array([video_index[v] for v in batch["video_id"]], np.int64)
+        return tensors_only(batch)
+
+    row_bytes = 4 * spec.max_frames * 3 * spec.image_size**2  # float32 pixel_values
+    train_ds = caption_clip_dataset(train.pairs, clips, tokenizer, max_words, report)
+    val_ds = caption_clip_dataset(test.pairs, clips, tokenizer, max_words, report)
+    return RetrievalData(
+        train=_keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes),
+        val=_keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes),
+        test_pairs=test_pairs, test_video_ids=test_video_ids, test_videos=test_videos,
+        num_train_rows=len(train_rows), report=report,
+    )
+
+
+# --- PitVQA layouts (VQA) ---------------------------------------------------------------
+
+
+def vqa_root(args) -> Path:
+    """``--data_root``, or the synthetic PitVQA-layout tree (generated if absent)."""
+    if args.data_root:
+        root = Path(args.data_root)
+        if not root.is_dir():
+            raise DataError(f"{root}: no such dataset folder")
+        return root
+    if args.dataset != "pit24":
+        raise DataError(f"--dataset {args.dataset} needs --data_root (only pit24 has built-in synthetic data)")
+    root = Path(args.synthetic_dir) / f"pit24_{args.synthetic_videos}"
+    if not (root / COMPLETE).is_file():
+        from ingest.synthetic import make_pit24
+
+        print(f"generating the synthetic PitVQA-layout tree under {root} ({args.synthetic_videos} videos, once)",
+              flush=True)
+        make_pit24(root, videos=args.synthetic_videos)
+        (root / COMPLETE).touch()
+    return root
+
+
+def vqa_questions(args, root: Path) -> tuple[list[dict], list[dict], Report]:
+    """(train rows, validation rows, report of skipped lines and images)."""
+    report = Report()
+    train, val = read_qa(args.dataset, root, "train", report), read_qa(args.dataset, root, "val", report)
+    if report.records:
+        report.write(Path(args.output_dir) / "skipped_qa.jsonl")
+    print(f"{args.dataset}: {len(train)} training and {len(val)} validation questions; "
+          f"{report.summary('read')}", flush=True)
+    if not train or not val:
+        raise DataError(f"{root}: no usable {'training' if not train else 'validation'} questions "
+                        f"for {args.dataset} (expected layout: see the README)")
+    return train, val, report
+
+
+def vqa_tokenizer(args, train_rows: list[dict]):
+    """A local GPT-2 tokenizer folder, or a tiny BPE built from the training questions."""
+    path = args.tokenizer_path or args.gpt2_path
+    if path:
+        return load_tokenizer(path)
+    return build_bpe_tokenizer([row["question"] for row in train_rows], vocab_size=1000, style="gpt2")
+
+
+@dataclass
+class VQAData:
+    train: ray.data.Dataset
+    val: ray.data.Dataset
+    labels: list[str]
+    train_labels: np.ndarray  # for the majority-class baseline
+    num_train_rows: int
+    report: Report
+
+
+def vqa_data(args, train_rows, val_rows, report, tokenizer, image_size: int, max_length: int) -> VQAData:
+    def rows_dataset(rows):
+        return _keep_if_small(qa_dataset(rows, tokenizer, image_size, max_length), len(rows), 4 * 3 * image_size**2)
+
+    return VQAData(train=rows_dataset(train_rows), val=rows_dataset(val_rows), labels=load_labels(args.dataset),
+                   train_labels=np.array([row["label"] for row in train_rows]), num_train_rows=len(train_rows),
+                   report=report)
+
+
+# --- both --------------------------------------------------------------------------------
+
+
+def build_model_config(args, tokenizer):
+    """The typed model config from the preset, the weight folders and the data flags."""
+    if args.kind == "retriever":
+        from models import RetrieverConfig
+
+        common = dict(sim_header=args.sim_header, interaction=args.interaction, max_words=args.max_words,
+                      max_frames=args.max_frames, temporal_layers=args.cross_num_hidden_layers)
+        if args.preset == "base":
+            return RetrieverConfig.base(args.clip_path, **common)
+        return RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
+    from models import NUM_CLASSES, PitVQAConfig
+
+    common = dict(num_classes=NUM_CLASSES[args.dataset], max_length=args.max_length)
+    if args.preset == "base":
+        return PitVQAConfig.base(args.vit_path, args.blip_path, args.gpt2_path, vocab_size=len(tokenizer),
+                                 text_encoder_init=args.text_encoder_init, **common)
+    return PitVQAConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
+
+
+def prepare_data(args, tokenizer=None, model_config=None):
+    """(data, tokenizer, model_config) for ``args.kind``; generates synthetic data if needed."""
+    if args.kind == "retriever":
+        files = msrvtt_files(args)
+        if tokenizer is None:
+            train, _ = retrieval_captions(files)
+            tokenizer = retrieval_tokenizer(args, [caption for _, caption in train.pairs])
+        model_config = model_config or build_model_config(args, tokenizer)
+        spec = ClipSpec(args.feature_framerate, model_config.max_frames, args.slice_framepos, model_config.image_size)
+        return retrieval_data(files, spec, tokenizer, model_config.max_words), tokenizer, model_config
+    root = vqa_root(args)
+    train_rows, val_rows, report = vqa_questions(args, root)
+    tokenizer = tokenizer or vqa_tokenizer(args, train_rows)
+    model_config = model_config or build_model_config(args, tokenizer)
+    return (vqa_data(args, train_rows, val_rows, report, tokenizer, model_config.image_size, model_config.max_length),
+            tokenizer, model_config)

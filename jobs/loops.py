@@ -1,0 +1,261 @@
+"""What each Ray Train worker runs: the retriever recipe (as DRL trains it) and the
+PitVQANet recipe (as the PitVQA reference trains it).
+
+Each recipe reads top to bottom: build, restore, wrap for DDP, then per epoch train,
+validate and report. Every worker calls ``ray.train.report``; only rank 0 writes the
+checkpoint (``model/`` in the models' folder format plus ``train_state.pt``) and appends
+to ``history.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model
+from torch import nn
+
+from jobs.metrics import retrieval_metrics, vqa_metrics
+from models import (
+    ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, clamp_logit_scale_, save_checkpoint,
+)
+
+FAILURE_MARKER = ".injected_failure"
+
+
+# --- shared pieces ----------------------------------------------------------------------
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base rate, then cosine decay to 0 (DRL's schedule)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def retriever_param_groups(model: Retriever, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """CLIP at ``lr * coef_lr``, the new modules at ``lr``; no weight decay on biases, norm
+    weights and other 1-D parameters (CLIP's logit scale and class embedding included)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name.startswith("clip."), param.ndim >= 2), []).append(param)
+    return [{"params": params, "lr": lr * coef_lr if is_clip else lr, "weight_decay": weight_decay if decays else 0.0}
+            for (is_clip, decays), params in groups.items()]
+
+
+def restore(model: nn.Module, optimizer, scheduler) -> dict:
+    """Load the latest reported checkpoint, if any, into the model, optimizer and scheduler.
+
+    Returns the training state: ``epoch`` (last finished), ``best_score``, ``history``, ``step``.
+    """
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"epoch": 0, "best_score": None, "history": [], "step": 0}
+    with checkpoint.as_directory() as folder:
+        load_model(model, str(Path(folder) / "model" / "model.safetensors"))
+        state = torch.load(Path(folder) / "train_state.pt", weights_only=True)
+    optimizer.load_state_dict(state.pop("optimizer"))
+    scheduler.load_state_dict(state.pop("scheduler"))
+    state["history"] = json.loads(state["history"])
+    _log(f"resuming after epoch {state['epoch']} from {checkpoint.path}")
+    return state
+
+
+def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: dict, row: dict) -> None:
+    """Every worker reports; rank 0 also writes the checkpoint and the history line."""
+    state["history"].append(row)
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    output_dir = Path(config["output_dir"])
+    with (output_dir / "history.jsonl").open("w") as f:  # rewritten whole: a resumed run drops nothing
+        f.writelines(json.dumps(r) + "\n" for r in state["history"])
+    with tempfile.TemporaryDirectory() as folder:
+        save_checkpoint(Path(folder) / "model", model, tokenizer, extra={"epoch": row["epoch"]})
+        torch.save({"epoch": row["epoch"], "best_score": state["best_score"], "step": state["step"],
+                    "history": json.dumps(state["history"]), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict()}, Path(folder) / "train_state.pt")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
+                         checkpoint_dir_name=f"epoch_{row['epoch']:03d}")
+
+
+def maybe_fail(config: dict, step: int) -> None:
+    """Test hook (``--inject_failure STEP``): the first run to reach ``step`` dies there."""
+    marker = Path(config["output_dir"]) / FAILURE_MARKER
+    if config.get("inject_failure") == step and not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"injected failure at step {step} (--inject_failure)")
+
+
+def gather_objects(value):
+    """Every worker's ``value``, in rank order (just ``[value]`` on one worker)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def _log(message: str) -> None:
+    if ray.train.get_context().get_world_rank() == 0:
+        print(message, flush=True)
+
+
+def _local_batch(config: dict) -> int:
+    """``--batch_size`` is the global batch, as in CLIP4Clip/DRL and PitVQA."""
+    return max(1, config["batch_size"] // ray.train.get_context().get_world_size())
+
+
+def _batches(shard, config: dict, shuffle: bool):
+    return shard.iter_torch_batches(
+        batch_size=_local_batch(config), drop_last=shuffle, device=ray.train.torch.get_device(),
+        local_shuffle_buffer_size=4 * _local_batch(config) if shuffle else None,
+        local_shuffle_seed=config["seed"] if shuffle else None,
+    )
+
+
+# --- the retriever (DRL) ----------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate_retriever(model: Retriever, shard, config: dict) -> dict:
+    """Test-set t2v/v2t metrics: each worker encodes its shard; the features are gathered
+    and every worker scores the full matrix exactly (so all ranks agree on the best epoch)."""
+    model.eval()
+    parts = []
+    for batch in _batches(shard, config, shuffle=False):
+        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
+        video = model.encode_video(batch["pixel_values"], batch["frame_mask"])
+        parts.append([t.cpu() for t in (*text, *video, batch["video_index"])])
+    gathered = [p for worker in gather_objects(parts) for p in worker]
+    if not gathered:
+        return {}
+    text_feat, text_mask, video_feat, video_mask, video_index = (torch.cat(x) for x in zip(*gathered))
+    keep = np.unique(video_index.numpy(), return_index=True)[1]  # one column per video, ordered by index
+    device = ray.train.torch.get_device()
+    scores = model.similarity(text_feat.to(device), text_mask.to(device), video_feat[keep].to(device),
+                              video_mask[keep].to(device)).cpu()
+    column = {int(v): i for i, v in enumerate(video_index[keep])}
+    metrics = retrieval_metrics(scores.numpy(), np.array([column[int(v)] for v in video_index]))
+    return {"R@1": metrics["t2v"]["R@1"], "R@5": metrics["t2v"]["R@5"], "R@10": metrics["t2v"]["R@10"],
+            "v2t_R@1": metrics["v2t"]["R@1"], "MdR": metrics["t2v"]["MdR"], "chance_R@1": metrics["chance_R@1"]}
+
+
+def retriever_loop(config: dict) -> None:
+    torch.manual_seed(config["seed"])
+    model = Retriever(RetrieverConfig(**config["model_config"]))
+    optimizer = torch.optim.AdamW(
+        retriever_param_groups(model, config["lr"], config["coef_lr"], config["weight_decay"]),
+        betas=(0.9, 0.98), eps=1e-6,
+    )
+    steps_per_epoch = max(1, config["num_train_rows"] // config["batch_size"])
+    total_steps = steps_per_epoch * config["epochs"]
+    scheduler = cosine_with_warmup(optimizer, int(config["warmup_proportion"] * total_steps), total_steps)
+    state = restore(model, optimizer, scheduler)
+    objective = ray.train.torch.prepare_model(
+        ContrastiveObjective(model, config["cdcr"], config["cdcr_alpha1"], config["cdcr_alpha2"], config["cdcr_lambda"])
+    )
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+        objective.train()
+        started, losses, global_batch = time.time(), [], 0
+        for batch in _batches(train_shard, config, shuffle=True):
+            state["step"] += 1
+            maybe_fail(config, state["step"])
+            out = objective(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
+            optimizer.step()
+            scheduler.step()
+            clamp_logit_scale_(model.logit_scale)
+            losses.append(out["loss"].item())
+            global_batch = int(out["global_batch"])
+            if config["n_display"] and state["step"] % config["n_display"] == 0:
+                _log(f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f} "
+                     f"lr {scheduler.get_last_lr()[-1]:.2e}")
+        metrics = validate_retriever(model, val_shard, config)
+        score = metrics.get("R@1", 0.0) + metrics.get("R@5", 0.0) / 100  # R@1, ties broken by R@5
+        state["best_score"] = max(score, state["best_score"] or score)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
+               "val_score": score, "global_batch": global_batch, "steps": len(losses),
+               "seconds": round(time.time() - started, 2), **metrics}
+        _log(f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, test t2v R@1 {metrics.get('R@1', 0):.1f} "
+             f"R@5 {metrics.get('R@5', 0):.1f} (chance {metrics.get('chance_R@1', 0):.1f}), {row['seconds']:.0f} s")
+        report_epoch(config, model, config["tokenizer"], optimizer, scheduler, state, row)
+
+
+# --- PitVQANet (PitVQA reference) -------------------------------------------------------
+
+
+@torch.no_grad()
+def validate_vqa(model: PitVQANet, shard, config: dict) -> dict:
+    model.eval()
+    predicted, truth = [], []
+    for batch in _batches(shard, config, shuffle=False):
+        logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        predicted.append(logits.argmax(-1).cpu().numpy())
+        truth.append(batch["label"].cpu().numpy())
+    gathered = gather_objects((predicted, truth))
+    y_pred = np.concatenate([p for worker in gathered for p in worker[0]] or [np.zeros(0, np.int64)])
+    y_true = np.concatenate([t for worker in gathered for t in worker[1]] or [np.zeros(0, np.int64)])
+    if not len(y_true):
+        return {}
+    metrics, _ = vqa_metrics(y_true, y_pred, config["model_config"]["num_classes"], config["train_labels"])
+    return {k: metrics[k] for k in ("acc", "f1", "precision", "recall", "balanced_acc", "majority_acc")}
+
+
+def pitvqa_loop(config: dict) -> None:
+    torch.manual_seed(config["seed"])
+    model = PitVQANet(PitVQAConfig(**config["model_config"]))
+    world = ray.train.get_context().get_world_size()
+    if world > 1 and config["use_gpu"]:
+        # SyncBatchNorm needs GPU tensors; CPU workers keep per-worker batch statistics.
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the reference keeps lr fixed
+    state = restore(model, optimizer, scheduler)
+    net = ray.train.torch.prepare_model(model)
+    criterion = nn.CrossEntropyLoss()
+    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
+        net.train()
+        started, losses = time.time(), []
+        # drop_last: BatchNorm in the head cannot train on a batch of one.
+        for batch in _batches(train_shard, config, shuffle=True):
+            state["step"] += 1
+            maybe_fail(config, state["step"])
+            loss = criterion(net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if config["n_display"] and state["step"] % config["n_display"] == 0:
+                _log(f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f}")
+        metrics = validate_vqa(model, val_shard, config)
+        score = metrics.get("f1", 0.0)  # best checkpoint by validation macro-F1, as the reference
+        state["best_score"] = max(score, state["best_score"] or score)
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_score": score,
+               "steps": len(losses), "seconds": round(time.time() - started, 2), **metrics}
+        _log(f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, val acc {100 * metrics.get('acc', 0):.1f}% "
+             f"macro-F1 {metrics.get('f1', 0):.3f} (majority class {100 * metrics.get('majority_acc', 0):.1f}%), "
+             f"{row['seconds']:.0f} s")
+        report_epoch(config, model, config["tokenizer"], optimizer, scheduler, state, row)
+
+
+LOOPS = {"retriever": retriever_loop, "pitvqa": pitvqa_loop}
