@@ -86,6 +86,7 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
                        test_videos: ray.data.Dataset, output_dir: Path, num_shards: int | None = None,
                        use_gpu: bool = False) -> dict:
     """``metrics.json`` and ``recall.png`` for the test captions against the test videos."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     texts = _run_pool(ray.data.from_items([{"row": i, "caption": c} for i, (_, c) in enumerate(test_pairs)]),
                       TextEncoder, checkpoint, use_gpu)
     videos = _run_pool(test_videos, VideoEncoder, checkpoint, use_gpu)
@@ -109,6 +110,7 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
 def evaluate_vqa(checkpoint: Path, val: ray.data.Dataset, labels: list[str], train_labels: np.ndarray,
                  output_dir: Path, use_gpu: bool = False) -> dict:
     """``metrics.json`` and ``confusion.png`` on the validation questions."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     out = _run_pool(val, VQAPredictor, checkpoint, use_gpu, batch_size=64)
     metrics, confusion = vqa_metrics(out["label"], out["pred"], len(labels), train_labels)
     metrics["checkpoint"] = str(checkpoint)
@@ -118,7 +120,6 @@ def evaluate_vqa(checkpoint: Path, val: ray.data.Dataset, labels: list[str], tra
 
 
 def _write(metrics: dict, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
 

@@ -9,6 +9,7 @@ to ``history.jsonl``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import tempfile
 import time
@@ -155,7 +156,14 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
             "v2t_R@1": metrics["v2t"]["R@1"], "MdR": metrics["t2v"]["MdR"], "chance_R@1": metrics["chance_R@1"]}
 
 
+def _quiet_ray_train() -> None:
+    """One line per report from Ray Train is noise next to the epoch lines printed here."""
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def retriever_loop(config: dict) -> None:
+    _quiet_ray_train()
     torch.manual_seed(config["seed"])
     model = Retriever(RetrieverConfig(**config["model_config"]))
     optimizer = torch.optim.AdamW(
@@ -220,6 +228,7 @@ def validate_vqa(model: PitVQANet, shard, config: dict) -> dict:
 
 
 def pitvqa_loop(config: dict) -> None:
+    _quiet_ray_train()
     torch.manual_seed(config["seed"])
     model = PitVQANet(PitVQAConfig(**config["model_config"]))
     world = ray.train.get_context().get_world_size()

@@ -1,0 +1,142 @@
+"""jobs/train.py and jobs/evaluate.py called as functions on the session's real local Ray:
+tiny models, small synthetic datasets, real Ray Train workers, real checkpoints."""
+import json
+
+import jsonschema
+import pytest
+
+from jobs import evaluate, train
+from models import load_checkpoint
+
+RETRIEVAL_SCHEMA = {
+    "type": "object",
+    "required": ["t2v", "v2t", "num_texts", "num_videos"],
+    "properties": {
+        direction: {"type": "object", "required": ["R@1", "R@5", "R@10", "MdR", "MnR"],
+                    "additionalProperties": {"type": "number"}}
+        for direction in ("t2v", "v2t")
+    },
+}
+VQA_SCHEMA = {
+    "type": "object",
+    "required": ["acc", "precision", "recall", "f1", "balanced_acc", "num_questions", "num_classes"],
+    "properties": {k: {"type": "number", "minimum": 0, "maximum": 1} for k in ("acc", "precision", "recall", "f1")},
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("synthetic")
+
+
+def retriever_args(synthetic_dir, output_dir, *extra):
+    return ["--synthetic_dir", str(synthetic_dir), "--synthetic_train", "16", "--synthetic_test", "8",
+            "--output_dir", str(output_dir), "--batch_size", "8", "--n_display", "0", *extra]
+
+
+def history(output_dir):
+    return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+
+
+def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1")) == 0
+    first = history(out)
+    assert [row["epoch"] for row in first] == [1]
+    assert (out / "train" / "epoch_001" / "model" / "model.safetensors").is_file()
+    assert (out / "train" / "epoch_001" / "train_state.pt").is_file()
+
+    # The same command with more epochs continues after epoch 1 instead of starting over.
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "2")) == 0
+    rows = history(out)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[0] == first[0]  # epoch 1 was not trained again
+    assert rows[1]["steps"] == 80 // 8  # 16 videos x 5 captions, batch 8, the full second epoch
+
+    # The best epoch was copied out, rebuilds from the folder alone, and was evaluated.
+    model, tokenizer = load_checkpoint(out / "checkpoint")
+    assert model.config.interaction == "wti" and tokenizer is not None
+    metrics = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(metrics, RETRIEVAL_SCHEMA)
+    assert metrics["num_texts"] == 8 and metrics["num_videos"] == 8 and metrics["chance_R@1"] == 12.5
+    for plot in ("loss.png", "recall.png"):
+        assert (out / plot).stat().st_size > 1000
+    assert "results in" in capsys.readouterr().out
+
+
+def test_two_workers_contrast_the_global_batch(ray_local, synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--num_workers", "2")) == 0
+    (row,) = history(out)
+    # Each worker holds 4 pairs; the loss saw the 8 pairs of both.
+    assert row["global_batch"] == 8
+    assert row["steps"] == 80 // 8
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+
+
+def test_a_worker_that_dies_is_recovered_and_every_epoch_is_recorded(ray_local, synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    args = retriever_args(synthetic_dir, out, "--epochs", "3", "--inject_failure", "15", "--max_failures", "1")
+    assert train.main(args) == 0
+    assert (out / ".injected_failure").exists()  # the failure really happened (step 15 is in epoch 2)
+    assert [row["epoch"] for row in history(out)] == [1, 2, 3]
+
+
+def test_pitvqa_trains_and_evaluates(ray_local, synthetic_dir, tmp_path):
+    out = tmp_path / "vqa"
+    args = ["--model", "pitvqa", "--synthetic_dir", str(synthetic_dir), "--synthetic_videos", "3", "--epochs", "2",
+            "--batch_size", "16", "--output_dir", str(out), "--n_display", "0"]
+    assert train.main(args) == 0
+    rows = history(out)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    best = max(rows, key=lambda row: row["val_score"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(metrics, VQA_SCHEMA)
+    assert metrics["num_classes"] == 59
+    # The evaluation of the copied checkpoint agrees with the validation of its epoch.
+    assert metrics["f1"] == pytest.approx(best["f1"])
+    assert metrics["acc"] == pytest.approx(best["acc"])
+    assert (out / "confusion.png").stat().st_size > 1000
+
+
+def test_evaluate_cli_rebuilds_from_the_checkpoint(ray_local, synthetic_dir, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--interaction", "dp",
+                                     "--sim_header", "meanP")) == 0
+    trained = json.loads((out / "metrics.json").read_text())
+    again = tmp_path / "again"
+    code = evaluate.main(["--checkpoint", str(out / "checkpoint"), "--synthetic_dir", str(synthetic_dir),
+                          "--synthetic_train", "16", "--synthetic_test", "8", "--output_dir", str(again),
+                          "--num_shards", "3"])
+    assert code == 0
+    metrics = json.loads((again / "metrics.json").read_text())
+    assert metrics["num_shards"] == 3
+    assert metrics["t2v"] == trained["t2v"] and metrics["v2t"] == trained["v2t"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--epochs", "0"], "--epochs: must be at least 1"),
+    (["--lr", "fast"], "invalid positive_float value"),
+    (["--model", "pitvqa", "--dataset", "msrvtt"], "not a pitvqa dataset"),
+    (["--preset", "base"], "needs the local weight folder(s) --clip_path"),
+    (["--clip_path", "/no/such/folder"], "no such folder"),
+    (["--interaction", "dp", "--cdcr", "2"], "--cdcr needs token-wise features"),
+    (["--model", "pitvqa", "--dataset", "endo18"], "needs --data_root"),
+    (["--train_csv", "a.csv"], "needs all of --train_csv"),
+])
+def test_bad_flags_exit_2_with_one_line(ray_local, tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        code = train.main(argv + ["--output_dir", str(tmp_path)])
+        raise SystemExit(code)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_both_spellings_and_the_seed_command_parse():
+    args = train.parse_args(["--dataset=pit24", "--data_root=/d", "--epochs=60", "--batch_size=64", "--lr=0.00002",
+                             "--model", "pitvqa"])
+    assert (args.dataset, args.epochs, args.batch_size, args.lr) == ("pit24", 60, 64, 2e-5)
+    args = train.parse_args(["--batch-size", "7", "--max-frames", "3", "--agg_module", "meanP", "--video_framerate", "2"])
+    assert (args.batch_size, args.max_frames, args.sim_header, args.feature_framerate) == (7, 3, "meanP", 2.0)
