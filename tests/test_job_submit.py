@@ -1,0 +1,69 @@
+"""``ray job submit --working-dir . -- python jobs/train.py ...`` against a real local head
+node started with ``ray start --head`` (a cluster of its own, beside the tests' Ray)."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def head_node(tmp_path):
+    """``ray start --head --block`` in its own process group; stopped (SIGTERM) afterwards."""
+    gcs_port, dashboard_port = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    head = subprocess.Popen(
+        [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
+         "--include-dashboard=true", "--disable-usage-stats", "--block"],
+        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dashboard_port}"
+    for _ in range(90):
+        try:
+            urllib.request.urlopen(f"{address}/api/version", timeout=1)
+            break
+        except urllib.error.HTTPError:  # up, and asking for the token
+            break
+        except OSError:
+            time.sleep(1)
+    else:
+        head.kill()
+        pytest.fail(f"the head node did not start: {(tmp_path / 'head.log').read_text()[-2000:]}")
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_runs_the_training_job(head_node, tmp_path):
+    address, env = head_node
+    out = tmp_path / "run"
+    # Ray 2.60 turns on token authentication for `ray start`; the job CLI reads the token
+    # (~/.ray/auth_token) when RAY_AUTH_MODE=token.
+    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+               sys.executable, "jobs/train.py", "--synthetic_dir", str(tmp_path / "synthetic"),
+               "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
+               "--n_display", "0", "--output_dir", str(out)]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout + done.stderr
+    assert "results in" in done.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_videos"] == 8
+    assert (out / "checkpoint" / "model.safetensors").is_file()
