@@ -28,8 +28,13 @@ COMPLETE = ".complete"  # written last: a generation that was interrupted is red
 MATERIALIZE_BYTES = 2 << 30
 
 
+ROWS_PER_BLOCK = 256  # few large blocks: each block costs the training iterator a round trip
+
+
 def _keep_if_small(ds: ray.data.Dataset, num_rows: int, bytes_per_row: int) -> ray.data.Dataset:
-    return ds.materialize() if num_rows * bytes_per_row <= MATERIALIZE_BYTES else ds
+    if num_rows * bytes_per_row > MATERIALIZE_BYTES:
+        return ds
+    return ds.repartition(max(1, num_rows // ROWS_PER_BLOCK)).materialize()
 
 
 class DataError(ValueError):
