@@ -21,6 +21,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
 from safetensors.torch import load_model
 from torch import nn
 
@@ -122,13 +123,15 @@ def _local_batch(config: dict) -> int:
     return max(1, config["batch_size"] // ray.train.get_context().get_world_size())
 
 
-def _as_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    # Zero-copy views of the batch's arrays (Ray's default collation copies each column,
-    # which bench/train.py measured at 4x the cost). The arrays are read-only; the model
-    # never writes into its inputs.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return {k: torch.from_numpy(v) for k, v in batch.items()}
+class ZeroCopyCollate(NumpyBatchCollateFn):
+    """Batches as zero-copy tensor views of their numpy arrays (Ray's default collation
+    copies every column, which bench/train.py measured at 4x the cost). The arrays are
+    read-only; the models never write into their inputs."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            return {k: torch.from_numpy(v) for k, v in batch.items()}
 
 
 def torch_batches(shard, batch_size: int, shuffle_seed: int | None = None):
@@ -137,14 +140,11 @@ def torch_batches(shard, batch_size: int, shuffle_seed: int | None = None):
     With a seed: a local shuffle buffer and the last incomplete batch dropped (BatchNorm
     cannot train on a batch of one); without: every row, in order (validation).
     """
-    device = ray.train.torch.get_device()
     shuffle = shuffle_seed is not None
-    batches = shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=shuffle, collate_fn=_as_tensors,
+    return shard.iter_torch_batches(
+        batch_size=batch_size, drop_last=shuffle, collate_fn=ZeroCopyCollate(), device=ray.train.torch.get_device(),
         local_shuffle_buffer_size=4 * batch_size if shuffle else None, local_shuffle_seed=shuffle_seed,
     )
-    for batch in batches:
-        yield {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _batches(shard, config: dict, shuffle: bool):

@@ -48,6 +48,10 @@ def head_node(tmp_path):
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(timeout=60)
+    # `ray start` left its address for later bare ray.init() calls; it now points at nothing.
+    current = Path("/tmp/ray/ray_current_cluster")
+    if current.is_file() and current.read_text().strip().endswith(f":{gcs_port}"):
+        current.unlink()
 
 
 @pytest.mark.slow
