@@ -86,7 +86,9 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
     out_dir = Path(out_dir)
     collector = SkipCollector.remote()
     ds = clip_dataset(videos, spec, collector, concurrency)
-    ds.write_parquet(str(out_dir / "clips"))
+    # The writes take no CPU slot: the decoding actors may hold every CPU, and a write task
+    # waiting for one would stall the pipeline behind its own output.
+    ds.write_parquet(str(out_dir / "clips"), ray_remote_args={"num_cpus": 0})
     report = Report(ray.get(collector.all.remote()))
     report.write(out_dir / "skipped.jsonl")
     ray.kill(collector)

@@ -84,7 +84,8 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="global batch over all workers (preset: retriever 32 / 128; pitvqa 32 / 64)")
     g.add_argument("--batch_size_val", type=positive_int, default=64, help="validation batch")
-    g.add_argument("--lr", type=positive_float, default=None, help="learning rate (preset: retriever 1e-3 / 1e-4; pitvqa 1e-3 / 2e-5)")
+    g.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate (preset: retriever 1e-3 / 1e-4; pitvqa 1e-3 / 2e-5)")
     g.add_argument("--coef_lr", type=positive_float, default=None, help="CLIP's lr is lr * coef_lr (preset: 1 / 1e-3)")
     g.add_argument("--weight_decay", type=float, default=0.2, help="retriever AdamW weight decay (none on biases and norms)")
     g.add_argument("--warmup_proportion", type=float, default=0.1, help="retriever cosine schedule warm-up")
