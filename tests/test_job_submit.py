@@ -64,9 +64,9 @@ def test_ray_job_submit_runs_the_training_job(head_node, tmp_path):
                sys.executable, "jobs/train.py", "--synthetic_dir", str(tmp_path / "synthetic"),
                "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
                "--n_display", "0", "--output_dir", str(out)]
-    for _ in range(30):  # the head answers HTTP a little before its job agent is up
+    for _ in range(60):  # the head answers HTTP a while before its job agent is up
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
-        if "No available agent" not in done.stderr:
+        if "No available agent" not in done.stdout + done.stderr:
             break
         time.sleep(2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
