@@ -99,19 +99,20 @@ class CaptionExpander:
 
 
 def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, tokenizer, max_words: int = 32,
-                         report=None) -> ray.data.Dataset:
+                         report=None, decoded: set[str] | None = None) -> ray.data.Dataset:
     """One row per caption with its video's decoded clip: ``input_ids``, ``attention_mask``,
     ``pixel_values [F,3,S,S]`` (CLIP-normalised) and ``frame_mask``.
 
     ``clips`` is the clip job's output (``ingest.clips.read_clips``). Captions whose video
     was skipped there have no row and, when a ``report`` is given, are listed in it as
-    ``caption_without_video``.
+    ``caption_without_video``; ``decoded`` (the clips' video ids) saves reading them again.
     """
     captions: dict[str, list[str]] = {}
     for video_id, caption in pairs:
         captions.setdefault(video_id, []).append(caption)
     if report is not None:
-        decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
+        if decoded is None:
+            decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
         for video_id, caption in pairs:
             if video_id not in decoded:
                 report.add("caption_without_video", video_id, f"no decoded clip for caption {caption[:60]!r}")

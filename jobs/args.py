@@ -104,7 +104,8 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
     g.add_argument("--do_train", nargs="?", type=int, const=1, default=1, help="CLIP4Clip/DRL compatibility: train (1)")
     g.add_argument("--do_eval", nargs="?", type=int, const=1, default=0,
-                   help="with --do_train 0: only evaluate <output_dir>/checkpoint")
+                   help="CLIP4Clip/DRL compatibility: evaluation always follows training; "
+                   "--do_train 0 evaluates <output_dir>/checkpoint only")
     g.add_argument("--inject_failure", type=positive_int, default=None,
                    help="testing: the first worker to reach this step raises, once per output_dir")
     return parser

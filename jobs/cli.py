@@ -87,7 +87,7 @@ def _cluster_running() -> bool:
     return bool(find_gcs_addresses())
 
 
-def scale(args, ray) -> tuple[int, bool] | str:
+def worker_scale(args, ray) -> tuple[int, bool] | str:
     """(workers, use_gpu) from the flags and the cluster; an error line if it cannot fit."""
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))

@@ -121,8 +121,8 @@ def retrieval_tokenizer(args, train_texts: list[str]):
     return build_bpe_tokenizer(train_texts, vocab_size=1000, style="clip")
 
 
-def retrieval_data(files: MsrvttFiles, spec: ClipSpec, tokenizer, max_words: int) -> RetrievalData:
-    train, test = retrieval_captions(files)
+def retrieval_data(files: MsrvttFiles, train, test, spec: ClipSpec, tokenizer, max_words: int) -> RetrievalData:
+    """Decode (once) and build the datasets for the ``train``/``test`` splits (``retrieval_captions``)."""
     clips_dir, report = decoded_clips(train.video_ids + test.video_ids, files.features_path, spec, files.cache_dir)
     clips = read_clips(clips_dir)
     decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
@@ -148,8 +148,8 @@ def retrieval_data(files: MsrvttFiles, spec: ClipSpec, tokenizer, max_words: int
         return tensors_only(batch)
 
     row_bytes = 4 * spec.max_frames * 3 * spec.image_size**2  # float32 pixel_values
-    train_ds = caption_clip_dataset(train.pairs, clips, tokenizer, max_words, report)
-    val_ds = caption_clip_dataset(test.pairs, clips, tokenizer, max_words, report)
+    train_ds = caption_clip_dataset(train.pairs, clips, tokenizer, max_words, report, decoded)
+    val_ds = caption_clip_dataset(test.pairs, clips, tokenizer, max_words, report, decoded)
     return RetrievalData(
         train=_keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes),
         val=_keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes),
@@ -248,12 +248,12 @@ def prepare_data(args, tokenizer=None, model_config=None):
     """(data, tokenizer, model_config) for ``args.kind``; generates synthetic data if needed."""
     if args.kind == "retriever":
         files = msrvtt_files(args)
+        train, test = retrieval_captions(files)
         if tokenizer is None:
-            train, _ = retrieval_captions(files)
             tokenizer = retrieval_tokenizer(args, [caption for _, caption in train.pairs])
         model_config = model_config or build_model_config(args, tokenizer)
         spec = ClipSpec(args.feature_framerate, model_config.max_frames, args.slice_framepos, model_config.image_size)
-        return retrieval_data(files, spec, tokenizer, model_config.max_words), tokenizer, model_config
+        return retrieval_data(files, train, test, spec, tokenizer, model_config.max_words), tokenizer, model_config
     root = vqa_root(args)
     train_rows, val_rows, report = vqa_questions(args, root)
     tokenizer = tokenizer or vqa_tokenizer(args, train_rows)

@@ -145,7 +145,7 @@ def evaluate(args, kind: str, checkpoint: Path, data, output_dir: Path, use_gpu:
 
 def main(argv: list[str] | None = None) -> int:
     from jobs.args import build_parser, resolve
-    from jobs.cli import fail, init_ray, scale
+    from jobs.cli import fail, init_ray, worker_scale
     from jobs.data import DataError, prepare_data
     from models.checkpoint import load_checkpoint, read_config
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
     ray = init_ray()
-    scaled = scale(args, ray)
+    scaled = worker_scale(args, ray)
     if isinstance(scaled, str):
         return fail(PROG, scaled)
     model, tokenizer = load_checkpoint(checkpoint)

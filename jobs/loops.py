@@ -62,11 +62,11 @@ def retriever_param_groups(model: Retriever, lr: float, coef_lr: float, weight_d
 def restore(model: nn.Module, optimizer, scheduler) -> dict:
     """Load the latest reported checkpoint, if any, into the model, optimizer and scheduler.
 
-    Returns the training state: ``epoch`` (last finished), ``best_score``, ``history``, ``step``.
+    Returns the training state: ``epoch`` (last finished), ``history``, ``step``.
     """
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return {"epoch": 0, "best_score": None, "history": [], "step": 0}
+        return {"epoch": 0, "history": [], "step": 0}
     with checkpoint.as_directory() as folder:
         load_model(model, str(Path(folder) / "model" / "model.safetensors"))
         state = torch.load(Path(folder) / "train_state.pt", weights_only=True)
@@ -89,7 +89,7 @@ def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: di
         f.writelines(json.dumps(r) + "\n" for r in state["history"])
     with tempfile.TemporaryDirectory() as folder:
         save_checkpoint(Path(folder) / "model", model, tokenizer, extra={"epoch": row["epoch"]})
-        torch.save({"epoch": row["epoch"], "best_score": state["best_score"], "step": state["step"],
+        torch.save({"epoch": row["epoch"], "step": state["step"],
                     "history": json.dumps(state["history"]), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()}, Path(folder) / "train_state.pt")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
@@ -221,7 +221,6 @@ def retriever_loop(config: dict) -> None:
                      f"lr {scheduler.get_last_lr()[-1]:.2e}")
         metrics = validate_retriever(model, val_shard, config)
         score = metrics.get("R@1", 0.0) + metrics.get("R@5", 0.0) / 100  # R@1, ties broken by R@5
-        state["best_score"] = max(score, state["best_score"] or score)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
                "val_score": score, "global_batch": global_batch, "steps": len(losses),
                "seconds": round(time.time() - started, 2), **metrics}
@@ -281,7 +280,6 @@ def pitvqa_loop(config: dict) -> None:
                 _log(f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f}")
         metrics = validate_vqa(model, val_shard, config)
         score = metrics.get("f1", 0.0)  # best checkpoint by validation macro-F1, as the reference
-        state["best_score"] = max(score, state["best_score"] or score)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_score": score,
                "steps": len(losses), "seconds": round(time.time() - started, 2), **metrics}
         _log(f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, val acc {100 * metrics.get('acc', 0):.1f}% "

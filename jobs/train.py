@@ -22,8 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.args import MODELS, build_parser, resolve  # noqa: E402
-from jobs.cli import fail, init_ray  # noqa: E402
-from jobs.cli import scale as scale_of  # noqa: E402
+from jobs.cli import fail, init_ray, worker_scale  # noqa: E402
 from jobs.data import DataError, prepare_data  # noqa: E402
 from jobs.evaluate import evaluate  # noqa: E402
 
@@ -112,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     output_dir.mkdir(parents=True, exist_ok=True)
     ray = init_ray()
-    scale = scale_of(args, ray)
+    scale = worker_scale(args, ray)
     if isinstance(scale, str):
         return fail(PROG, scale)
     workers, use_gpu = scale
