@@ -28,8 +28,12 @@ def head_node(tmp_path):
     """``ray start --head --block`` in its own process group; stopped (SIGTERM) afterwards."""
     gcs_port, dashboard_port = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # The tests' own Ray already holds the default agent ports (52365 and others); a second
+    # head on the same machine needs its own, or its job agent never comes up.
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", "--num-cpus=2",
+        [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", *ports, "--num-cpus=2",
          "--include-dashboard=true", "--disable-usage-stats", "--block"],
         stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -64,7 +68,7 @@ def test_ray_job_submit_runs_the_training_job(head_node, tmp_path):
                sys.executable, "jobs/train.py", "--synthetic_dir", str(tmp_path / "synthetic"),
                "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
                "--n_display", "0", "--output_dir", str(out)]
-    for _ in range(60):  # the head answers HTTP a while before its job agent is up
+    for _ in range(30):  # the head answers HTTP a while before its job agent is up
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
         if "No available agent" not in done.stdout + done.stderr:
             break
