@@ -15,6 +15,20 @@ CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 
 
+def image_pixels(images: list, image_size: int, mean=None, std=None) -> np.ndarray:
+    """PIL images -> ``[B, 3, S, S]`` float32: RGB, bicubic resize to ``S`` if needed, 0-1
+    (the reference's ToTensor), then ``(x - mean) / std`` when given (shape ``[1,3,1,1]``).
+    Training (``QABatcher``) and the VQA service both preprocess through here."""
+    arrays = []
+    for image in images:
+        image = image.convert("RGB")
+        if image.size != (image_size, image_size):
+            image = image.resize((image_size, image_size), Image.BICUBIC)
+        arrays.append(np.asarray(image))
+    pixels = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return pixels if mean is None else (pixels - mean) / std
+
+
 class QABatcher:
     """Rows ``image``/``question``/``label`` -> ``pixel_values [B,3,S,S]`` (0-1, as the
     reference's ToTensor, or normalised), ``input_ids``/``attention_mask [B,L]``, ``label``."""
@@ -25,15 +39,7 @@ class QABatcher:
         self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = []
-        for path in batch["image"]:
-            image = Image.open(path).convert("RGB")
-            if image.size != (self.image_size, self.image_size):
-                image = image.resize((self.image_size, self.image_size), Image.BICUBIC)
-            images.append(np.asarray(image))
-        pixels = np.stack(images).transpose(0, 3, 1, 2).astype(np.float32) / 255.0  # (B, 3, S, S)
-        if self.mean is not None:
-            pixels = (pixels - self.mean) / self.std
+        pixels = image_pixels([Image.open(path) for path in batch["image"]], self.image_size, self.mean, self.std)
         tokens = tokenize(self.tokenizer, list(batch["question"]), self.max_length)
         return {"pixel_values": pixels, "input_ids": tokens["input_ids"].numpy(),
                 "attention_mask": tokens["attention_mask"].numpy(), "label": batch["label"].astype(np.int64)}

@@ -60,6 +60,27 @@ def draw_frame(clip: Clip, t: float, width: int, height: int, rng: np.random.Gen
     return frame.clip(0, 255).astype(np.uint8)
 
 
+def render_clips(num_clips: int, max_frames: int, image_size: int, seed: int = 0, seconds: int = 4, fps: int = 8,
+                 source_size: int = 80) -> tuple[list[Clip], np.ndarray]:
+    """Clips like ``make_msrvtt``'s, rendered straight to the frames a 1 fps clip job keeps
+    (no video file): random attributes, ``uint8 [n, max_frames, S, S, 3]``. For large
+    synthetic indexes (``bench/search.py``), where encoding and decoding files would dominate."""
+    from .video import ClipSpec, resize_center_crop, sample_indices
+
+    combos = list(itertools.product(COLORS, SHAPES, SIZES, DIRECTIONS))
+    rng = random.Random(seed)
+    n = seconds * fps
+    times = sample_indices(n, fps, ClipSpec(1.0, max_frames, 2, image_size)) / (n - 1)
+    clips, frames = [], np.zeros((num_clips, max_frames, image_size, image_size, 3), np.uint8)
+    for i in range(num_clips):
+        clip = Clip(f"synthetic{seed}_{i}", *rng.choice(combos))
+        noise = np.random.default_rng(seed * 1_000_003 + i)
+        drawn = np.stack([draw_frame(clip, t, source_size, source_size, noise) for t in times])
+        frames[i, : len(times)] = resize_center_crop(drawn, image_size)
+        clips.append(clip)
+    return clips, frames
+
+
 def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4", gop: int | None = None) -> None:
     """Encode RGB frames; a key frame every ``gop`` frames (default: every second)."""
     import av

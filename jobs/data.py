@@ -104,6 +104,7 @@ class RetrievalData:
     test_pairs: list[tuple[str, str]]  # (video_id, caption) of the decoded test videos
     test_video_ids: list[str]  # ``video_index`` -> video id
     test_videos: ray.data.Dataset  # one row per decoded test video: video_id, pixel_values, frame_mask
+    clips: ray.data.Dataset  # every decoded clip (the clip job's rows), for the retrieval index
     num_train_rows: int
     report: Report
 
@@ -153,7 +154,7 @@ def retrieval_data(files: MsrvttFiles, train, test, spec: ClipSpec, tokenizer, m
     return RetrievalData(
         train=_keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes),
         val=_keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes),
-        test_pairs=test_pairs, test_video_ids=test_video_ids, test_videos=test_videos,
+        test_pairs=test_pairs, test_video_ids=test_video_ids, test_videos=test_videos, clips=clips,
         num_train_rows=len(train_rows), report=report,
     )
 

@@ -30,7 +30,7 @@ from models import load_checkpoint, tokenize  # noqa: E402
 PROG = "jobs/evaluate.py"
 
 
-class _CheckpointModel:
+class CheckpointModel:
     """Loads the checkpoint once per actor, on its GPU when it has one."""
 
     def __init__(self, checkpoint: str):
@@ -38,7 +38,7 @@ class _CheckpointModel:
         self.model, self.tokenizer = load_checkpoint(checkpoint, device=self.device)
 
 
-class TextEncoder(_CheckpointModel):
+class TextEncoder(CheckpointModel):
     """Rows ``row``/``caption`` -> prepared text tokens ``[n, L, D]`` and weights ``[n, L]``."""
 
     @torch.no_grad()
@@ -49,7 +49,7 @@ class TextEncoder(_CheckpointModel):
         return {"row": batch["row"], "tokens": text.float().cpu().numpy(), "weights": weight.float().cpu().numpy()}
 
 
-class VideoEncoder(_CheckpointModel):
+class VideoEncoder(CheckpointModel):
     """Rows ``video_id``/``pixel_values``/``frame_mask`` -> prepared frames and weights."""
 
     @torch.no_grad()
@@ -60,7 +60,7 @@ class VideoEncoder(_CheckpointModel):
         return {"video_id": batch["video_id"], "tokens": video.float().cpu().numpy(), "weights": weight.float().cpu().numpy()}
 
 
-class VQAPredictor(_CheckpointModel):
+class VQAPredictor(CheckpointModel):
     """Model-ready VQA rows -> predicted class and its probability."""
 
     @torch.no_grad()

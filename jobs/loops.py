@@ -88,7 +88,8 @@ def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: di
     with (output_dir / "history.jsonl").open("w") as f:  # rewritten whole: a resumed run drops nothing
         f.writelines(json.dumps(r) + "\n" for r in state["history"])
     with tempfile.TemporaryDirectory() as folder:
-        save_checkpoint(Path(folder) / "model", model, tokenizer, extra={"epoch": row["epoch"]})
+        extra = {"epoch": row["epoch"], **({"labels": config["labels"]} if "labels" in config else {})}
+        save_checkpoint(Path(folder) / "model", model, tokenizer, extra=extra)
         torch.save({"epoch": row["epoch"], "step": state["step"],
                     "history": json.dumps(state["history"]), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()}, Path(folder) / "train_state.pt")

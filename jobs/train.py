@@ -56,7 +56,7 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
             "coef_lr", "weight_decay", "warmup_proportion", "max_grad_norm", "cdcr", "cdcr_alpha1", "cdcr_alpha2",
             "cdcr_lambda")})
     else:
-        config["train_labels"] = data.train_labels
+        config.update(train_labels=data.train_labels, labels=data.labels)  # the labels go into the checkpoint
     trainer = TorchTrainer(
         LOOPS[args.kind],
         train_loop_config=config,
@@ -128,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     fit(args, data, tokenizer, model_config, workers, use_gpu)
     checkpoint, history = write_outputs(output_dir, args.kind)
     metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
+    if args.kind == "retriever":  # so that `serve run serve.app` can search right away
+        from jobs.index import build_index
+
+        build_index(checkpoint, data.clips, output_dir / "index", use_gpu)
     _print_results(output_dir, metrics, history, time.time() - started)
     return 0
 
@@ -152,7 +156,7 @@ def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds
     print(f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer")
     for name, what in (("metrics.json", "the evaluation above"), ("history.jsonl", "one line per epoch"),
                        ("loss.png", "training loss and validation metric per epoch"),
-                       ("recall.png", "recall@K curves"), ("confusion.png", "validation confusion matrix"),
+                       ("recall.png", "recall@K curves"), ("index", "the retrieval index `serve run serve.app` serves"), ("confusion.png", "validation confusion matrix"),
                        ("skipped.jsonl", "inputs skipped, and why")):
         if (output_dir / name).exists():
             print(f"  {name:<15} {what}")

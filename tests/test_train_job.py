@@ -62,6 +62,11 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
     for plot in ("loss.png", "recall.png"):
         assert (out / plot).stat().st_size > 1000
     assert "results in" in capsys.readouterr().out
+    # ... and the main job indexed every decoded video (16 train + 8 test) for serving.
+    from serve.index import read_manifest
+
+    index = read_manifest(out / "index")
+    assert index["count"] == 24 and index["checkpoint"] == str(out / "checkpoint")
 
 
 def test_two_workers_contrast_the_global_batch(ray_local, synthetic_dir, tmp_path):
@@ -93,6 +98,7 @@ def test_pitvqa_trains_and_evaluates(ray_local, synthetic_dir, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(metrics, VQA_SCHEMA)
     assert metrics["num_classes"] == 59
+    assert len(json.loads((out / "checkpoint" / "config.json").read_text())["labels"]) == 59  # for serving
     # The evaluation of the copied checkpoint agrees with the validation of its epoch.
     assert metrics["f1"] == pytest.approx(best["f1"])
     assert metrics["acc"] == pytest.approx(best["acc"])

@@ -1,0 +1,85 @@
+"""A real Serve app on 127.0.0.1, on the session's Ray, over a real index.
+
+The retriever is trained here for a few seconds (a plain loop on rendered synthetic clips)
+so that its features carry the attributes, as the benchmark's do: on random-init features
+candidate generation means nothing. The index holds 600 rendered clips, encoded and
+written by the index job's own functions; PitVQANet is random-init (only its wiring is
+under test).
+"""
+import numpy as np
+import pytest
+import torch
+
+from ingest.synthetic import render_clips
+from jobs.index import add_rows, index_info, index_rows
+from models import (
+    ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint,
+    tokenize,
+)
+from serve.index import IndexWriter
+from serve_helpers import CANDIDATES, INDEX_VIDEOS, free_port, run_app
+
+@pytest.fixture(scope="session")
+def trained_retriever(tmp_path_factory):
+    torch.manual_seed(0)
+    clips, frames = render_clips(192, max_frames=4, image_size=64, seed=5)
+    captions = [c for clip in clips for c in clip.captions()]
+    tokenizer = build_bpe_tokenizer(captions, vocab_size=400, style="clip")
+    model = Retriever(RetrieverConfig.tiny(vocab_size=len(tokenizer), max_frames=4))
+    objective = ContrastiveObjective(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    from ingest.datasets import normalize_clips
+
+    pixels = torch.from_numpy(normalize_clips({"frames": frames})["pixel_values"])
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        for batch in np.array_split(rng.permutation(len(clips)), len(clips) // 32):
+            texts = [clips[i].captions()[rng.integers(5)] for i in batch]
+            tokens = tokenize(tokenizer, texts, model.config.max_words)
+            loss = objective(tokens["input_ids"], tokens["attention_mask"], pixels[batch],
+                             torch.ones(len(batch), 4, dtype=torch.long))["loss"]
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    folder = tmp_path_factory.mktemp("wti") / "checkpoint"
+    save_checkpoint(folder, model.eval(), tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rendered_index(trained_retriever):
+    model, _ = __import__("models").load_checkpoint(trained_retriever)
+    folder = trained_retriever.parent / "index"
+    writer = IndexWriter(folder, rows_per_shard=250, info=index_info(trained_retriever))  # 3 storage shards
+    clips, frames = render_clips(INDEX_VIDEOS, max_frames=4, image_size=64, seed=11)
+    for first in range(0, INDEX_VIDEOS, 200):
+        batch = {"video_id": np.array([f"video{i}" for i in range(first, first + 200)], dtype=object),
+                 "frames": frames[first : first + 200], "frame_mask": np.ones((200, 4), np.uint8)}
+        add_rows(writer, index_rows(model, "cpu", batch))
+    writer.close()
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pitvqa_checkpoint(tmp_path_factory, gpt2_tokenizer):
+    torch.manual_seed(0)
+    model = PitVQANet(PitVQAConfig.tiny(num_classes=59, vocab_size=len(gpt2_tokenizer))).eval()
+    folder = tmp_path_factory.mktemp("pitvqa") / "checkpoint"
+    save_checkpoint(folder, model, gpt2_tokenizer)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_local):
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app_url(serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
+    return run_app(serve_port, "default", checkpoint=str(trained_retriever), index=str(rendered_index),
+                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=2, candidates=CANDIDATES)

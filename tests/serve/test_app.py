@@ -1,0 +1,187 @@
+"""The Serve app over HTTP on 127.0.0.1: search, VQA, bad input, bursts, a killed shard."""
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ingest.qa import load_labels
+
+from serve_helpers import INDEX_VIDEOS, call, run_app
+
+QUERIES = ["a red circle moves to the left", "a big blue square is moving up", "the green triangle slides down",
+           "small yellow circle going to the right", "a triangle in red travels up", "a blue circle moves down",
+           "a small green square is moving to the left", "the yellow triangle slides to the right"]
+
+
+def png_b64(width=80, height=60, seed=0) -> str:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_healthz_says_what_is_loaded(app_url):
+    status, health = call(f"{app_url}/healthz")
+    assert status == 200 and health["status"] == "ok"
+    assert health["search"]["index_size"] == INDEX_VIDEOS
+    assert health["search"]["shards"] == health["search"]["shards_up"] == 2
+    assert sum(health["search"]["shard_rows"]) == INDEX_VIDEOS
+    assert health["vqa"]["loaded"] is True
+
+
+def test_search_is_best_first_and_finds_the_attributes(app_url):
+    status, out = call(f"{app_url}/search", {"text": "a red circle moves to the left", "top_k": 10})
+    assert status == 200 and not out["partial"] and out["missing_shards"] == 0
+    scores = [hit["score"] for hit in out["results"]]
+    assert len(scores) == 10 and scores == sorted(scores, reverse=True)
+    assert len({hit["video_id"] for hit in out["results"]}) == 10
+
+
+def test_two_stage_equals_exact(app_url):
+    for text in QUERIES:
+        _, fast = call(f"{app_url}/search", {"text": text, "top_k": 10})
+        _, exact = call(f"{app_url}/search", {"text": text, "top_k": 10, "exact": True})
+        assert exact["exact"] and not fast["exact"]
+        assert [h["video_id"] for h in fast["results"]] == [h["video_id"] for h in exact["results"]], text
+        np.testing.assert_allclose([h["score"] for h in fast["results"]], [h["score"] for h in exact["results"]],
+                                   atol=1e-5)
+
+
+def test_two_shards_merge_to_what_one_shard_answers(app_url, serve_port, trained_retriever, rendered_index,
+                                                    pitvqa_checkpoint):
+    one = run_app(serve_port, "one", checkpoint=str(trained_retriever), index=str(rendered_index),
+                  vqa_checkpoint=str(pitvqa_checkpoint), num_shards=1)
+    try:
+        for text in QUERIES[:4]:
+            _, merged = call(f"{app_url}/search", {"text": text, "top_k": 20, "exact": True})
+            _, single = call(f"{one}/search", {"text": text, "top_k": 20, "exact": True})
+            assert [h["video_id"] for h in merged["results"]] == [h["video_id"] for h in single["results"]]
+            np.testing.assert_allclose([h["score"] for h in merged["results"]],
+                                       [h["score"] for h in single["results"]], atol=1e-5)
+    finally:
+        from ray import serve
+
+        serve.delete("one")
+
+
+def test_vqa_answers_with_a_known_label(app_url):
+    status, out = call(f"{app_url}/vqa", {"image": png_b64(), "question": "what is the surgical phase"})
+    assert status == 200, out
+    labels = load_labels("pit24")
+    assert out["answer"] in labels and out["answer"] == out["top"][0]["answer"]
+    assert 0 < out["confidence"] <= 1 and out["confidence"] == out["top"][0]["score"]
+    assert [t["score"] for t in out["top"]] == sorted((t["score"] for t in out["top"]), reverse=True)
+    status, again = call(f"{app_url}/vqa", {"image": "data:image/png;base64," + png_b64(), "question": "what is the surgical phase"})
+    assert status == 200 and again["answer"] == out["answer"]
+
+
+BAD_SEARCH = [
+    (b"{not json", "malformed JSON"),
+    (b'{"top_k": 5}', "text: Field required"),
+    (b'{"text": 5}', "text: Input should be a valid string"),
+    (b'{"text": ""}', "text: String should have at least 1 character"),
+    (b'{"text": "   "}', "text is blank"),
+    (('{"text": "%s"}' % ("x" * 1001)).encode(), "text: String should have at most 1000 characters"),
+    (b'{"text": "a red circle", "top_k": 0}', "top_k: Input should be greater than or equal to 1"),
+    (b'{"text": "a red circle", "top_k": 101}', "top_k: Input should be less than or equal to 100"),
+    (b'{"text": "a red circle", "top_k": "5"}', "top_k: Input should be a valid integer"),
+    (b'{"text": "a red circle", "exact": "yes"}', "exact: Input should be a valid boolean"),
+    (b'[]', "Input should be a valid dictionary"),
+]
+
+
+@pytest.mark.parametrize("body,message", BAD_SEARCH, ids=[m for _, m in BAD_SEARCH])
+def test_bad_search_input_is_a_4xx_with_a_message(app_url, body, message):
+    status, out = call(f"{app_url}/search", raw=body)
+    assert 400 <= status < 500 and message in out["error"], out
+
+
+def test_bad_vqa_input_is_a_4xx_with_a_message(app_url):
+    big = np.random.default_rng(0).integers(0, 255, (5200, 5200, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(big).save(buffer, format="JPEG", quality=10)
+    gif = io.BytesIO()
+    Image.fromarray(big[:20, :20]).save(gif, format="GIF")
+    cases = [
+        ({"image": "%%%not base64%%%", "question": "q"}, 400, "not valid base64"),
+        ({"image": base64.b64encode(b"just some bytes").decode(), "question": "q"}, 400, "does not decode"),
+        ({"image": base64.b64encode(gif.getvalue()).decode(), "question": "q"}, 400, "not PNG or JPEG"),
+        ({"image": base64.b64encode(buffer.getvalue()).decode(), "question": "q"}, 413, "pixels"),
+        ({"image": "A" * (15 << 20), "question": "q"}, 413, "larger than"),
+        ({"image": png_b64(), "question": ""}, 422, "question"),
+        ({"image": png_b64()}, 422, "question: Field required"),
+        ({"question": "what"}, 422, "image: Field required"),
+        ({"image": 7, "question": "what"}, 422, "image: Input should be a valid string"),
+    ]
+    for body, expected, message in cases:
+        status, out = call(f"{app_url}/vqa", body)
+        assert status == expected and message in out["error"], (body.keys(), status, out)
+
+
+def test_thumbnails_come_from_the_index_by_id_only(app_url):
+    status, data = call(f"{app_url}/thumbnail/video3")
+    assert status == 200 and Image.open(io.BytesIO(data)).size == (64, 64)
+    for bad in ("unknown", "..%2F..%2Fetc%2Fpasswd", "%2Fetc%2Fpasswd"):
+        status, _ = call(f"{app_url}/thumbnail/{bad}")
+        assert status == 404
+
+
+def test_openapi_docs_list_the_routes(app_url):
+    status, spec = call(f"{app_url}/openapi.json")
+    assert status == 200 and {"/search", "/vqa", "/healthz"} <= set(spec["paths"])
+
+
+def test_a_burst_of_concurrent_requests_has_no_errors(app_url):
+    def one(i):
+        if i % 4 == 3:
+            return call(f"{app_url}/vqa", {"image": png_b64(seed=i), "question": "what instrument is used"})[0]
+        return call(f"{app_url}/search", {"text": QUERIES[i % len(QUERIES)], "top_k": 5})[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(one, range(64)))
+    assert statuses == [200] * 64
+
+
+def test_a_killed_shard_is_reported_then_restarted(app_url):
+    import ray
+
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if "IndexShard0" in a["name"] and a["namespace"] == "serve"]
+    assert replicas, ray.util.list_named_actors(all_namespaces=True)
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+    seen_partial, deadline = False, time.time() + 90
+    while time.time() < deadline:
+        status, out = call(f"{app_url}/search", {"text": QUERIES[0], "top_k": 5}, timeout=20)
+        assert status in (200, 503), out  # never a hang, never a 500
+        if status == 200 and out["partial"]:
+            seen_partial = True
+            assert out["missing_shards"] == 1 and len(out["results"]) == 5
+        if status == 200 and not out["partial"]:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the shard was not restarted within 90 s")
+    status, health = call(f"{app_url}/healthz")
+    assert health["search"]["shards_up"] == 2, health
+    print(f"saw a partial answer while the shard was down: {seen_partial}")
+
+
+def test_missing_models_start_and_answer_503_with_the_command(serve_port, tmp_path):
+    base = run_app(serve_port, "empty", checkpoint=str(tmp_path / "nope"), index=str(tmp_path / "noindex"),
+                   vqa_checkpoint=str(tmp_path / "nothing"), num_shards=1)
+    try:
+        status, health = call(f"{base}/healthz")
+        assert status == 200 and health["status"] == "degraded"
+        assert not health["search"]["loaded"] and not health["vqa"]["loaded"]
+        status, out = call(f"{base}/search", {"text": "a red circle"})
+        assert status == 503 and "python jobs/train.py" in out["error"]
+        status, out = call(f"{base}/vqa", {"image": png_b64(), "question": "what"})
+        assert status == 503 and "python jobs/train.py --model pitvqa" in out["error"]
+    finally:
+        from ray import serve
+
+        serve.delete("empty")
