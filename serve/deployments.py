@@ -25,13 +25,14 @@ import io
 import logging
 import time
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
 from ray import serve
 from ray.serve import Application
 
@@ -72,18 +73,18 @@ def _setup_torch() -> str:
 # --- HTTP contract ------------------------------------------------------------------------
 
 
+def not_blank(value: str, info: ValidationInfo) -> str:
+    if not value.strip():
+        raise ValueError(f"{info.field_name} is blank")
+    return value
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(strict=True)
-    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS, description="the query, in words")
+    text: Annotated[str, AfterValidator(not_blank)] = Field(min_length=1, max_length=MAX_TEXT_CHARS,
+                                                            description="the query, in words")
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="how many videos to return")
     exact: bool = Field(False, description="score every video exactly instead of the two-stage search")
-
-    @field_validator("text")
-    @classmethod
-    def _not_blank(cls, text: str) -> str:
-        if not text.strip():
-            raise ValueError("text is blank")
-        return text
 
 
 class Hit(BaseModel):
@@ -102,14 +103,7 @@ class SearchResponse(BaseModel):
 class VQARequest(BaseModel):
     model_config = ConfigDict(strict=True)
     image: str = Field(min_length=1, description="base64 PNG or JPEG (a data: URL prefix is accepted)")
-    question: str = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
-
-    @field_validator("question")
-    @classmethod
-    def _not_blank(cls, question: str) -> str:
-        if not question.strip():
-            raise ValueError("question is blank")
-        return question
+    question: Annotated[str, AfterValidator(not_blank)] = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
 
 
 class Answer(BaseModel):

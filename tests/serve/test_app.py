@@ -113,6 +113,7 @@ def test_bad_vqa_input_is_a_4xx_with_a_message(app_url):
         ({"image": base64.b64encode(buffer.getvalue()).decode(), "question": "q"}, 413, "pixels"),
         ({"image": "A" * (15 << 20), "question": "q"}, 413, "larger than"),
         ({"image": png_b64(), "question": ""}, 422, "question"),
+        ({"image": png_b64(), "question": "   "}, 422, "question is blank"),
         ({"image": png_b64()}, 422, "question: Field required"),
         ({"question": "what"}, 422, "image: Field required"),
         ({"image": 7, "question": "what"}, 422, "image: Input should be a valid string"),
