@@ -124,22 +124,30 @@ def error(status: int, message: str) -> JSONResponse:
 # --- model deployments ----------------------------------------------------------------------
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
-class QueryEncoder:
-    """Text -> prepared WTI tokens ``[L, D]``, weights ``[L]`` and the pooled vector ``[D]``."""
+class _CheckpointReplica:
+    """Loads a checkpoint folder on the replica's device, or records what is missing
+    (``problem``) so that the app still starts and the route can answer 503."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, what: str, command: str):
         from models import load_checkpoint
 
         self.device, self.checkpoint = _setup_torch(), Path(checkpoint)
-        self.model = self.problem = None
-        if not (self.checkpoint / "config.json").is_file():
-            self.problem = _missing("retriever checkpoint", self.checkpoint, TRAIN_RETRIEVER)
-            return
-        self.model, self.tokenizer = load_checkpoint(self.checkpoint, device=self.device)
+        self.model = self.tokenizer = self.problem = None
+        if (self.checkpoint / "config.json").is_file():
+            self.model, self.tokenizer = load_checkpoint(self.checkpoint, device=self.device)
+        else:
+            self.problem = _missing(what, self.checkpoint, command)
 
     def info(self) -> dict:
         return {"loaded": self.model is not None, "checkpoint": str(self.checkpoint), "problem": self.problem}
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
+class QueryEncoder(_CheckpointReplica):
+    """Text -> prepared WTI tokens ``[L, D]``, weights ``[L]`` and the pooled vector ``[D]``."""
+
+    def __init__(self, checkpoint: str):
+        super().__init__(checkpoint, "retriever checkpoint", TRAIN_RETRIEVER)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def encode(self, texts: list[str]) -> list[dict]:
@@ -231,22 +239,15 @@ def decode_image(data: str):
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
-class VQAModel:
+class VQAModel(_CheckpointReplica):
     """(base64 image, question) -> answer class, its probability and the top five."""
 
     def __init__(self, checkpoint: str):
-        from models.checkpoint import load_checkpoint, read_config
+        from models.checkpoint import read_config
 
-        self.device, self.checkpoint = _setup_torch(), Path(checkpoint)
-        self.model = self.problem = None
-        if not (self.checkpoint / "config.json").is_file():
-            self.problem = _missing("PitVQANet checkpoint", self.checkpoint, TRAIN_PITVQA)
-            return
-        self.model, self.tokenizer = load_checkpoint(self.checkpoint, device=self.device)
-        self.labels = read_config(self.checkpoint).get("labels") or _labels_for(self.model.config.num_classes)
-
-    def info(self) -> dict:
-        return {"loaded": self.model is not None, "checkpoint": str(self.checkpoint), "problem": self.problem}
+        super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA)
+        if self.model is not None:
+            self.labels = read_config(self.checkpoint).get("labels") or _labels_for(self.model.config.num_classes)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def answer(self, items: list[tuple[str, str]]) -> list[dict]:
