@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
-from ingest.clips import SkipCollector, clip_dataset  # noqa: E402
+from ingest.clips import DecodeLog, clip_dataset  # noqa: E402
 from ingest.synthetic import make_msrvtt  # noqa: E402
 from ingest.video import ClipSpec, decode_clip, find_videos  # noqa: E402
 
@@ -35,7 +35,7 @@ def single_process(videos, spec):
 
 def ray_data(videos, spec, workers):
     """Frames decoded, and (seconds to the first batch, frames in it): the pool's start-up."""
-    collector = SkipCollector.remote()
+    collector = DecodeLog.remote()
     frames, first = 0, None
     start = time.perf_counter()
     for batch in clip_dataset(videos, spec, collector, concurrency=workers).iter_batches(batch_size=None):

@@ -1,1 +1,11 @@
-"""Small pieces shared by jobs and serving: connecting, runtime env, resources (cluster issue)."""
+"""What jobs and serving share on a Ray cluster: connecting (``connect``), the job
+``runtime_env`` (``runtime_env``), and sizing by the cluster's GPUs (``resources``).
+
+The cluster definitions live beside this package: ``ray_cluster.yaml`` (AWS, at the
+repository root), ``cluster/onprem.yaml`` (your own machines) and ``cluster/serve.yaml``
+(``serve deploy``)."""
+from .connect import connect
+from .resources import cluster_gpus, index_shards, per_gpu, training_scale, use_gpus
+from .runtime_env import runtime_env
+
+__all__ = ["cluster_gpus", "connect", "index_shards", "per_gpu", "runtime_env", "training_scale", "use_gpus"]

@@ -3,7 +3,8 @@
 ``clip_dataset`` is the lazy stage (training can stream from it); ``write_clips`` runs it
 and stores uint8 frames, frame masks and video ids as Parquet shards, so that training
 reads decoded frames and never decodes twice. Bad videos are skipped and reported by a
-small collector actor, so the report is complete on a multi-node cluster too.
+small log actor, so the report is complete on a multi-node cluster too; it also
+counts the videos each node decoded.
 """
 from __future__ import annotations
 
@@ -17,17 +18,20 @@ from .video import BadVideo, ClipSpec, decode_clip
 
 
 @ray.remote(num_cpus=0)
-class SkipCollector:
-    """Gathers ``Skipped`` records from every decoding actor."""
+class DecodeLog:
+    """Gathers, from every decoding actor on every node, the ``Skipped`` records and how
+    many videos each node decoded."""
 
     def __init__(self):
         self.records: list[Skipped] = []
+        self.per_node: dict[str, int] = {}
 
-    def add(self, records: list[Skipped]) -> None:
+    def add(self, records: list[Skipped], node: str, decoded: int) -> None:
         self.records.extend(records)
+        self.per_node[node] = self.per_node.get(node, 0) + decoded
 
-    def all(self) -> list[Skipped]:
-        return self.records
+    def report(self) -> Report:
+        return Report(self.records, nodes=self.per_node)
 
 
 class ClipDecoder:
@@ -49,8 +53,7 @@ class ClipDecoder:
             ids.append(video_id)
             frames.append(clip)
             masks.append(mask)
-        if skipped:
-            ray.get(self.collector.add.remote(skipped))
+        ray.get(self.collector.add.remote(skipped, ray.get_runtime_context().get_node_id(), len(ids)))
         if ids:
             yield {"video_id": np.array(ids, dtype=object), "frames": np.stack(frames), "frame_mask": np.stack(masks)}
 
@@ -84,12 +87,12 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
     The report (``out_dir/skipped.jsonl``) lists every skipped video and why.
     """
     out_dir = Path(out_dir)
-    collector = SkipCollector.remote()
+    collector = DecodeLog.remote()
     ds = clip_dataset(videos, spec, collector, concurrency)
     # The writes take no CPU slot: the decoding actors may hold every CPU, and a write task
     # waiting for one would stall the pipeline behind its own output.
     ds.write_parquet(str(out_dir / "clips"), ray_remote_args={"num_cpus": 0})
-    report = Report(ray.get(collector.all.remote()))
+    report = ray.get(collector.report.remote())
     report.write(out_dir / "skipped.jsonl")
     ray.kill(collector)
     written = ray.data.read_parquet(str(out_dir / "clips")).count() if (out_dir / "clips").exists() else 0

@@ -18,10 +18,12 @@ class Skipped:
 
 
 class Report:
-    """Collects ``Skipped`` records; writes them as JSON lines and prints a count."""
+    """Collects ``Skipped`` records; writes them as JSON lines and prints a count.
+    ``nodes``: videos decoded per Ray node id, when a decoding job filled it in."""
 
-    def __init__(self, records: list[Skipped] | None = None):
+    def __init__(self, records: list[Skipped] | None = None, nodes: dict[str, int] | None = None):
         self.records = list(records or [])
+        self.nodes = dict(nodes or {})
 
     def add(self, kind: str, path: str, reason: str, line: int | None = None) -> None:
         self.records.append(Skipped(kind, str(path), reason, line))
@@ -41,7 +43,8 @@ class Report:
         return cls([Skipped(**json.loads(line)) for line in lines if line.strip()])
 
     def summary(self, what: str) -> str:
+        where = f" on {len(self.nodes)} node(s)" if len(self.nodes) > 1 else ""
         if not self.records:
-            return f"{what}: nothing skipped"
+            return f"{what}{where}: nothing skipped"
         parts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts().items()))
-        return f"{what}: skipped {len(self.records)} ({parts})"
+        return f"{what}{where}: skipped {len(self.records)} ({parts})"

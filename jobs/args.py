@@ -100,6 +100,11 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument("--text_encoder_init", choices=("config", "pretrained"), default="config",
                    help="PitVQANet's BLIP text encoder: random from config (reference) or pretrained")
     g.add_argument("--max_failures", type=int, default=2, help="worker failures Ray Train recovers from")
+    g.add_argument("--storage_path", default=None,
+                   help="where Ray Train keeps the epoch checkpoints: a folder every node sees, or s3://... "
+                   "(default: <output_dir>)")
+    g.add_argument("--placement_strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default="PACK",
+                   help="how Ray Train places the workers on nodes")
     g.add_argument("--fresh", action="store_true", help="discard an earlier run in --output_dir instead of resuming it")
     g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
     g.add_argument("--do_train", nargs="?", type=int, const=1, default=1, help="CLIP4Clip/DRL compatibility: train (1)")

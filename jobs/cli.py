@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 
@@ -57,45 +56,3 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
-
-
-def init_ray():
-    """Connect to the cluster (``RAY_ADDRESS``, or the job's) or start a local Ray, and keep
-    Ray's own INFO logs (an execution plan per dataset, every report) out of the job's
-    progress lines; warnings and errors still show."""
-    import logging
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") or _cluster_running() else "local")
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    for name in ("ray.data", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return ray
-
-
-def _cluster_running() -> bool:
-    """Whether a `ray start` cluster runs on this machine. Without one, a stale address
-    file left by a cluster that died would make a bare ``ray.init()`` wait for it forever."""
-    try:
-        from ray._private.services import find_gcs_addresses
-    except ImportError:  # a future Ray: let ray.init() decide
-        return True
-    return bool(find_gcs_addresses())
-
-
-def worker_scale(args, ray) -> tuple[int, bool] | str:
-    """(workers, use_gpu) from the flags and the cluster; an error line if it cannot fit."""
-    resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
-    use_gpu = gpus > 0 if args.use_gpu is None else args.use_gpu
-    if use_gpu and not gpus:
-        return "--use_gpu: the Ray cluster has no GPU"
-    workers = args.num_workers or (gpus if use_gpu else 1)
-    have = gpus if use_gpu else int(resources.get("CPU", 0))
-    if workers > have:
-        return f"--num_workers {workers} needs {workers} {'GPUs' if use_gpu else 'CPUs'}; the cluster has {have}"
-    return workers, use_gpu

@@ -42,7 +42,6 @@ def parse_args(argv):
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import ray
 
     from ingest.report import Report
     from ingest.video import ClipSpec, find_videos
@@ -55,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         print(f"jobs/decode.py: error: no video files in {source}", file=sys.stderr)
         return 2
-    ray.init(ignore_reinit_error=True)
+    from cluster import connect
+
+    connect()
     if args.command == "clips":
         from ingest.clips import write_clips
 

@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from cluster import per_gpu  # noqa: E402
 from jobs.metrics import retrieval_metrics, retrieval_ranks, vqa_metrics  # noqa: E402
 from jobs.plots import plot_confusion, plot_recall_curve  # noqa: E402
 from jobs.similarity import sharded_similarity  # noqa: E402
@@ -73,10 +74,9 @@ class VQAPredictor(CheckpointModel):
 
 
 def _run_pool(ds: ray.data.Dataset, udf, checkpoint: Path, use_gpu: bool, batch_size: int = 32) -> dict[str, np.ndarray]:
-    workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
     out = ds.map_batches(
         udf, fn_constructor_kwargs={"checkpoint": str(checkpoint)}, batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=1 if use_gpu else 0,
+        compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)), num_gpus=1 if use_gpu else 0,
     ).to_pandas()
     return {column: np.stack(out[column].to_numpy()) if column in ("tokens", "weights") else out[column].to_numpy()
             for column in out.columns}
@@ -95,7 +95,7 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
     video_order = np.array([position[v] for v in test_video_ids])
     column = {video_id: i for i, video_id in enumerate(test_video_ids)}
     text_video = np.array([column[video_id] for video_id, _ in test_pairs])
-    num_shards = num_shards or (max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 2)
+    num_shards = num_shards or per_gpu(use_gpu, cpu_default=2)
     sim = sharded_similarity(
         torch.from_numpy(texts["tokens"][text_order]), torch.from_numpy(texts["weights"][text_order]),
         torch.from_numpy(videos["tokens"][video_order]), torch.from_numpy(videos["weights"][video_order]),
@@ -145,7 +145,8 @@ def evaluate(args, kind: str, checkpoint: Path, data, output_dir: Path, use_gpu:
 
 def main(argv: list[str] | None = None) -> int:
     from jobs.args import build_parser, resolve
-    from jobs.cli import fail, init_ray, worker_scale
+    from cluster import connect, training_scale
+    from jobs.cli import fail
     from jobs.data import DataError, prepare_data
     from models.checkpoint import load_checkpoint, read_config
 
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     error = resolve(args, kind)
     if error:
         return fail(PROG, error)
-    ray = init_ray()
-    scaled = worker_scale(args, ray)
+    connect()
+    scaled = training_scale(args.num_workers, args.use_gpu)
     if isinstance(scaled, str):
         return fail(PROG, scaled)
     model, tokenizer = load_checkpoint(checkpoint)

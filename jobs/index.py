@@ -24,6 +24,7 @@ import numpy as np  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from cluster import per_gpu  # noqa: E402
 from ingest.datasets import normalize_clips  # noqa: E402
 from jobs.evaluate import CheckpointModel  # noqa: E402
 from serve.index import IndexRows, IndexWriter, jpeg_bytes  # noqa: E402
@@ -84,10 +85,9 @@ def index_info(checkpoint: Path) -> dict:
 def build_index(checkpoint: Path, clips: ray.data.Dataset, output_dir: Path, use_gpu: bool = False,
                 rows_per_shard: int = 50_000, batch_size: int = 16) -> dict:
     """Encode ``clips`` (the clip job's rows) into an index under ``output_dir``; returns the manifest."""
-    workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if use_gpu else 1
     rows = clips.map_batches(
         IndexEncoder, fn_constructor_kwargs={"checkpoint": str(checkpoint)}, batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=1 if use_gpu else 0,
+        compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)), num_gpus=1 if use_gpu else 0,
     )
     writer = IndexWriter(output_dir, rows_per_shard, info=index_info(checkpoint))
     started, done = time.time(), 0
@@ -115,10 +115,11 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ingest.clips import SkipCollector, clip_dataset
+    from ingest.clips import DecodeLog, clip_dataset
     from ingest.report import Report
     from ingest.video import ClipSpec, find_videos
-    from jobs.cli import fail, init_ray
+    from cluster import connect, use_gpus
+    from jobs.cli import fail
     from jobs.data import DEFAULT_SYNTHETIC_DIR
     from models.checkpoint import read_config
 
@@ -145,15 +146,15 @@ def main(argv: list[str] | None = None) -> int:
     config = saved["config"]
     spec = ClipSpec(args.feature_framerate, config["max_frames"], args.slice_framepos,
                     config["clip_config"]["vision_config"]["image_size"])
-    ray = init_ray()
-    use_gpu = bool(ray.cluster_resources().get("GPU", 0)) if args.use_gpu is None else bool(args.use_gpu)
-    if use_gpu and not ray.cluster_resources().get("GPU", 0):
-        return fail(PROG, "--use_gpu: the Ray cluster has no GPU")
+    ray = connect()
+    use_gpu = use_gpus(None if args.use_gpu is None else bool(args.use_gpu))
+    if isinstance(use_gpu, str):
+        return fail(PROG, use_gpu)
     print(f"indexing {len(videos)} videos from {videos_dir} with {checkpoint}", flush=True)
-    collector = SkipCollector.remote()
+    collector = DecodeLog.remote()
     manifest = build_index(checkpoint, clip_dataset(videos, spec, collector), output_dir, use_gpu,
                            args.rows_per_shard)
-    report = Report(ray.get(collector.all.remote()))
+    report = ray.get(collector.report.remote())
     report.write(output_dir / "skipped.jsonl")
     print(f"index of {manifest['count']} videos ({len(manifest['shards'])} storage shard(s)) in {output_dir}; "
           f"{report.summary('decode')}")

@@ -3,8 +3,10 @@ PitVQANet recipe (as the PitVQA reference trains it).
 
 Each recipe reads top to bottom: build, restore, wrap for DDP, then per epoch train,
 validate and report. Every worker calls ``ray.train.report``; only rank 0 writes the
-checkpoint (``model/`` in the models' folder format plus ``train_state.pt``) and appends
-to ``history.jsonl``.
+checkpoint: ``model/`` in the models' folder format, ``train_state.pt`` (optimizer and
+schedule) and ``history.json`` (every epoch so far, which the driver turns into
+``history.jsonl``). Checkpoints go to Ray Train's storage (a shared folder or S3), so a
+worker on any node writes them and the driver reads them back.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from models import (
 )
 
 FAILURE_MARKER = ".injected_failure"
+HISTORY = "history.json"  # in each checkpoint: every epoch's row so far
 
 
 # --- shared pieces ----------------------------------------------------------------------
@@ -70,28 +73,28 @@ def restore(model: nn.Module, optimizer, scheduler) -> dict:
     with checkpoint.as_directory() as folder:
         load_model(model, str(Path(folder) / "model" / "model.safetensors"))
         state = torch.load(Path(folder) / "train_state.pt", weights_only=True)
+        state["history"] = json.loads((Path(folder) / HISTORY).read_text())
     optimizer.load_state_dict(state.pop("optimizer"))
     scheduler.load_state_dict(state.pop("scheduler"))
-    state["history"] = json.loads(state["history"])
     _log(f"resuming after epoch {state['epoch']} from {checkpoint.path}")
     return state
 
 
 def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: dict, row: dict) -> None:
-    """Every worker reports; rank 0 also writes the checkpoint and the history line."""
+    """Every worker reports; rank 0 also writes the checkpoint. The row records the node
+    of each worker (by rank), so a run shows where it ran and where it resumed."""
+    row["worker_nodes"] = gather_objects(ray.get_runtime_context().get_node_id())
     state["history"].append(row)
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
     if ray.train.get_context().get_world_rank() != 0:
         ray.train.report(metrics)
         return
-    output_dir = Path(config["output_dir"])
-    with (output_dir / "history.jsonl").open("w") as f:  # rewritten whole: a resumed run drops nothing
-        f.writelines(json.dumps(r) + "\n" for r in state["history"])
     with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / HISTORY).write_text(json.dumps(state["history"]))
         extra = {"epoch": row["epoch"], **({"labels": config["labels"]} if "labels" in config else {})}
         save_checkpoint(Path(folder) / "model", model, tokenizer, extra=extra)
         torch.save({"epoch": row["epoch"], "step": state["step"],
-                    "history": json.dumps(state["history"]), "optimizer": optimizer.state_dict(),
+                    "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict()}, Path(folder) / "train_state.pt")
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
                          checkpoint_dir_name=f"epoch_{row['epoch']:03d}")

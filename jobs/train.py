@@ -9,7 +9,9 @@
     ray job submit --working-dir . -- python jobs/train.py --output_dir /shared/runs/wti
 
 Ray comes from RAY_ADDRESS (or the job's cluster) and starts locally otherwise. Running
-the same command again with the same --output_dir resumes after the last finished epoch.
+the same command again with the same --output_dir (and --storage_path) resumes after the
+last finished epoch; a worker or a node lost mid-run is recovered the same way, up to
+--max_failures times.
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster import connect, training_scale  # noqa: E402
 from jobs.args import MODELS, build_parser, resolve  # noqa: E402
-from jobs.cli import fail, init_ray, worker_scale  # noqa: E402
+from jobs.cli import fail  # noqa: E402
 from jobs.data import DataError, prepare_data  # noqa: E402
 from jobs.evaluate import evaluate  # noqa: E402
+from jobs.loops import HISTORY  # noqa: E402
 
 PROG = "jobs/train.py"
 RUN_NAME = "train"  # Ray Train's run folder inside --output_dir
@@ -35,6 +39,10 @@ def parse_args(argv):
     args.kind = MODELS[args.model]
     args.output_dir = str(Path(args.output_dir or f"runs/{args.model}").resolve())
     args.synthetic_dir = str(Path(args.synthetic_dir).expanduser().resolve())
+    if not args.storage_path:
+        args.storage_path = args.output_dir
+    elif "://" not in args.storage_path:
+        args.storage_path = str(Path(args.storage_path).resolve())
     return args
 
 
@@ -60,9 +68,9 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
     trainer = TorchTrainer(
         LOOPS[args.kind],
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=args.placement_strategy),
         run_config=RunConfig(
-            name=RUN_NAME, storage_path=args.output_dir, logging_config=LoggingConfig(log_level="WARNING"),
+            name=RUN_NAME, storage_path=args.storage_path, logging_config=LoggingConfig(log_level="WARNING"),
             # Worker prints reach the console once (the print patch would echo each line twice).
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
             failure_config=FailureConfig(max_failures=args.max_failures),
@@ -75,27 +83,41 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
     return trainer.fit()
 
 
-def best_epoch_folder(output_dir: Path) -> Path | None:
-    """The kept epoch folder with the highest validation score (ties: the earlier epoch)."""
-    history = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
-    score = {row["epoch"]: row["val_score"] for row in history}
-    kept = [f for f in sorted((output_dir / RUN_NAME).glob("epoch_*")) if (f / "model" / "config.json").is_file()]
-    return max(kept, key=lambda f: score.get(int(f.name.split("_")[1]), float("-inf")), default=None)
+def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]]:
+    """Copy the best epoch's model to ``checkpoint/``, write ``history.jsonl`` from the last
+    epoch's checkpoint and plot it. Both are read from Ray Train's storage (a local folder,
+    a shared one or S3), whichever node wrote them."""
+    import pyarrow.fs
 
-
-def write_outputs(output_dir: Path, kind: str) -> tuple[Path, list[dict]]:
-    """Copy the best epoch to ``checkpoint/`` and plot the history; returns both."""
     from jobs.plots import plot_history
 
-    best = best_epoch_folder(output_dir)
-    if best is None:
-        raise RuntimeError(f"training finished without a checkpoint in {output_dir / RUN_NAME}")
+    if not result.best_checkpoints:
+        raise RuntimeError(f"training finished without a checkpoint in {result.path}")
+    # The highest validation score; ties go to the earlier epoch.
+    best, _ = max(result.best_checkpoints, key=lambda kept: (kept[1]["val_score"], -kept[1]["epoch"]))
     checkpoint = output_dir / "checkpoint"
     shutil.rmtree(checkpoint, ignore_errors=True)
-    shutil.copytree(best / "model", checkpoint)
-    history = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+    checkpoint.mkdir(parents=True)
+    pyarrow.fs.copy_files(f"{best.path}/model", str(checkpoint), source_filesystem=best.filesystem)
+    latest = result.checkpoint
+    with latest.filesystem.open_input_stream(f"{latest.path}/{HISTORY}") as f:
+        history = json.loads(f.read())
+    (output_dir / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
     plot_history(history, output_dir / "loss.png", "R@1" if kind == "retriever" else "f1")
     return checkpoint, history
+
+
+def forget_run(args) -> None:
+    """``--fresh``: delete the earlier run's epochs (in its storage) and outputs."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(args.storage_path)
+    if fs.get_file_info(f"{root}/{RUN_NAME}").type == pyarrow.fs.FileType.Directory:
+        fs.delete_dir(f"{root}/{RUN_NAME}")
+    output_dir = Path(args.output_dir)
+    for name in ("checkpoint", "history.jsonl", ".injected_failure"):
+        path = output_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,12 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, error)
     output_dir = Path(args.output_dir)
     if args.fresh:
-        for name in (RUN_NAME, "checkpoint", "history.jsonl", ".injected_failure"):
-            path = output_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        forget_run(args)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ray = init_ray()
-    scale = worker_scale(args, ray)
+    connect()
+    scale = training_scale(args.num_workers, args.use_gpu)
     if isinstance(scale, str):
         return fail(PROG, scale)
     workers, use_gpu = scale
@@ -125,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training {args.model} ({args.preset}) on {args.dataset}: {data.num_train_rows} training rows, "
           f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
           flush=True)
-    fit(args, data, tokenizer, model_config, workers, use_gpu)
-    checkpoint, history = write_outputs(output_dir, args.kind)
+    result = fit(args, data, tokenizer, model_config, workers, use_gpu)
+    checkpoint, history = write_outputs(result, output_dir, args.kind)
     metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
     if args.kind == "retriever":  # so that `serve run serve.app` can search right away
         from jobs.index import build_index

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
+import ray
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -124,6 +125,11 @@ def error(status: int, message: str) -> JSONResponse:
 # --- model deployments ----------------------------------------------------------------------
 
 
+def _node() -> str:
+    """The Ray node this replica runs on (its id), for /healthz."""
+    return ray.get_runtime_context().get_node_id()
+
+
 class _CheckpointReplica:
     """Loads a checkpoint folder on the replica's device, or records what is missing
     (``problem``) so that the app still starts and the route can answer 503."""
@@ -139,7 +145,8 @@ class _CheckpointReplica:
             self.problem = _missing(what, self.checkpoint, command)
 
     def info(self) -> dict:
-        return {"loaded": self.model is not None, "checkpoint": str(self.checkpoint), "problem": self.problem}
+        return {"loaded": self.model is not None, "checkpoint": str(self.checkpoint), "node": _node(),
+                "problem": self.problem}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
@@ -189,7 +196,8 @@ class IndexShard:
         self.rows = len(rows)
 
     def info(self) -> dict:
-        return {"shard": self.shard, "rows": self.rows or 0, "device": self.device, "problem": self.problem}
+        return {"shard": self.shard, "rows": self.rows or 0, "device": self.device, "node": _node(),
+                "problem": self.problem}
 
     def check_health(self) -> None:
         if self.problem is None and self.rows is not None and self.frames.shape[0] != self.rows:
@@ -348,6 +356,7 @@ class Ingress:
             "status": "ok" if ready else "degraded",
             "search": {**encoder, "index": str(self.index), "index_size": manifest.get("count", 0),
                        "shards": len(self.shards), "shards_up": len(up), "shard_rows": [s.get("rows", 0) for s in shards],
+                       "shard_nodes": [s.get("node") for s in shards],
                        "problems": sorted({s["problem"] for s in shards if s.get("problem")})},
             "vqa": vqa,
         }
@@ -412,7 +421,8 @@ class AppArgs(BaseModel):
     checkpoint: str = Field("runs/wti/checkpoint", description="retriever checkpoint folder")
     index: str = Field("runs/wti/index", description="index folder written by jobs/index.py (or jobs/train.py)")
     vqa_checkpoint: str = Field("runs/pitvqa/checkpoint", description="PitVQANet checkpoint folder")
-    num_shards: int = Field(2, ge=1, le=256, description="index shards, one replica each")
+    num_shards: int | None = Field(None, ge=1, le=256,
+                                   description="index shards, one replica each (default: one per GPU, else 2)")
     use_gpu: bool | None = Field(None, description="one GPU per shard; default: when the cluster has GPUs")
     candidates: int | None = Field(None, ge=1, description="re-scored candidates per shard (default: serve.search)")
 
@@ -421,14 +431,13 @@ def build_app(args: AppArgs) -> Application:
     """The application graph; nothing starts until Serve runs it."""
     if isinstance(args, dict):
         args = AppArgs(**args)
-    use_gpu = args.use_gpu
-    if use_gpu is None:
-        import ray
+    from cluster import cluster_gpus, index_shards
 
-        use_gpu = ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
+    use_gpu = cluster_gpus() > 0 if args.use_gpu is None else args.use_gpu
+    num_shards = index_shards(args.num_shards)
     path = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
     gpu = {"num_cpus": 0, "num_gpus": 1} if use_gpu else {"num_cpus": 0}
     shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=gpu)
-              .bind(path(args.index), i, args.num_shards, args.candidates) for i in range(args.num_shards)]
+              .bind(path(args.index), i, num_shards, args.candidates) for i in range(num_shards)]
     return Ingress.bind(QueryEncoder.bind(path(args.checkpoint)), shards, VQAModel.bind(path(args.vqa_checkpoint)),
                         path(args.index))
