@@ -43,8 +43,8 @@ class Report:
         return cls([Skipped(**json.loads(line)) for line in lines if line.strip()])
 
     def summary(self, what: str) -> str:
-        where = f" on {len(self.nodes)} node(s)" if len(self.nodes) > 1 else ""
+        where = f" (decoded on {len(self.nodes)} nodes)" if len(self.nodes) > 1 else ""
         if not self.records:
-            return f"{what}{where}: nothing skipped"
+            return f"{what}: nothing skipped{where}"
         parts = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts().items()))
-        return f"{what}{where}: skipped {len(self.records)} ({parts})"
+        return f"{what}: skipped {len(self.records)} ({parts}){where}"

@@ -84,6 +84,7 @@ def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: di
     """Every worker reports; rank 0 also writes the checkpoint. The row records the node
     of each worker (by rank), so a run shows where it ran and where it resumed."""
     row["worker_nodes"] = gather_objects(ray.get_runtime_context().get_node_id())
+    row["time"] = round(time.time(), 3)  # when the epoch ended (wall clock)
     state["history"].append(row)
     metrics = {k: v for k, v in row.items() if isinstance(v, (int, float))}
     if ray.train.get_context().get_world_rank() != 0:
@@ -151,9 +152,12 @@ def torch_batches(shard, batch_size: int, shuffle_seed: int | None = None):
     )
 
 
-def _batches(shard, config: dict, shuffle: bool):
-    return torch_batches(shard, _local_batch(config) if shuffle else config["batch_size_val"],
-                         config["seed"] if shuffle else None)
+def _batches(shard, config: dict, epoch: int | None = None):
+    """Training batches of ``epoch``, shuffled anew each epoch; without an epoch, the
+    validation batches in order."""
+    if epoch is None:
+        return torch_batches(shard, config["batch_size_val"])
+    return torch_batches(shard, _local_batch(config), config["seed"] + epoch)
 
 
 # --- the retriever (DRL) ----------------------------------------------------------------
@@ -165,7 +169,7 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
     and every worker scores the full matrix exactly (so all ranks agree on the best epoch)."""
     model.eval()
     parts = []
-    for batch in _batches(shard, config, shuffle=False):
+    for batch in _batches(shard, config):
         text = model.encode_text(batch["input_ids"], batch["attention_mask"])
         video = model.encode_video(batch["pixel_values"], batch["frame_mask"])
         parts.append([t.cpu() for t in (*text, *video, batch["video_index"])])
@@ -208,7 +212,7 @@ def retriever_loop(config: dict) -> None:
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         objective.train()
         started, losses, global_batch = time.time(), [], 0
-        for batch in _batches(train_shard, config, shuffle=True):
+        for batch in _batches(train_shard, config, epoch):
             state["step"] += 1
             maybe_fail(config, state["step"])
             out = objective(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
@@ -240,7 +244,7 @@ def retriever_loop(config: dict) -> None:
 def validate_vqa(model: PitVQANet, shard, config: dict) -> dict:
     model.eval()
     predicted, truth = [], []
-    for batch in _batches(shard, config, shuffle=False):
+    for batch in _batches(shard, config):
         logits = model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         predicted.append(logits.argmax(-1).cpu().numpy())
         truth.append(batch["label"].cpu().numpy())
@@ -271,7 +275,7 @@ def pitvqa_loop(config: dict) -> None:
         net.train()
         started, losses = time.time(), []
         # drop_last: BatchNorm in the head cannot train on a batch of one.
-        for batch in _batches(train_shard, config, shuffle=True):
+        for batch in _batches(train_shard, config, epoch):
             state["step"] += 1
             maybe_fail(config, state["step"])
             loss = criterion(net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"])

@@ -34,15 +34,38 @@ def clip_tokenizer():
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """One real local Ray instance for the whole test session."""
+def ray_cluster():
+    """The one real Ray instance of the test session: a head node with 2 CPUs, started with
+    ``ray.cluster_utils.Cluster`` so that tests can add worker nodes (``worker_nodes``)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 2, "include_dashboard": False, "object_store_memory": 2 * 1024**3})
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_local(ray_cluster):
+    """The session's Ray (a single head node unless a test adds nodes)."""
     import ray
 
-    if not ray.is_initialized():
-        # address="local": a fresh instance even when a `ray start` cluster runs on this machine.
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
+    return ray
+
+
+@pytest.fixture
+def worker_nodes(ray_cluster):
+    """Two worker nodes (1 CPU each) joined to the session's cluster for one test; a test
+    may remove one (``ray_cluster.remove_node``) to play a lost machine."""
+    nodes = [ray_cluster.add_node(num_cpus=1, object_store_memory=512 * 1024**2) for _ in range(2)]
+    ray_cluster.wait_for_nodes()
+    yield nodes
+    for node in nodes:
+        if node in ray_cluster.worker_nodes:
+            ray_cluster.remove_node(node)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""``ray job submit --working-dir . -- python jobs/train.py ...`` against a real local head
+"""``ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/train.py ...`` against a real local head
 node started with ``ray start --head`` (a cluster of its own, beside the tests' Ray)."""
 import json
 import os
@@ -64,7 +64,8 @@ def test_ray_job_submit_runs_the_training_job(head_node, tmp_path):
     out = tmp_path / "run"
     # Ray 2.60 turns on token authentication for `ray start`; the job CLI reads the token
     # (~/.ray/auth_token) when RAY_AUTH_MODE=token.
-    command = [RAY, "job", "submit", "--address", address, "--working-dir", ".", "--",
+    # The job's runtime_env ships this repository's code and leaves data and outputs behind.
+    command = [RAY, "job", "submit", "--address", address, "--runtime-env", "cluster/runtime_env.yaml", "--",
                sys.executable, "jobs/train.py", "--synthetic_dir", str(tmp_path / "synthetic"),
                "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
                "--n_display", "0", "--output_dir", str(out)]

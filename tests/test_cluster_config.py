@@ -1,0 +1,112 @@
+"""The cluster definitions and the shared cluster pieces: every YAML is valid for the Ray
+that is installed (its own schema files and checks), the job runtime_env ships the code and
+not the data, and the sizing rules follow the GPUs."""
+import copy
+import json
+import zipfile
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER_YAMLS = [ROOT / "ray_cluster.yaml", ROOT / "cluster" / "onprem.yaml"]
+
+
+@pytest.mark.parametrize("path", CLUSTER_YAMLS, ids=lambda p: p.name)
+def test_cluster_yaml_is_valid_for_ray_up(path):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load(path.read_text())
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(config, schema)
+    # What `ray up` does before it starts anything: fill the provider's defaults, check again.
+    validate_config(prepare_config(copy.deepcopy(config)))
+    assert config["file_mounts"] == {"/home/ray/vqa-wti-ray": "."}
+    assert any("pip install -q -e /home/ray/vqa-wti-ray" in c for c in config["setup_commands"])
+    assert config["idle_timeout_minutes"] > 0
+
+
+def test_the_cloud_cluster_has_a_cpu_head_and_gpu_workers_at_this_ray_version():
+    config = yaml.safe_load((ROOT / "ray_cluster.yaml").read_text())
+    assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"].get("GPU", 0) == 0
+    gpu_types = {name: t for name, t in types.items() if t["resources"].get("GPU", 0) > 0}
+    assert sorted(t["resources"]["GPU"] for t in gpu_types.values()) == [1, 8]  # single- and multi-GPU
+    for node_type in gpu_types.values():
+        assert 0 <= node_type["min_workers"] <= node_type["max_workers"] <= config["max_workers"]
+
+
+def test_the_serve_cluster_config_is_valid_and_gives_each_shard_a_gpu():
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve import AppArgs, build_app
+
+    config = ServeDeploySchema(**yaml.safe_load((ROOT / "cluster" / "serve.yaml").read_text()))
+    assert config.http_options.request_timeout_s > 0
+    (app_config,) = config.applications
+    args = AppArgs(**app_config.args)
+    deployments = {}
+
+    def walk(node):  # the bound deployments of the application graph
+        if isinstance(node, (list, tuple)):
+            for item in node:
+                walk(item)
+        elif hasattr(node, "_bound_deployment"):
+            deployment = node._bound_deployment
+            deployments[deployment.name] = deployment
+            walk(list(deployment.init_args))
+
+    walk(build_app(args))
+    shards = {name: d for name, d in deployments.items() if name.startswith("IndexShard")}
+    assert len(shards) == args.num_shards == 8
+    assert all(d.ray_actor_options["num_gpus"] == 1 for d in shards.values())
+    for entry in app_config.deployments:  # every override names a deployment of the app
+        assert entry.name in deployments
+    scaled = {d.name: d.autoscaling_config for d in app_config.deployments}
+    assert scaled["Ingress"]["max_replicas"] > scaled["Ingress"]["min_replicas"] >= 1
+    assert scaled["QueryEncoder"]["max_replicas"] > 1
+
+
+def test_the_job_runtime_env_ships_the_code_and_not_the_data(tmp_path):
+    import shutil
+    import subprocess
+
+    from ray._private.runtime_env.packaging import create_package
+
+    from cluster import runtime_env
+
+    env = runtime_env()
+    assert Path(env["working_dir"]) == ROOT
+    # A working tree as a user has it: the code, plus data, outputs and a virtual environment.
+    tree = tmp_path / "tree"
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in tracked.stdout.split():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tree / name)
+    for junk in (".venv/lib/site.py", "data_cache/clips/part-0.parquet", "runs/wti/checkpoint/model.safetensors",
+                 "runs/wti/index/shard_000/frames.npy", "videos/video0.mp4", "bench/results/search.json"):
+        (tree / junk).parent.mkdir(parents=True, exist_ok=True)
+        (tree / junk).write_bytes(b"x" * 1000)
+    package = tmp_path / "package.zip"
+    # Without .gitignore, so that the excludes in cluster/runtime_env.yaml are what is tested.
+    create_package(str(tree), package, include_gitignore=False, excludes=env["excludes"])
+    names = zipfile.ZipFile(package).namelist()
+    assert {"jobs/train.py", "serve/page.html", "cluster/runtime_env.yaml"} <= set(names)
+    for name in names:
+        assert not name.startswith((".venv/", "data_cache/", "runs/", "bench/results/")), name
+        assert not name.endswith((".parquet", ".safetensors", ".mp4", ".npy")), name
+
+
+def test_sizes_follow_the_gpus(ray_local):
+    from cluster import index_shards, per_gpu, training_scale, use_gpus
+
+    assert ray_local.cluster_resources().get("GPU", 0) == 0  # the session's cluster: CPUs only
+    assert (index_shards(), index_shards(5)) == (2, 5)
+    assert (per_gpu(False), per_gpu(False, cpu_default=2), per_gpu(True)) == (1, 2, 1)
+    assert use_gpus(None) is False and use_gpus(True) == "--use_gpu: the Ray cluster has no GPU"
+    assert training_scale(None, None) == (1, False) and training_scale(2, False) == (2, False)
+    assert training_scale(64, None) == "--num_workers 64 needs 64 CPUs; the cluster has 2"
