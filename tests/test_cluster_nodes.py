@@ -40,6 +40,9 @@ def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_d
         assert [row["epoch"] for row in rows] == [1, 2, 3]
         nodes = {len(set(row["worker_nodes"])) for row in rows}
         assert nodes == ({1} if strategy == "STRICT_PACK" else {2}), rows
+        # Each worker holds 4 pairs a step; the loss saw the 8 pairs of both.
+        assert all(row["global_batch"] == 8 and row["steps"] == 80 // 8 for row in rows)
+        assert (out / "checkpoint" / "model.safetensors").is_file()
         curves[strategy] = [row["train_loss"] for row in rows]
     print("train loss per epoch, one node vs two:", curves)
     one, two = curves["STRICT_PACK"], curves["STRICT_SPREAD"]

@@ -69,16 +69,6 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
     assert index["count"] == 24 and index["checkpoint"] == str(out / "checkpoint")
 
 
-def test_two_workers_contrast_the_global_batch(ray_local, synthetic_dir, tmp_path):
-    out = tmp_path / "run"
-    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--num_workers", "2")) == 0
-    (row,) = history(out)
-    # Each worker holds 4 pairs; the loss saw the 8 pairs of both.
-    assert row["global_batch"] == 8
-    assert row["steps"] == 80 // 8
-    assert (out / "checkpoint" / "model.safetensors").is_file()
-
-
 def test_a_worker_that_dies_is_recovered_and_every_epoch_is_recorded(ray_local, synthetic_dir, tmp_path):
     out = tmp_path / "run"
     args = retriever_args(synthetic_dir, out, "--epochs", "3", "--inject_failure", "15", "--max_failures", "1")
