@@ -136,3 +136,19 @@ def test_both_spellings_and_the_seed_command_parse():
     assert (args.dataset, args.epochs, args.batch_size, args.lr) == ("pit24", 60, 64, 2e-5)
     args = train.parse_args(["--batch-size", "7", "--max-frames", "3", "--agg_module", "meanP", "--video_framerate", "2"])
     assert (args.batch_size, args.max_frames, args.sim_header, args.feature_framerate) == (7, 3, "meanP", 2.0)
+
+
+def test_fresh_forgets_the_earlier_run_in_its_storage(tmp_path):
+    out, storage = tmp_path / "run", tmp_path / "storage"
+    for path in (storage / "train" / "epoch_003" / "model" / "config.json", out / "checkpoint" / "config.json",
+                 out / "history.jsonl", out / "metrics.json"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+    args = train.parse_args(["--output_dir", str(out), "--storage_path", str(storage), "--fresh"])
+    assert args.storage_path == str(storage)
+    train.forget_run(args)
+    assert not (storage / "train").exists() and not (out / "checkpoint").exists()
+    assert not (out / "history.jsonl").exists()
+    assert (out / "metrics.json").exists()  # replaced by the new run's evaluation, not deleted up front
+    assert train.parse_args(["--output_dir", str(out)]).storage_path == str(out)  # the default
+    assert train.parse_args(["--storage_path", "s3://bucket/runs"]).storage_path == "s3://bucket/runs"
