@@ -188,8 +188,10 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
 
 
 def _quiet_ray_train() -> None:
-    """One line per report from Ray Train is noise next to the epoch lines printed here."""
-    for name in [n for n in logging.root.manager.loggerDict if n.startswith("ray.train")] + ["ray.train"]:
+    """One line per report from Ray Train is noise next to the epoch lines printed here.
+    (Some of Ray Train's loggers are named by file path, e.g. ``.../ray/train/v2/...``.)"""
+    names = [n for n in logging.root.manager.loggerDict if n.startswith("ray.train") or "/ray/train/" in n]
+    for name in names + ["ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
