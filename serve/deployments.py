@@ -425,6 +425,7 @@ class AppArgs(BaseModel):
                                    description="index shards, one replica each (default: one per GPU, else 2)")
     use_gpu: bool | None = Field(None, description="one GPU per shard; default: when the cluster has GPUs")
     candidates: int | None = Field(None, ge=1, description="re-scored candidates per shard (default: serve.search)")
+    shard_cpus: float = Field(0, ge=0, description="CPUs reserved per shard (its matmuls run on them without a GPU)")
 
 
 def build_app(args: AppArgs) -> Application:
@@ -436,8 +437,8 @@ def build_app(args: AppArgs) -> Application:
     use_gpu = cluster_gpus() > 0 if args.use_gpu is None else args.use_gpu
     num_shards = index_shards(args.num_shards)
     path = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
-    gpu = {"num_cpus": 0, "num_gpus": 1} if use_gpu else {"num_cpus": 0}
-    shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=gpu)
+    shard_options = {"num_cpus": args.shard_cpus, **({"num_gpus": 1} if use_gpu else {})}
+    shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options)
               .bind(path(args.index), i, num_shards, args.candidates) for i in range(num_shards)]
     return Ingress.bind(QueryEncoder.bind(path(args.checkpoint)), shards, VQAModel.bind(path(args.vqa_checkpoint)),
                         path(args.index))

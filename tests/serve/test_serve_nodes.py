@@ -14,7 +14,7 @@ RECOVERY_BOUND_S = 120
 @pytest.fixture
 def spread_app(worker_nodes, serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
     base = run_app(serve_port, "nodes", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=3)
+                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=3, shard_cpus=1)
     yield base
     serve.delete("nodes")
 
@@ -29,6 +29,8 @@ def test_shards_spread_over_nodes_and_come_back_after_a_node_is_lost(ray_cluster
     status, health = call(f"{spread_app}/healthz")
     assert status == 200 and health["search"]["shards_up"] == 3, health
     shard_nodes = health["search"]["shard_nodes"]
+    # A CPU each: the head (2 CPUs) cannot hold all three, so Serve must use a worker node;
+    # after a node is lost, the 3 CPUs left still hold them.
     assert len(set(shard_nodes)) >= 2, f"all shards on one node: {shard_nodes}"
     status, before = full_search(spread_app)
     assert status == 200 and not before["partial"]
