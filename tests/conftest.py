@@ -56,19 +56,6 @@ def ray_local(ray_cluster):
     return ray
 
 
-def ray_state() -> str:
-    """What a hung test should print: free CPUs per node, live actors and placement groups."""
-    import ray
-    from ray._private.state import actors, available_resources_per_node
-
-    free = {node[:8]: res.get("CPU", 0.0) for node, res in available_resources_per_node().items()}
-    alive = sorted(f"{a['ActorClassName']}@{a['Address'].get('NodeID', '')[:8]}" for a in actors().values()
-                   if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING"))
-    groups = [(pg["state"], pg["strategy"]) for pg in ray.util.placement_group_table().values()
-              if pg["state"] != "REMOVED"]
-    return f"free CPUs per node {free}; actors {alive}; placement groups {groups}"
-
-
 @pytest.fixture
 def worker_nodes(ray_cluster):
     """Two worker nodes (1 CPU each) joined to the session's cluster for one test; a test

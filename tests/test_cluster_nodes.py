@@ -7,12 +7,24 @@ import time
 
 import pytest
 
-from conftest import ray_state
 from jobs import train
 from test_train_job import history, retriever_args
 
 
 RESUME_BOUND_S = 420  # the 3 epochs left take ~1-2 min; evaluation and indexing ~1 min
+
+
+def ray_state() -> str:
+    """What a hung test should print: free CPUs per node, live actors and placement groups."""
+    import ray
+    from ray._private.state import actors, available_resources_per_node
+
+    free = {node[:8]: res.get("CPU", 0.0) for node, res in available_resources_per_node().items()}
+    alive = sorted(f"{a['ActorClassName']}@{a['Address'].get('NodeID', '')[:8]}" for a in actors().values()
+                   if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING"))
+    groups = [(pg["state"], pg["strategy"]) for pg in ray.util.placement_group_table().values()
+              if pg["state"] != "REMOVED"]
+    return f"free CPUs per node {free}; actors {alive}; placement groups {groups}"
 
 
 def committed_epochs(out) -> list[dict]:
