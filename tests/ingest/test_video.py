@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 
@@ -58,6 +60,23 @@ def test_decode_real_video_pads_with_mask(moving_video):
     red = (clip[:5, ..., 0].astype(int) - clip[:5, ..., 2]) > 80
     centres = [np.nonzero(r)[1].mean() for r in red]
     assert all(a < b for a, b in zip(centres, centres[1:]))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
+def test_decoder_threads_are_gone_before_the_resize(moving_video, monkeypatch):
+    # decord decodes ahead on a thread of its own until its reader is freed; alive through
+    # the resize, it costs every decoding actor 7% more CPU (BENCHMARKS.md, decoding).
+    import ingest.video
+
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    during = []
+    resize = ingest.video.resize_center_crop
+    monkeypatch.setattr(ingest.video, "resize_center_crop", lambda *a: during.append(threads()) or resize(*a))
+    before = threads()
+    decode_clip(moving_video, ClipSpec(max_frames=4, image_size=32))
+    assert during == [before]
 
 
 def test_decode_uniform_cut(moving_video):
