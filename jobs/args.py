@@ -105,6 +105,9 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
                    "(default: <output_dir>)")
     g.add_argument("--placement_strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default="PACK",
                    help="how Ray Train places the workers on nodes")
+    g.add_argument("--index", type=int, choices=(0, 1), default=1,
+                   help="retriever: index every decoded video for serving after training (0: skip; "
+                   "jobs/index.py builds it later)")
     g.add_argument("--fresh", action="store_true", help="discard an earlier run in --output_dir instead of resuming it")
     g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
     g.add_argument("--do_train", nargs="?", type=int, const=1, default=1, help="CLIP4Clip/DRL compatibility: train (1)")

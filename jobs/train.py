@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     result = fit(args, data, tokenizer, model_config, workers, use_gpu)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
     metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
-    if args.kind == "retriever":  # so that `serve run serve.app` can search right away
+    if args.kind == "retriever" and args.index:  # so that `serve run serve.app` can search right away
         from jobs.index import build_index
 
         build_index(checkpoint, data.clips, output_dir / "index", use_gpu)

@@ -69,6 +69,13 @@ def worker_nodes(ray_cluster):
 
 
 @pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory):
+    """``--synthetic_dir`` of the training-job tests: the corpus and its decoded clips are made
+    by the first job that needs them and reused by the rest."""
+    return tmp_path_factory.mktemp("synthetic")
+
+
+@pytest.fixture(scope="session")
 def synthetic_msrvtt(tmp_path_factory):
     from ingest.synthetic import make_msrvtt
 

@@ -11,7 +11,7 @@ from jobs import train
 from test_train_job import history, retriever_args
 
 
-RESUME_BOUND_S = 420  # the 3 epochs left take ~1-2 min; evaluation and indexing ~1 min
+RESUME_BOUND_S = 420  # the 3 epochs left take ~1-2 min; the evaluation ~30 s
 
 
 def ray_state() -> str:
@@ -35,11 +35,6 @@ def committed_epochs(out) -> list[dict]:
     except ValueError:  # caught while Ray Train rewrites it
         return []
     return json.loads((out / "train" / latest["checkpoint_dir_name"] / "history.json").read_text()) if latest else []
-
-
-@pytest.fixture(scope="module")
-def synthetic_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("synthetic")
 
 
 def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, monkeypatch):
@@ -69,7 +64,7 @@ def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_d
     for strategy in ("STRICT_PACK", "STRICT_SPREAD"):
         out = tmp_path / strategy
         args = retriever_args(synthetic_dir, out, "--epochs", "3", "--num_workers", "2",
-                              "--placement_strategy", strategy)
+                              "--placement_strategy", strategy, "--index", "0")
         assert train.main(args) == 0
         rows = history(out)
         assert [row["epoch"] for row in rows] == [1, 2, 3]
@@ -96,7 +91,7 @@ def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, 
 
     out = tmp_path / "run"
     args = retriever_args(synthetic_dir, out, "--epochs", "4", "--num_workers", "2",
-                          "--placement_strategy", "STRICT_SPREAD", "--max_failures", "2")
+                          "--placement_strategy", "STRICT_SPREAD", "--max_failures", "2", "--index", "0")
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", train.main(args)))
     runner.start()

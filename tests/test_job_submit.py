@@ -59,16 +59,16 @@ def head_node(tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_the_training_job(head_node, tmp_path):
+def test_ray_job_submit_runs_the_training_job(head_node, synthetic_dir, tmp_path):
     address, env = head_node
     out = tmp_path / "run"
     # Ray 2.60 turns on token authentication for `ray start`; the job CLI reads the token
     # (~/.ray/auth_token) when RAY_AUTH_MODE=token.
     # The job's runtime_env ships this repository's code and leaves data and outputs behind.
     command = [RAY, "job", "submit", "--address", address, "--runtime-env", "cluster/runtime_env.yaml", "--",
-               sys.executable, "jobs/train.py", "--synthetic_dir", str(tmp_path / "synthetic"),
+               sys.executable, "jobs/train.py", "--synthetic_dir", str(synthetic_dir),
                "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
-               "--n_display", "0", "--output_dir", str(out)]
+               "--n_display", "0", "--index", "0", "--output_dir", str(out)]
     for _ in range(30):  # the head answers HTTP a while before its job agent is up
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
         if "No available agent" not in done.stdout + done.stderr:

@@ -24,11 +24,6 @@ VQA_SCHEMA = {
 }
 
 
-@pytest.fixture(scope="session")
-def synthetic_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("synthetic")
-
-
 def retriever_args(synthetic_dir, output_dir, *extra):
     return ["--synthetic_dir", str(synthetic_dir), "--synthetic_train", "16", "--synthetic_test", "8",
             "--output_dir", str(output_dir), "--batch_size", "8", "--n_display", "0", *extra]
@@ -71,7 +66,8 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
 
 def test_a_worker_that_dies_is_recovered_and_every_epoch_is_recorded(ray_local, synthetic_dir, tmp_path):
     out = tmp_path / "run"
-    args = retriever_args(synthetic_dir, out, "--epochs", "3", "--inject_failure", "15", "--max_failures", "1")
+    args = retriever_args(synthetic_dir, out, "--epochs", "3", "--inject_failure", "15", "--max_failures", "1",
+                          "--index", "0")
     assert train.main(args) == 0
     assert (out / ".injected_failure").exists()  # the failure really happened (step 15 is in epoch 2)
     assert [row["epoch"] for row in history(out)] == [1, 2, 3]
@@ -98,7 +94,8 @@ def test_pitvqa_trains_and_evaluates(ray_local, synthetic_dir, tmp_path):
 def test_evaluate_cli_rebuilds_from_the_checkpoint(ray_local, synthetic_dir, tmp_path):
     out = tmp_path / "run"
     assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--interaction", "dp",
-                                     "--sim_header", "meanP")) == 0
+                                     "--sim_header", "meanP", "--index", "0")) == 0
+    assert not (out / "index").exists()
     trained = json.loads((out / "metrics.json").read_text())
     again = tmp_path / "again"
     code = evaluate.main(["--checkpoint", str(out / "checkpoint"), "--synthetic_dir", str(synthetic_dir),
