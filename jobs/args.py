@@ -20,6 +20,13 @@ from jobs.data import DEFAULT_SYNTHETIC_DIR
 MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
 DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
 
+
+def model_for(model: str | None, dataset: str | None) -> str:
+    """``--model``, or the model that ``--dataset`` names (pit24/endo18: pitvqa; msrvtt: wti)."""
+    if model:
+        return model
+    return "pitvqa" if dataset in DATASETS["pitvqa"] else "wti"
+
 # Preset-dependent defaults: (tiny, base). The tiny values were tuned so that the main
 # jobs reach their targets in a few CPU minutes; the base values are the papers'.
 PRESET_DEFAULTS = {
@@ -36,10 +43,12 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         add("--checkpoint", required=True, help="checkpoint folder (config.json + model.safetensors)")
         add("--output_dir", default=None, help="where metrics.json and plots go (default: next to the checkpoint)")
     else:
-        add("--model", choices=sorted(MODELS), default="wti", help="wti (= retriever): CLIP4Clip + DRL's WTI; pitvqa: PitVQANet")
+        add("--model", choices=sorted(MODELS), default=None,
+            help="wti (= retriever): CLIP4Clip + DRL's WTI; pitvqa: PitVQANet (default: the one --dataset names, else wti)")
         add("--output_dir", default=None, help="checkpoints, metrics.json, history.jsonl and plots (default: runs/<model>)")
-        add("--preset", choices=("tiny", "base"), default="tiny",
-            help="tiny: small random-init models; base: the papers' models (needs the weight folders)")
+        add("--preset", choices=("tiny", "base"), default=None,
+            help="tiny: small random-init models; base: the papers' models from the weight flags "
+            "(default: base when a weight flag is given, else tiny)")
     add("--dataset", "--datatype", choices=("msrvtt", "pit24", "endo18"), default=None,
         help="default: msrvtt for the retriever, pit24 for pitvqa")
     add("--synthetic_dir", default=str(DEFAULT_SYNTHETIC_DIR),
@@ -70,11 +79,14 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument("--max_length", type=positive_int, default=30, help="question tokens")
 
     g = parser.add_argument_group("pretrained weights (local folders; nothing is downloaded)")
-    g.add_argument("--clip_path", "--pretrained_clip_name", default=None, help="CLIP folder (base retriever)")
+    g.add_argument("--clip_path", "--pretrained_clip_name", default=None,
+                   help="CLIP for the base retriever: a HF CLIP folder or OpenAI's ViT-B-32.pt")
     g.add_argument("--vit_path", default=None, help="ViT folder (base PitVQANet)")
     g.add_argument("--blip_path", default=None, help="BLIP folder (base PitVQANet)")
     g.add_argument("--gpt2_path", default=None, help="GPT-2 folder (base PitVQANet)")
-    g.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the CLIP/GPT-2 folder, or a tiny BPE)")
+    g.add_argument("--tokenizer_path", default=None,
+                   help="tokenizer folder, or CLIP's bpe_simple_vocab_16e6.txt.gz (default: the CLIP/GPT-2 folder, "
+                   "or a tiny BPE)")
     g.add_argument("--image_size", type=positive_int, default=64, help="image side of the tiny presets")
     if evaluate:
         return parser
@@ -122,6 +134,9 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
 def resolve(args, kind: str) -> str | None:
     """Fill the preset defaults and derived paths in place; return an error line or None."""
     defaults = PRESET_DEFAULTS[kind]
+    if hasattr(args, "preset") and args.preset is None:
+        weights = ("clip_path",) if kind == "retriever" else ("vit_path", "blip_path", "gpt2_path")
+        args.preset = "base" if any(getattr(args, name) for name in weights) else "tiny"
     column = 0 if getattr(args, "preset", "tiny") == "tiny" else 1
     for name, values in defaults.items():
         if getattr(args, name, None) is None and hasattr(args, name):
@@ -140,9 +155,18 @@ def resolve(args, kind: str) -> str | None:
         missing = [f"--{name}" for name in needed if not getattr(args, name)]
         if missing:
             return f"--preset base needs the local weight folder(s) {' '.join(missing)}"
-    for name in ("clip_path", "vit_path", "blip_path", "gpt2_path", "tokenizer_path"):
+    for name in ("vit_path", "blip_path", "gpt2_path"):
         if getattr(args, name) and not Path(getattr(args, name)).is_dir():
             return f"--{name} {getattr(args, name)}: no such folder"
+    if args.clip_path and not Path(args.clip_path).exists():
+        return f"--clip_path {args.clip_path}: no such folder or file (a HF CLIP folder or OpenAI's ViT-B-32.pt)"
+    if args.tokenizer_path and not (Path(args.tokenizer_path).is_dir() or args.tokenizer_path.endswith(".txt.gz")
+                                    and Path(args.tokenizer_path).is_file()):
+        return (f"--tokenizer_path {args.tokenizer_path}: no such folder or file "
+                "(a tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
+    if kind == "retriever" and args.clip_path and Path(args.clip_path).is_file() and not args.tokenizer_path:
+        return (f"--clip_path {args.clip_path} holds no tokenizer: add --tokenizer_path "
+                "(a CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
     if kind == "retriever" and getattr(args, "cdcr", 0) and args.interaction == "dp":
         return "--cdcr needs token-wise features: use --interaction wti or ti"
     if not 0 <= getattr(args, "warmup_proportion", 0) < 1:

@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster import connect, training_scale  # noqa: E402
-from jobs.args import MODELS, build_parser, resolve  # noqa: E402
+from jobs.args import MODELS, build_parser, model_for, resolve  # noqa: E402
 from jobs.cli import fail  # noqa: E402
 from jobs.data import DataError, prepare_data  # noqa: E402
 from jobs.evaluate import evaluate  # noqa: E402
@@ -36,6 +36,7 @@ RUN_NAME = "train"  # Ray Train's run folder inside --output_dir
 
 def parse_args(argv):
     args = build_parser(PROG, __doc__).parse_args(argv)
+    args.model = model_for(args.model, args.dataset)
     args.kind = MODELS[args.model]
     args.output_dir = str(Path(args.output_dir or f"runs/{args.model}").resolve())
     args.synthetic_dir = str(Path(args.synthetic_dir).expanduser().resolve())

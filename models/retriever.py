@@ -5,7 +5,9 @@ video encodings and a service encodes only the query.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -14,6 +16,7 @@ from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig
 from transformers.models.clip.modeling_clip import CLIPEncoderLayer
 
+from . import openai_clip
 from .hf_config import config_dict
 from .wti import WTIHead
 
@@ -43,8 +46,15 @@ class RetrieverConfig:
     max_words: int = 32
     max_frames: int = 12
     temporal_layers: int = 4
+    # Rows of the seqTransf frame-position table (None: max_frames). CLIP4Clip and DRL keep
+    # CLIP's 77; only the first max_frames are ever used.
+    frame_positions: int | None = None
+    # Both references build the seqTransf blocks with LayerNorm eps 1e-12 (until_module),
+    # not CLIP's 1e-5.
+    temporal_layer_norm_eps: float = 1e-12
+    wti_arch: int = 2  # DRL's weight heads: 1 Linear, 2 (default) or 3 Linear-ReLU layers
     clip_config: dict = field(default_factory=dict)
-    clip_path: str | None = None
+    clip_path: str | None = None  # a HF CLIP folder or OpenAI's ViT-B-32.pt
 
     def __post_init__(self):
         if self.sim_header not in SIM_HEADERS:
@@ -58,9 +68,12 @@ class RetrieverConfig:
 
     @classmethod
     def base(cls, clip_path: str, **kw) -> "RetrieverConfig":
-        """CLIP (reference: ViT-B/32) from a local folder."""
-        clip = CLIPConfig.from_pretrained(clip_path, local_files_only=True)
-        return cls(clip_config=config_dict(clip), clip_path=clip_path, **kw)
+        """CLIP (reference: ViT-B/32) from a local HF folder or OpenAI's ``ViT-B-32.pt``."""
+        if Path(clip_path).is_file():
+            clip_config = openai_clip.clip_config(openai_clip.read_state_dict(clip_path))
+        else:
+            clip_config = config_dict(CLIPConfig.from_pretrained(clip_path, local_files_only=True))
+        return cls(clip_config=clip_config, clip_path=clip_path, **kw)
 
     @property
     def image_size(self) -> int:
@@ -81,10 +94,12 @@ class TemporalTransformer(nn.Module):
     initialised from CLIP's text layers 0..n-1 as CLIP4Clip does.
     """
 
-    def __init__(self, text_config: CLIPTextConfig, num_layers: int, max_frames: int):
+    def __init__(self, text_config: CLIPTextConfig, num_layers: int, positions: int, layer_norm_eps: float = 1e-12):
         super().__init__()
-        self.frame_position_embeddings = nn.Embedding(max_frames, text_config.hidden_size)
-        self.layers = nn.ModuleList(CLIPEncoderLayer(text_config) for _ in range(num_layers))
+        self.frame_position_embeddings = nn.Embedding(positions, text_config.hidden_size)
+        layer_config = copy.deepcopy(text_config)  # keeps the attention implementation
+        layer_config.layer_norm_eps = layer_norm_eps
+        self.layers = nn.ModuleList(CLIPEncoderLayer(layer_config) for _ in range(num_layers))
 
     def init_from_clip_text(self, clip: CLIPModel) -> None:
         text_model = clip.text_model
@@ -119,7 +134,9 @@ class Retriever(nn.Module):
     def __init__(self, config: RetrieverConfig):
         super().__init__()
         self.config = config
-        if config.clip_path:
+        if config.clip_path and Path(config.clip_path).is_file():
+            self.clip = openai_clip.load_clip_file(config.clip_path)
+        elif config.clip_path:
             self.clip = CLIPModel.from_pretrained(config.clip_path, local_files_only=True)
         else:
             self.clip = CLIPModel(CLIPConfig(**config.clip_config))
@@ -132,10 +149,12 @@ class Retriever(nn.Module):
                     f"seqTransf needs CLIP's text width ({text_config.hidden_size}) to equal its "
                     f"projection dim ({dim})"
                 )
-            self.temporal = TemporalTransformer(text_config, config.temporal_layers, config.max_frames)
+            self.temporal = TemporalTransformer(text_config, config.temporal_layers,
+                                                config.frame_positions or config.max_frames,
+                                                config.temporal_layer_norm_eps)
             if config.clip_path:
                 self.temporal.init_from_clip_text(self.clip)
-        self.head = WTIHead(dim, config.interaction) if config.interaction != "dp" else None
+        self.head = WTIHead(dim, config.interaction, arch=config.wti_arch) if config.interaction != "dp" else None
 
     @property
     def logit_scale(self) -> nn.Parameter:

@@ -7,7 +7,9 @@ HF's CLIP tokenizer pads with ``<|endoftext|>``). The attention mask tells pads 
 """
 from __future__ import annotations
 
+import gzip
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -47,8 +49,34 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END, pad_token=END)
 
 
+def _bytes_to_unicode() -> list[str]:
+    """GPT-2 / CLIP's printable stand-in for each of the 256 bytes, in vocabulary order."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    extra = [b for b in range(256) if b not in printable]
+    return [chr(c) for c in printable] + [chr(256 + n) for n in range(len(extra))]
+
+
+def clip_tokenizer_from_bpe(path: str | Path):
+    """OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` (what CLIP4Clip and DRL's SimpleTokenizer
+    read) as a HF CLIP tokenizer with the same ids for every real token: 49408 tokens,
+    ``<|startoftext|>`` 49406, ``<|endoftext|>`` 49407. Pads are ``<|endoftext|>`` (HF's
+    CLIP tokenizers' choice) where the references pad with 0: CLIP's text transformer is
+    causal and pads are masked out of scoring, so no feature of a real token changes."""
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = _bytes_to_unicode()
+    tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [START, END]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges)
+
+
 def load_tokenizer(path: str):
-    """Load a tokenizer from a local folder (GPT-2, CLIP, or one this project saved)."""
+    """A tokenizer from a local folder (GPT-2, CLIP, or one this project saved), or from
+    OpenAI's ``bpe_simple_vocab_16e6.txt.gz``."""
+    if str(path).endswith(".txt.gz") and Path(path).is_file():
+        return clip_tokenizer_from_bpe(path)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # GPT-2 has none; PitVQA uses eos

@@ -144,6 +144,20 @@ def token_wise_topk(
     return best_scores, best_index
 
 
+WTI_ARCHS = (1, 2, 3)
+
+
+def weight_head(dim: int, arch: int = 2) -> nn.Module:
+    """DRL's ``wti_arch``: 1 is ``Linear(D, 1)``; 2 (its default) adds one ``Linear(D, D), ReLU``
+    before it, 3 two (``.0/.2/.4``)."""
+    if arch not in WTI_ARCHS:
+        raise ValueError(f"wti_arch must be one of {WTI_ARCHS}, got {arch}")
+    if arch == 1:
+        return nn.Linear(dim, 1)
+    hidden = [m for _ in range(arch - 1) for m in (nn.Linear(dim, dim), nn.ReLU(inplace=True))]
+    return nn.Sequential(*hidden, nn.Linear(dim, 1))
+
+
 class WTIHead(nn.Module):
     """DRL's token-wise interaction head (``wti`` or ``ti``).
 
@@ -151,14 +165,15 @@ class WTIHead(nn.Module):
     returns the unscaled score matrix ``[A, V]``.
     """
 
-    def __init__(self, dim: int, interaction: str = "wti", block_elements: int | None = None):
+    def __init__(self, dim: int, interaction: str = "wti", block_elements: int | None = None, arch: int = 2):
         super().__init__()
         if interaction not in INTERACTIONS:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got {interaction!r}")
         self.interaction = interaction
         self.block_elements = block_elements
-        self.text_weight_fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
-        self.video_weight_fc = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, 1))
+        # As DRL: weight heads only for wti (ti's weights are uniform), of its wti_arch.
+        self.text_weight_fc = weight_head(dim, arch) if interaction == "wti" else None
+        self.video_weight_fc = weight_head(dim, arch) if interaction == "wti" else None
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
