@@ -1,0 +1,58 @@
+"""The commands users already type: the seed's PitVQA command, word for word, and CLIP flags."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_the_seeds_pitvqa_command_runs_as_printed(ray_local, tmp_path):
+    """``python jobs/train.py --dataset=pit24 --data_root=DIR --epochs=60 --batch_size=64
+    --lr=0.00002``, word for word, from a folder laid out like the repository root."""
+    from ingest.synthetic import make_pit24
+
+    data_root = make_pit24(tmp_path / "pit24", seconds=1)  # 25 videos, one frame each
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "jobs").symlink_to(ROOT / "jobs")  # so that runs/ lands in tmp_path
+    command = f"python jobs/train.py --dataset=pit24 --data_root={data_root} --epochs=60 --batch_size=64 --lr=0.00002"
+    python = str(Path(sys.executable).parent)
+    done = subprocess.run(command, shell=True, cwd=tmp_path / "repo", capture_output=True, text=True, timeout=900,
+                          env={"PATH": f"{python}:/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training pitvqa (tiny) on pit24" in done.stdout
+    run = tmp_path / "repo" / "runs" / "pitvqa"
+    history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in history] == list(range(1, 61))
+    config = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert config["model"] == "pitvqa" and config["config"]["num_classes"] == 59
+    assert json.loads((run / "metrics.json").read_text())["num_classes"] == 59
+
+
+def test_the_dataset_names_the_model():
+    from jobs import train
+
+    assert train.parse_args(["--dataset=pit24", "--data_root=/d"]).model == "pitvqa"
+    assert train.parse_args(["--dataset", "endo18"]).kind == "pitvqa"
+    assert train.parse_args(["--dataset", "msrvtt"]).model == "wti"
+    assert train.parse_args([]).model == "wti"
+
+
+def test_clip_path_takes_openais_file_and_asks_for_its_tokenizer(tmp_path, capsys):
+    from jobs import train
+
+    clip = tmp_path / "ViT-B-32.pt"
+    torch.save({}, clip)
+    code = train.main(["--clip_path", str(clip), "--output_dir", str(tmp_path / "out")])
+    assert code == 2
+    assert "--tokenizer_path" in capsys.readouterr().err
+    args = train.parse_args(["--pretrained_clip_name", str(clip)])
+    from jobs.args import resolve
+
+    args.tokenizer_path = str(shutil.which("python3"))  # a file that is not a BPE vocabulary
+    assert "no such folder or file" in resolve(args, "retriever")
