@@ -21,6 +21,7 @@ import io
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def build_weight_folders(folder: Path, size: str) -> dict[str, Path]:
         clip = CLIPConfig(text_config={**small, "num_hidden_layers": 4}, vision_config={**small, "image_size": 64, "patch_size": 16},
                           projection_dim=64)
         vit = ViTConfig(**small, image_size=64, patch_size=16)
-        blip = BlipConfig(text_config={**small, "encoder_hidden_size": 64})
+        blip = BlipConfig(text_config=small, vision_config=small)  # its cross-attention width follows the vision width
         gpt2 = GPT2Config(n_embd=64, n_layer=2, n_head=1)
     paths = {name: folder / name for name in ("clip", "vit", "blip", "gpt2")}
     CLIPModel(clip).save_pretrained(paths["clip"])
@@ -117,8 +118,10 @@ def run(stage: str, args: list[str], results: dict, env=None) -> subprocess.Comp
     return done
 
 
-def samples_per_second(output_dir: Path, rows: int) -> float:
-    """Training rows per second of the fastest epoch (``history.jsonl``)."""
+def samples_per_second(output_dir: Path, train_output: str) -> float:
+    """Training rows per second of the fastest epoch (``history.jsonl``); the row count is
+    the job's own ("training ... on DATASET: N training rows")."""
+    rows = int(re.search(r": (\d+) training rows", train_output).group(1))
     history = [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
     return round(rows / min(row["seconds"] for row in history), 2)
 
@@ -201,10 +204,10 @@ def main(argv=None) -> int:
     paths["wti"], paths["pitvqa"] = work / "wti" / "checkpoint", work / "pitvqa" / "checkpoint"
     paths["index"] = work / "wti" / "index"
 
-    run("train_retriever", [python, "jobs/train.py", "--clip_path", str(paths["clip"]), "--epochs", "1",
+    done = run("train_retriever", [python, "jobs/train.py", "--clip_path", str(paths["clip"]), "--epochs", "1",
                             "--batch_size", str(args.batch_size), "--output_dir", str(work / "wti"), "--index", "0",
                             "--fresh", *data], results)
-    results["train_retriever"]["samples_per_second"] = samples_per_second(work / "wti", args.train_videos)
+    results["train_retriever"]["samples_per_second"] = samples_per_second(work / "wti", done.stdout)
     run("evaluate_retriever", [python, "jobs/evaluate.py", "--checkpoint", str(paths["wti"]),
                                "--output_dir", str(work / "wti" / "eval"), *data], results)
     videos = synthetic / f"msrvtt_{args.train_videos}x{args.test_videos}" / "videos"
@@ -221,8 +224,7 @@ def main(argv=None) -> int:
                                 f"--batch_size={args.batch_size}", "--lr=0.00002", "--vit_path", str(paths["vit"]),
                                 "--blip_path", str(paths["blip"]), "--gpt2_path", str(paths["gpt2"]),
                                 "--output_dir", str(work / "pitvqa"), "--fresh"], results)
-    rows = int(next(line for line in done.stdout.splitlines() if "training questions" in line).split()[1])
-    results["train_pitvqa"]["samples_per_second"] = samples_per_second(work / "pitvqa", rows)
+    results["train_pitvqa"]["samples_per_second"] = samples_per_second(work / "pitvqa", done.stdout)
     run("evaluate_pitvqa", [python, "jobs/evaluate.py", "--checkpoint", str(paths["pitvqa"]),
                             f"--data_root={pit24}", "--output_dir", str(work / "pitvqa" / "eval")], results)
     image_size = json.loads((paths["pitvqa"] / "config.json").read_text())["config"]["image_size"]

@@ -53,6 +53,8 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", with_tokenizer: boo
     config_cls, model_cls = KINDS[saved["model"]]
     names = {f.name for f in fields(config_cls)}
     values = {k: v for k, v in saved["config"].items() if k in names}
+    if saved["model"] == "retriever" and "temporal_layer_norm_eps" not in values:
+        values["temporal_layer_norm_eps"] = 1e-5  # trained before the header took the references' 1e-12
     values.update({k: v for k, v in _FRESH_BUILD_ONLY.items() if k in names})
     model = model_cls(config_cls(**values))
     load_model(model, str(folder / "model.safetensors"), device=device)

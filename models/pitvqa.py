@@ -82,6 +82,9 @@ class PitVQAConfig:
         vit = ViTConfig.from_pretrained(vit_path, local_files_only=True)
         text = BlipConfig.from_pretrained(blip_path, local_files_only=True).text_config
         gpt2 = GPT2Config.from_pretrained(gpt2_path, local_files_only=True)
+        if text.encoder_hidden_size != vit.hidden_size:
+            raise ValueError(f"BLIP's cross-attention width ({text.encoder_hidden_size}, {blip_path}) differs from "
+                             f"the ViT's hidden size ({vit.hidden_size}, {vit_path})")
         return cls(
             num_classes=num_classes, vocab_size=vocab_size, image_size=vit.image_size,
             vit_config=config_dict(vit), text_config=config_dict(text), gpt2_config=config_dict(gpt2),

@@ -42,3 +42,14 @@ def test_retriever_round_trip(tmp_path, clip_tokenizer, sim_header, interaction)
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         load_checkpoint(tmp_path)
+
+
+def test_a_retriever_saved_before_the_eps_field_keeps_the_eps_it_was_trained_with(tmp_path, clip_tokenizer):
+    model = Retriever(RetrieverConfig.tiny(vocab_size=len(clip_tokenizer)))
+    assert model.temporal.layers[0].layer_norm1.eps == 1e-12  # the references' value, for new models
+    save_checkpoint(tmp_path, model, clip_tokenizer)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    del saved["config"]["temporal_layer_norm_eps"]  # as written before the field existed
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded, _ = load_checkpoint(tmp_path)
+    assert {layer.layer_norm1.eps for layer in loaded.temporal.layers} == {1e-5}

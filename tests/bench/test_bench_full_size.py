@@ -1,0 +1,32 @@
+"""bench/full_size.py runs every stage at a small width (the full-size run is the bench's
+own; its figures are in BENCHMARKS.md). It runs as a user runs it, in its own process on a
+Ray of its own (``RAY_ADDRESS=local``), so that its ``serve run`` never touches the test
+session's Serve."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = {"build", "train_retriever", "evaluate_retriever", "index", "train_pitvqa", "evaluate_pitvqa", "serve"}
+
+
+@pytest.mark.slow
+def test_every_stage_runs_through_the_real_entry_points(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "bench/full_size.py", "--size", "small", "--work_dir", str(tmp_path),
+         "--train_videos", "8", "--test_videos", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "local"},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(summary["stages"]) == STAGES
+    assert summary["stages"]["train_retriever"]["samples_per_second"] > 0
+    assert summary["stages"]["train_pitvqa"]["samples_per_second"] > 0
+    assert summary["stages"]["serve"]["search_seconds"] > 0 and summary["stages"]["serve"]["vqa_seconds"] > 0
+    metrics = json.loads((tmp_path / "wti" / "eval" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 4
+    assert json.loads((tmp_path / "pitvqa" / "eval" / "metrics.json").read_text())["num_classes"] == 59
