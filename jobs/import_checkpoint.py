@@ -37,8 +37,11 @@ def build_parser() -> Parser:
     add("file", help="the reference checkpoint file")
     add("--output_dir", required=True, help="the checkpoint folder to write (replaced whole if it is one)")
     g = parser.add_argument_group("retriever (drl, clip4clip), the references' names and defaults")
-    g.add_argument("--sim_header", "--agg_module", default=None, help="meanP or seqTransf (default: from the file)")
-    g.add_argument("--interaction", default=None, help="wti, ti or dp (default: from the file; drl ti, clip4clip dp)")
+    g.add_argument("--sim_header", "--agg_module", choices=("meanP", "seqTransf", "seqLSTM", "tightTransf"), default=None,
+                   help="the temporal header; meanP and seqTransf are supported (default: from the file)")
+    g.add_argument("--interaction", choices=("wti", "ti", "dp", "xti"), default=None,
+                   help="wti, ti or dp; xti is not supported (default: from the file; drl ti, clip4clip dp without "
+                   "weight heads)")
     g.add_argument("--max_words", type=positive_int, default=32, help="text tokens")
     g.add_argument("--max_frames", type=positive_int, default=12, help="frames per video")
     g.add_argument("--wti_arch", type=int, choices=(1, 2, 3), default=None, help="DRL's weight heads (default: from the file)")
@@ -107,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("gpt2_path", "vit_path", "blip_path"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             return fail(PROG, f"--{flag} {getattr(args, flag)}: no such folder")
-    if args.tokenizer_path and not Path(args.tokenizer_path).exists():
-        return fail(PROG, f"--tokenizer_path {args.tokenizer_path}: no such folder or file")
+    tokenizer = Path(args.tokenizer_path or ".")
+    if args.tokenizer_path and not (tokenizer.is_dir() or tokenizer.is_file() and tokenizer.name.endswith(".txt.gz")):
+        return fail(PROG, f"--tokenizer_path {args.tokenizer_path}: no such folder or file "
+                    "(a CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
     from models.safe_load import UnsafeFile
 
     print(f"reading {args.file} ({args.kind}); nothing in it is run", flush=True)
