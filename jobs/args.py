@@ -160,10 +160,10 @@ def resolve(args, kind: str) -> str | None:
             return f"--{name} {getattr(args, name)}: no such folder"
     if args.clip_path and not Path(args.clip_path).exists():
         return f"--clip_path {args.clip_path}: no such folder or file (a HF CLIP folder or OpenAI's ViT-B-32.pt)"
-    if args.tokenizer_path and not (Path(args.tokenizer_path).is_dir() or args.tokenizer_path.endswith(".txt.gz")
-                                    and Path(args.tokenizer_path).is_file()):
-        return (f"--tokenizer_path {args.tokenizer_path}: no such folder or file "
-                "(a tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
+    from models.tokenizer import tokenizer_path_problem
+
+    if args.tokenizer_path and tokenizer_path_problem(args.tokenizer_path):
+        return f"--tokenizer_path {tokenizer_path_problem(args.tokenizer_path)}"
     if kind == "retriever" and args.clip_path and Path(args.clip_path).is_file() and not args.tokenizer_path:
         return (f"--clip_path {args.clip_path} holds no tokenizer: add --tokenizer_path "
                 "(a CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")

@@ -110,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("gpt2_path", "vit_path", "blip_path"):
         if getattr(args, flag) and not Path(getattr(args, flag)).is_dir():
             return fail(PROG, f"--{flag} {getattr(args, flag)}: no such folder")
-    tokenizer = Path(args.tokenizer_path or ".")
-    if args.tokenizer_path and not (tokenizer.is_dir() or tokenizer.is_file() and tokenizer.name.endswith(".txt.gz")):
-        return fail(PROG, f"--tokenizer_path {args.tokenizer_path}: no such folder or file "
-                    "(a CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
     from models.safe_load import UnsafeFile
+    from models.tokenizer import tokenizer_path_problem
+
+    if args.tokenizer_path and tokenizer_path_problem(args.tokenizer_path):
+        return fail(PROG, f"--tokenizer_path {tokenizer_path_problem(args.tokenizer_path)}")
 
     print(f"reading {args.file} ({args.kind}); nothing in it is run", flush=True)
     try:

@@ -31,10 +31,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a ``torch.save`` state dict or a TorchScript archive, as saved (no code
     from the file runs). Derived keys (``attn_mask``, ``input_resolution`` ...) are dropped."""
     state = safe_load.state_dict(safe_load.read(path))
-    return {k: v for k, v in state.items() if not _derived(k)}
+    return {k: v for k, v in state.items() if not is_derived(k)}
 
 
-def _derived(key: str) -> bool:
+def is_derived(key: str) -> bool:
+    """A key the references save that is computed, not learnt (``attn_mask``, ``position_ids``,
+    OpenAI's ``input_resolution`` / ``context_length`` / ``vocab_size``)."""
     return key.split(".")[-1] in DERIVED_SUFFIXES or key in DERIVED_KEYS or key.split(".", 1)[-1] in DERIVED_KEYS
 
 
@@ -55,7 +57,8 @@ def convert_block(state: dict, source: str, target: str) -> dict[str, torch.Tens
     return out
 
 
-def _layers(state: dict, prefix: str) -> int:
+def count_layers(state: dict, prefix: str) -> int:
+    """How many numbered blocks ``prefix{N}.*`` the state dict holds."""
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
     return max(found) + 1 if found else 0
@@ -74,7 +77,7 @@ def clip_config(state: dict[str, torch.Tensor]) -> dict:
     text = dict(
         vocab_size=vocab_size, hidden_size=width,
         intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=_layers(state, "transformer.resblocks."), num_attention_heads=max(1, width // 64),
+        num_hidden_layers=count_layers(state, "transformer.resblocks."), num_attention_heads=max(1, width // 64),
         max_position_embeddings=state["positional_embedding"].shape[0], hidden_act="quick_gelu",
         # OpenAI's ids: <|startoftext|> and <|endoftext|> are the last two; pads are 0.
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0,
@@ -82,7 +85,7 @@ def clip_config(state: dict[str, torch.Tensor]) -> dict:
     vision = dict(
         hidden_size=vision_width, image_size=patch * grid, patch_size=patch,
         intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=_layers(state, "visual.transformer.resblocks."),
+        num_hidden_layers=count_layers(state, "visual.transformer.resblocks."),
         num_attention_heads=max(1, vision_width // 64), hidden_act="quick_gelu",
     )
     return config_dict(CLIPConfig(text_config=text, vision_config=vision,

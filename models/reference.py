@@ -15,7 +15,6 @@ Anything the project cannot represent (CLIP4Clip's ``tightTransf`` / ``seqLSTM``
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import torch
 
@@ -70,7 +69,7 @@ def retriever_from_reference(
     and checked against them when given; ``source`` ("drl" or "clip4clip") names the
     default interaction of a file without weight heads (DRL: ti, CLIP4Clip: dp).
     """
-    state = {k: v for k, v in _strip_module_prefix(state).items() if not openai_clip._derived(k)}
+    state = {k: v for k, v in _strip_module_prefix(state).items() if not openai_clip.is_derived(k)}
     if sim_header in ("tightTransf", "seqLSTM"):
         raise Unsupported(f"--sim_header {sim_header} is not supported (meanP and seqTransf are)")
     if interaction == "xti":
@@ -108,7 +107,7 @@ def retriever_from_reference(
             raise Unsupported(f"--max_frames {max_frames} exceeds the file's {frame_positions} frame positions")
         weights["temporal.frame_position_embeddings.weight"] = positions
         temporal = {k: v.float() for k, v in state.items() if k.startswith("transformerClip.")}
-        num_layers = openai_clip._layers(temporal, "transformerClip.resblocks.")
+        num_layers = openai_clip.count_layers(temporal, "transformerClip.resblocks.")
         for i in range(num_layers):
             weights.update(openai_clip.convert_block(temporal, f"transformerClip.resblocks.{i}.", f"temporal.layers.{i}."))
         if temporal:
@@ -152,28 +151,18 @@ def _submodule(record, name: str):
     return (safe_load.record_attrs(record).get("_modules") or {}).get(name)
 
 
-def _pickled_config(record, module: str, config_cls, folder: str | None, flag: str) -> dict:
-    """A sub-model's HF config: from the pickled module when it carries one, else ``folder``."""
+def _pickled_config(record, module: str, config_cls, folder: str | None, flag: str, from_folder=None) -> dict:
+    """A sub-model's HF config: from the config object pickled in the module when it carries
+    one, else from ``folder`` (``from_folder(folder)``, default ``config_cls.from_pretrained``)."""
     found = safe_load.record_attrs(_submodule(record, module)).get("config") if record is not None else None
     attrs = _plain(safe_load.record_attrs(found))
     if attrs:
         attrs.pop("architectures", None)
         return config_dict(config_cls(**attrs))
     if folder:
-        return config_dict(config_cls.from_pretrained(folder, local_files_only=True))
+        load = from_folder or (lambda path: config_cls.from_pretrained(path, local_files_only=True))
+        return config_dict(load(folder))
     raise Unsupported(f"the file does not give the {module} architecture: add {flag}")
-
-
-def _blip_text_config(record, blip_path: str | None) -> dict:
-    from transformers import BlipConfig, BlipTextConfig
-
-    found = safe_load.record_attrs(_submodule(record, "text_encoder")).get("config") if record is not None else None
-    attrs = _plain(safe_load.record_attrs(found))
-    if attrs:
-        return config_dict(BlipTextConfig(**attrs))
-    if blip_path:
-        return config_dict(BlipConfig.from_pretrained(blip_path, local_files_only=True).text_config)
-    raise Unsupported("the file does not give the text_encoder architecture: add --blip_path")
 
 
 def pitvqa_tokenizer(record):
@@ -210,7 +199,7 @@ def pitvqa_from_reference(
 ) -> PitVQANet:
     """A :class:`PitVQANet` holding the weights of PitVQA's saved checkpoint (the loaded
     ``{"model": ..., ...}`` dict, or a plain state dict with ``--vit/blip/gpt2_path``)."""
-    from transformers import GPT2Config, ViTConfig
+    from transformers import BlipConfig, BlipTextConfig, GPT2Config, ViTConfig
 
     record = obj.get("model") if isinstance(obj, dict) and "model" in obj else obj
     if isinstance(record, dict) and "state_dict" in record:
@@ -230,7 +219,8 @@ def pitvqa_from_reference(
         raise Unsupported(f"the classifier has {num_classes} classes; --dataset {dataset} has {NUM_CLASSES[dataset]}")
     vit = _pickled_config(record, "visual_encoder", ViTConfig, vit_path, "--vit_path")
     gpt2 = _pickled_config(record, "gpt_decoder", GPT2Config, gpt2_path, "--gpt2_path")
-    text = _blip_text_config(record, blip_path)
+    text = _pickled_config(record, "text_encoder", BlipTextConfig, blip_path, "--blip_path",
+                           lambda path: BlipConfig.from_pretrained(path, local_files_only=True).text_config)
     dropout = safe_load.record_attrs(_submodule(record, "dropout")).get("p", 0.2) if record is not None else 0.2
     config = PitVQAConfig(
         num_classes=num_classes, vocab_size=renamed["text_encoder.embeddings.word_embeddings.weight"].shape[0],

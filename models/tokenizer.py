@@ -72,6 +72,14 @@ def clip_tokenizer_from_bpe(path: str | Path):
     return CLIPTokenizer(vocab=vocab, merges=merges)
 
 
+def tokenizer_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a tokenizer this project can load (a folder, or CLIP's BPE file), or None."""
+    path = Path(path)
+    if path.is_dir() or path.is_file() and path.name.endswith(".txt.gz"):
+        return None
+    return f"{path}: no such folder or file (a tokenizer folder or bpe_simple_vocab_16e6.txt.gz)"
+
+
 def load_tokenizer(path: str):
     """A tokenizer from a local folder (GPT-2, CLIP, or one this project saved), or from
     OpenAI's ``bpe_simple_vocab_16e6.txt.gz``."""
