@@ -5,11 +5,11 @@
 
 The index holds features from a trained synthetic model, not random noise: clips like the
 synthetic corpus's (random shape, colour, size, direction and background noise) are
-rendered, encoded by the checkpoint's video encoder and written with ``serve.index`` (cached
+rendered, encoded by ``jobs.encode.ClipEncoder`` and written with ``models.index`` (cached
 under ``~/.cache/vqa-wti-ray/bench``). Queries are captions from the corpus's templates,
 encoded by its text encoder. Both sides run one query at a time, on one slice holding the
 whole index, as one serving shard does: exhaustive is ``token_wise_topk`` over every video,
-the serving path is ``serve.search.search`` (pooled candidates, then exact WTI on them).
+the serving path is ``models.search.search`` (pooled candidates, then exact WTI on them).
 Prints latency per query, the speed-up and overlap@10 for each candidate count, then one
 JSON line.
 """
@@ -29,10 +29,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.synthetic import COLORS, DIRECTIONS, SHAPES, SIZES, Clip, render_clips  # noqa: E402
-from jobs.index import add_rows, checkpoint_digest, index_info, index_rows  # noqa: E402
-from models import load_checkpoint, tokenize, token_wise_topk  # noqa: E402
-from serve.index import IndexWriter, load_rows, read_manifest  # noqa: E402
-from serve.search import candidate_count, pooled, search  # noqa: E402
+from jobs.encode import ClipEncoder  # noqa: E402
+from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
+from models import load_checkpoint, token_wise_topk  # noqa: E402
+from models.encode import encode_texts  # noqa: E402
+from models.index import IndexWriter, load_rows, read_manifest  # noqa: E402
+from models.search import candidate_count, search  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
@@ -43,8 +45,8 @@ def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = Non
     folder = folder or CACHE / f"index_{checkpoint_digest(checkpoint)[:12]}_{num_videos}_{seed}"
     if (folder / "manifest.json").is_file():
         return folder
-    model, _ = load_checkpoint(checkpoint)
-    config = model.config
+    encoder = ClipEncoder(str(checkpoint))  # the index job's encoder, called in-process
+    config = encoder.model.config
     writer = IndexWriter(folder, info={**index_info(checkpoint), "synthetic": True, "seed": seed})
     started = time.time()
     for first in range(0, num_videos, chunk):
@@ -52,7 +54,7 @@ def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = Non
         clips, frames = render_clips(n, config.max_frames, config.image_size, seed=seed * 7_919 + first)
         batch = {"video_id": np.array([f"video{first + i}" for i in range(n)], dtype=object), "frames": frames,
                  "frame_mask": np.ones((n, config.max_frames), np.uint8)}
-        add_rows(writer, index_rows(model, "cpu", batch))
+        add_encoded(writer, encoder(batch))
         done = first + n
         print(f"  encoded {done}/{num_videos} synthetic videos ({done / (time.time() - started):.0f}/s)",
               file=sys.stderr, flush=True)
@@ -68,10 +70,8 @@ def synthetic_queries(num_queries: int, seed: int = 1) -> list[str]:
 
 def encode_queries(checkpoint: Path, texts: list[str]):
     model, tokenizer = load_checkpoint(checkpoint)
-    tokens = tokenize(tokenizer, texts, model.config.max_words)
-    with torch.no_grad():
-        text, weight = model.prepare_text(*model.encode_text(tokens["input_ids"], tokens["attention_mask"]))
-    return text, weight, pooled(text, weight)
+    encoded = encode_texts(model, tokenizer, texts)
+    return encoded.tokens, encoded.weights, encoded.pooled
 
 
 def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, candidate_counts: list[int]) -> dict:
@@ -93,7 +93,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, candida
     results = {"exhaustive_ms": 1000 * exact_s, "exact_path_ms": 1000 * served_s, "runs": []}
     print(f"{num_videos} videos x {frames.shape[1]} frames x {frames.shape[2]} dims, {num_queries} queries, "
           f"top-{top_k}\nexhaustive exact WTI (padded query, as evaluation scores): {1000 * exact_s:.2f} ms/query"
-          f"\nthe service's exact path (same top-10; padding trimmed, serve.search.trim_padding): "
+          f"\nthe service's exact path (same top-10; padding trimmed, models.search.trim_padding): "
           f"{1000 * served_s:.2f} ms/query")
     print(f"{'candidates':>10} {'ms/query':>9} {'speed-up':>9} {'vs exact path':>14} {'overlap@10':>11} "
           f"{'identical top-10':>17}")
@@ -110,7 +110,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, candida
         print(f"{candidates:>10} {1000 * two_s:>9.2f} {exact_s / two_s:>8.1f}x {served_s / two_s:>13.1f}x "
               f"{overlap:>11.4f} {100 * identical:>16.1f}%")
     default = candidate_count(num_videos, top_k)
-    print(f"serving default for a {num_videos}-video shard: {default} candidates (serve.search.candidate_count)")
+    print(f"serving default for a {num_videos}-video shard: {default} candidates (models.search.candidate_count)")
     return {**results, "default_candidates": default}
 
 

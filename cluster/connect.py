@@ -4,18 +4,27 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
+
+DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 def connect():
     """``ray`` connected as above, with Ray's own INFO logs (an execution plan per dataset,
-    a line per report) kept out of the job's progress lines; warnings and errors still show."""
+    a line per report, a progress block every 10 s when the output is not a terminal) kept
+    out of the job's progress lines, which the jobs print themselves (one line per N videos
+    or steps); warnings and errors still show. In a terminal Ray Data's bars show too."""
+    # Every Ray process this driver starts reads Ray Data's logging config from here
+    # (a submitted job gets the same from cluster/runtime_env.yaml).
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
     import ray
 
     if not ray.is_initialized():
         ray.init(address=None if os.environ.get("RAY_ADDRESS") or _cluster_running() else "local")
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
     context.print_on_execution_start = False
+    # Workers (Ray Train's dataset splits) have no terminal: no tqdm lines relayed from them.
+    context.use_ray_tqdm = False
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray

@@ -16,5 +16,5 @@ def runtime_env(env_vars: dict[str, str] | None = None) -> dict:
     env = yaml.safe_load(SPEC.read_text())
     env["working_dir"] = str(ROOT)
     if env_vars:
-        env["env_vars"] = dict(env_vars)
+        env["env_vars"] = {**env.get("env_vars", {}), **env_vars}
     return env

@@ -81,24 +81,65 @@ def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concu
 
 
 def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
-                concurrency: int | None = None) -> tuple[int, Report]:
+                concurrency: int | None = None, rows_per_file: int = 256, progress_every: int = 100) -> tuple[int, Report]:
     """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
 
-    The report (``out_dir/skipped.jsonl``) lists every skipped video and why.
+    The decoding actors stream their clips to this process, which writes the files (so a
+    folder on this machine is right on a cluster of several nodes too, and no write task
+    competes with the decoders for a CPU) and prints one progress line every
+    ``progress_every`` videos. The report (``out_dir/skipped.jsonl``) lists every skipped
+    video and why.
     """
+    import time
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowTensorArray
+
     out_dir = Path(out_dir)
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     collector = DecodeLog.remote()
     ds = clip_dataset(videos, spec, collector, concurrency)
-    # The writes take no CPU slot: the decoding actors may hold every CPU, and a write task
-    # waiting for one would stall the pipeline behind its own output.
-    ds.write_parquet(str(out_dir / "clips"), ray_remote_args={"num_cpus": 0})
+    written, files, started, shown = 0, 0, time.time(), 0
+    pending: list[dict] = []
+
+    def flush():
+        nonlocal files
+        batch = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
+        # Ray's tensor columns, as ``Dataset.write_parquet`` stores them: read_clips gets arrays back.
+        table = pa.table({"video_id": pa.array(batch["video_id"].tolist(), pa.string()),
+                          "frames": ArrowTensorArray.from_numpy(batch["frames"]),
+                          "frame_mask": ArrowTensorArray.from_numpy(batch["frame_mask"])})
+        pq.write_table(table, out_dir / "clips" / f"part_{files:05d}.parquet")
+        files += 1
+        pending.clear()
+
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        pending.append(batch)
+        written += len(batch["video_id"])
+        if sum(len(p["video_id"]) for p in pending) >= rows_per_file:
+            flush()
+        if written - shown >= progress_every:
+            shown = written
+            print(f"  decoded {written}/{len(videos)} videos ({written / (time.time() - started):.1f}/s)", flush=True)
+    if pending:
+        flush()
     report = ray.get(collector.report.remote())
     report.write(out_dir / "skipped.jsonl")
     ray.kill(collector)
-    written = ray.data.read_parquet(str(out_dir / "clips")).count() if (out_dir / "clips").exists() else 0
     return written, report
 
 
 def read_clips(out_dir: str | Path) -> ray.data.Dataset:
     """The Parquet shards ``write_clips`` wrote, as a Ray Dataset."""
     return ray.data.read_parquet(str(Path(out_dir) / "clips"))
+
+
+def clip_ids(out_dir: str | Path) -> list[str]:
+    """The video ids ``write_clips`` wrote, read from the Parquet files alone (no Ray job)."""
+    import pyarrow.parquet as pq
+
+    folder = Path(out_dir) / "clips"
+    if not folder.is_dir():
+        return []
+    return pq.read_table(folder, columns=["video_id"]).column("video_id").to_pylist()

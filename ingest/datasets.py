@@ -1,15 +1,23 @@
 """Ray Datasets of training and evaluation rows.
 
 Images and frames are normalised, and text is tokenized, here in ``map_batches`` (on the
-Ray workers), never inside the models.
+Ray workers), never inside the models. The tokenizer comes in as a function, ``texts ->
+{"input_ids", "attention_mask"}`` (``jobs.data`` passes ``models.tokenize`` bound to the
+model's tokenizer), so that this layer does not depend on the models.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import ray
 from PIL import Image
 
-from models.tokenizer import tokenize
+Tokenize = Callable[[list[str]], dict]  # texts -> input_ids / attention_mask [N, L] (tensors or arrays)
+
+
+def _arrays(tokens: dict) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -33,35 +41,33 @@ class QABatcher:
     """Rows ``image``/``question``/``label`` -> ``pixel_values [B,3,S,S]`` (0-1, as the
     reference's ToTensor, or normalised), ``input_ids``/``attention_mask [B,L]``, ``label``."""
 
-    def __init__(self, tokenizer, image_size: int, max_length: int = 30, mean=None, std=None):
-        self.tokenizer, self.image_size, self.max_length = tokenizer, image_size, max_length
+    def __init__(self, tokenize: Tokenize, image_size: int, mean=None, std=None):
+        self.tokenize, self.image_size = tokenize, image_size
         self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
         self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         pixels = image_pixels([Image.open(path) for path in batch["image"]], self.image_size, self.mean, self.std)
-        tokens = tokenize(self.tokenizer, list(batch["question"]), self.max_length)
-        return {"pixel_values": pixels, "input_ids": tokens["input_ids"].numpy(),
-                "attention_mask": tokens["attention_mask"].numpy(), "label": batch["label"].astype(np.int64)}
+        input_ids, attention_mask = _arrays(self.tokenize(list(batch["question"])))
+        return {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask,
+                "label": batch["label"].astype(np.int64)}
 
 
-def qa_dataset(rows: list[dict], tokenizer, image_size: int, max_length: int = 30, mean=None, std=None,
+def qa_dataset(rows: list[dict], tokenize: Tokenize, image_size: int, mean=None, std=None,
                batch_size: int = 64) -> ray.data.Dataset:
     """VQA rows (from ``ingest.qa.read_qa``) as model-ready tensors."""
     return ray.data.from_items(rows).map_batches(
-        QABatcher, fn_constructor_kwargs=dict(tokenizer=tokenizer, image_size=image_size, max_length=max_length,
-                                              mean=mean, std=std),
+        QABatcher, fn_constructor_kwargs=dict(tokenize=tokenize, image_size=image_size, mean=mean, std=std),
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
     )
 
 
-def caption_dataset(pairs: list[tuple[str, str]], tokenizer, max_words: int = 32) -> ray.data.Dataset:
-    """(video_id, caption) pairs -> ``video_id``, ``input_ids``/``attention_mask [max_words]``."""
+def caption_dataset(pairs: list[tuple[str, str]], tokenize: Tokenize) -> ray.data.Dataset:
+    """(video_id, caption) pairs -> ``video_id``, ``input_ids``/``attention_mask [L]``."""
 
     def encode(batch):
-        tokens = tokenize(tokenizer, list(batch["caption"]), max_words)
-        return {"video_id": batch["video_id"], "input_ids": tokens["input_ids"].numpy(),
-                "attention_mask": tokens["attention_mask"].numpy()}
+        input_ids, attention_mask = _arrays(tokenize(list(batch["caption"])))
+        return {"video_id": batch["video_id"], "input_ids": input_ids, "attention_mask": attention_mask}
 
     items = [{"video_id": v, "caption": c} for v, c in pairs]
     return ray.data.from_items(items).map_batches(encode, batch_size=256)
@@ -83,8 +89,8 @@ class CaptionExpander:
     """``map_batches`` callable over decoded clips: one output row per caption of each clip
     (a broadcast join: captions are small, clips are large), tokenized here."""
 
-    def __init__(self, captions: dict[str, list[str]], tokenizer, max_words: int):
-        self.captions, self.tokenizer, self.max_words = captions, tokenizer, max_words
+    def __init__(self, captions: dict[str, list[str]], tokenize: Tokenize):
+        self.captions, self.tokenize = captions, tokenize
 
     def __call__(self, batch: dict[str, np.ndarray]):
         # A generator: a batch of clips without captions (say, test videos while building
@@ -93,18 +99,18 @@ class CaptionExpander:
         if not owners:
             return
         texts = [c for video_id in batch["video_id"] for c in self.captions.get(video_id, [])]
-        tokens = tokenize(self.tokenizer, texts, self.max_words)
+        input_ids, attention_mask = _arrays(self.tokenize(texts))
         yield {
             "video_id": batch["video_id"][owners],
             "caption": np.array(texts, dtype=object),
-            "input_ids": tokens["input_ids"].numpy(),
-            "attention_mask": tokens["attention_mask"].numpy(),
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "frames": batch["frames"][owners],
             "frame_mask": batch["frame_mask"][owners],
         }
 
 
-def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, tokenizer, max_words: int = 32,
+def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, tokenize: Tokenize,
                          report=None, decoded: set[str] | None = None) -> ray.data.Dataset:
     """One row per caption with its video's decoded clip: ``input_ids``, ``attention_mask``,
     ``pixel_values [F,3,S,S]`` (CLIP-normalised) and ``frame_mask``.
@@ -122,5 +128,5 @@ def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, 
         for video_id, caption in pairs:
             if video_id not in decoded:
                 report.add("caption_without_video", video_id, f"no decoded clip for caption {caption[:60]!r}")
-    expand = CaptionExpander(captions, tokenizer, max_words)
+    expand = CaptionExpander(captions, tokenize)
     return clips.map_batches(expand, batch_size=1).map_batches(normalize_clips)

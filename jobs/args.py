@@ -11,11 +11,12 @@ model from scratch in minutes, the base preset follows the papers.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from jobs.cli import Parser, positive_float, positive_int
-from jobs.data import DEFAULT_SYNTHETIC_DIR
+from jobs.cli import Parser, Switch, positive_float, positive_int
+
+# Nothing heavy is imported here: ``--help`` and a bad flag answer before Ray or torch load.
+DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
 
 MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
 DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
@@ -55,7 +56,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="where the built-in synthetic datasets are generated when no data flags are given")
     add("--seed", "--random_seed", type=int, default=42, help="random seed (model init, shuffling, synthetic data)")
     add("--num_workers", type=positive_int, default=None, help="Ray Train workers (default: one per GPU, else 1)")
-    add("--use_gpu", action=argparse.BooleanOptionalAction, default=None,
+    add("--use_gpu", action=Switch, default=None,
         help="train and evaluate on GPUs (default: when the cluster has them)")
     add("--num_shards", type=positive_int, default=None,
         help="video shards of the evaluation similarity matrix (default: one per GPU, else 2)")
@@ -106,8 +107,9 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument("--interaction", choices=("wti", "ti", "dp"), default="wti", help="text-video interaction")
     g.add_argument("--cross_num_hidden_layers", type=positive_int, default=4, help="seqTransf layers")
     g.add_argument("--cdcr", type=int, choices=(0, 1, 2, 3), default=0, help="DRL's channel decorrelation (0 = off)")
-    g.add_argument("--cdcr_alpha1", type=float, default=1.0, help="CDCR on-diagonal weight")
-    g.add_argument("--cdcr_alpha2", type=float, default=0.06, help="CDCR off-diagonal weight")
+    # DRL's published setting (the library's defaults too): alpha1 0.14, alpha2 0.
+    g.add_argument("--cdcr_alpha1", type=float, default=0.14, help="CDCR on-diagonal weight")
+    g.add_argument("--cdcr_alpha2", type=float, default=0.0, help="CDCR off-diagonal weight")
     g.add_argument("--cdcr_lambda", type=float, default=0.001, help="CDCR loss weight")
     g.add_argument("--text_encoder_init", choices=("config", "pretrained"), default="config",
                    help="PitVQANet's BLIP text encoder: random from config (reference) or pretrained")
@@ -117,15 +119,16 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
                    "(default: <output_dir>)")
     g.add_argument("--placement_strategy", choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"), default="PACK",
                    help="how Ray Train places the workers on nodes")
-    g.add_argument("--index", type=int, choices=(0, 1), default=1,
-                   help="retriever: index every decoded video for serving after training (0: skip; "
-                   "jobs/index.py builds it later)")
+    g.add_argument("--index", action=Switch, default=True,
+                   help="retriever: index every decoded video for serving after training (--no-index or "
+                   "--index 0: skip; jobs/index.py builds it later)")
     g.add_argument("--fresh", action="store_true", help="discard an earlier run in --output_dir instead of resuming it")
     g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
-    g.add_argument("--do_train", nargs="?", type=int, const=1, default=1, help="CLIP4Clip/DRL compatibility: train (1)")
-    g.add_argument("--do_eval", nargs="?", type=int, const=1, default=0,
-                   help="CLIP4Clip/DRL compatibility: evaluation always follows training; "
-                   "--do_train 0 evaluates <output_dir>/checkpoint only")
+    g.add_argument("--do_train", action=Switch, default=None,
+                   help="CLIP4Clip/DRL's switch: train, then evaluate (the default unless --do_eval is given alone)")
+    g.add_argument("--do_eval", action=Switch, default=None,
+                   help="CLIP4Clip/DRL's switch: alone (or with --do_train 0) it evaluates <output_dir>/checkpoint "
+                   "without training; training always ends with an evaluation")
     g.add_argument("--inject_failure", type=positive_int, default=None,
                    help="testing: the first worker to reach this step raises, once per output_dir")
     return parser
@@ -169,6 +172,8 @@ def resolve(args, kind: str) -> str | None:
                 "(a CLIP tokenizer folder or bpe_simple_vocab_16e6.txt.gz)")
     if kind == "retriever" and getattr(args, "cdcr", 0) and args.interaction == "dp":
         return "--cdcr needs token-wise features: use --interaction wti or ti"
+    if hasattr(args, "do_train") and args.do_train is None:
+        args.do_train = not args.do_eval  # as CLIP4Clip: --do_eval alone evaluates
     if not 0 <= getattr(args, "warmup_proportion", 0) < 1:
         return "--warmup_proportion must be in [0, 1)"
     return None

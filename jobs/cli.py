@@ -38,6 +38,32 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+class Switch(argparse.Action):
+    """A boolean flag, one way for every job: ``--x`` turns it on, ``--no-x`` / ``--no_x``
+    off, and ``--x 1`` / ``--x 0`` (the references' spelling, e.g. CLIP4Clip's
+    ``--do_train``) say the same. Declare it with its positive names only."""
+
+    def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
+        negatives = list(dict.fromkeys(
+            spelling for name in option_strings
+            for spelling in ("--no-" + name[2:], "--no-" + name[2:].replace("_", "-"), "--no_" + name[2:].replace("-", "_"))
+        ))
+        super().__init__(option_strings + negatives, dest, nargs="?", default=default, help=help,
+                         metavar="0|1")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string.startswith("--no"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+        elif values is None or values in ("1", "true", "True"):
+            setattr(namespace, self.dest, True)
+        elif values in ("0", "false", "False"):
+            setattr(namespace, self.dest, False)
+        else:
+            parser.error(f"{option_string}: expected 0 or 1 (or no value), got {values!r}")
+
+
 def fail(prog: str, message: str) -> int:
     """Print the one-line error and give the exit code to return from ``main``."""
     print(f"{prog}: error: {message}", file=sys.stderr)

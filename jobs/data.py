@@ -1,27 +1,30 @@
 """The data side of the jobs: find (or generate) a dataset, decode it once, and hand Ray
 Datasets of model-ready rows to training and evaluation.
 
-With no data flags the built-in synthetic data is generated on first use, in the real
-layouts, under ``--synthetic_dir``; the same readers then run on it as on the real sets.
+Two steps, so that the tokenizer and the model config can come in between (from the
+flags, ``jobs.build``, or from a checkpoint): ``read_source`` finds the annotations (or
+generates the built-in synthetic data, in the real layouts, under ``--synthetic_dir``),
+``load_data`` decodes the videos once and builds the datasets. The same readers run on the
+synthetic sets as on the real ones.
 """
 from __future__ import annotations
 
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import ray
 
-from ingest.clips import read_clips, write_clips
-from ingest.datasets import caption_clip_dataset, normalize_clips, qa_dataset
-from ingest.msrvtt import read_test, read_train
+from ingest.clips import clip_ids, read_clips, write_clips
+from ingest.datasets import caption_clip_dataset, qa_dataset
+from ingest.msrvtt import MsrvttSplit, read_test, read_train
 from ingest.qa import load_labels, read_qa
 from ingest.report import Report
 from ingest.video import ClipSpec, find_videos
-from models import build_bpe_tokenizer, load_tokenizer
+from models import tokenize
 
-DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
 COMPLETE = ".complete"  # written last: a generation that was interrupted is redone
 # Model-ready rows are kept in Ray's object store when they fit in this many bytes, so that
 # epochs after the first do not redo normalisation; larger sets stream every epoch.
@@ -98,39 +101,39 @@ def decoded_clips(video_ids: list[str], features_path: Path, spec: ClipSpec, cac
 
 
 @dataclass
+class RetrievalSource:
+    files: MsrvttFiles
+    train: MsrvttSplit  # caption-video pairs of the training split
+    test: MsrvttSplit  # of the test split
+
+    @property
+    def train_texts(self) -> list[str]:
+        return [caption for _, caption in self.train.pairs]
+
+
+@dataclass
 class RetrievalData:
-    train: ray.data.Dataset  # one row per training caption with its clip
-    val: ray.data.Dataset  # one row per test caption with its clip and ``video_index`` (per-epoch validation)
+    train: ray.data.Dataset | None  # one row per training caption with its clip (None: evaluation only)
+    val: ray.data.Dataset | None  # one row per test caption with its clip and ``video_index`` (per-epoch validation)
     test_pairs: list[tuple[str, str]]  # (video_id, caption) of the decoded test videos
     test_video_ids: list[str]  # ``video_index`` -> video id
-    test_videos: ray.data.Dataset  # one row per decoded test video: video_id, pixel_values, frame_mask
-    clips: ray.data.Dataset  # every decoded clip (the clip job's rows), for the retrieval index
+    test_clips: ray.data.Dataset  # the decoded test videos (the clip job's rows)
+    clips: ray.data.Dataset  # every decoded clip, for the retrieval index
     num_train_rows: int
     report: Report
 
 
-def retrieval_captions(files: MsrvttFiles):
-    """(train split, test split) as caption-video pairs."""
-    return read_train(files.train_csv, files.data_path), read_test(files.val_csv)
-
-
-def retrieval_tokenizer(args, train_texts: list[str]):
-    """A local CLIP tokenizer folder, or a tiny BPE built from the training captions."""
-    path = args.tokenizer_path or args.clip_path
-    if path:
-        return load_tokenizer(path)
-    return build_bpe_tokenizer(train_texts, vocab_size=1000, style="clip")
-
-
-def retrieval_data(files: MsrvttFiles, train, test, spec: ClipSpec, tokenizer, max_words: int) -> RetrievalData:
-    """Decode (once) and build the datasets for the ``train``/``test`` splits (``retrieval_captions``)."""
+def retrieval_data(source: RetrievalSource, spec: ClipSpec, tokenizer, max_words: int,
+                   training: bool = True) -> RetrievalData:
+    """Decode (once) and build the datasets; without ``training`` only the test side."""
+    files, train, test = source.files, source.train, source.test
     clips_dir, report = decoded_clips(train.video_ids + test.video_ids, files.features_path, spec, files.cache_dir)
     clips = read_clips(clips_dir)
-    decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
+    decoded = set(clip_ids(clips_dir))
     train_rows = [pair for pair in train.pairs if pair[0] in decoded]
     test_pairs = [pair for pair in test.pairs if pair[0] in decoded]
-    if not train_rows or not test_pairs:
-        raise DataError(f"no decodable videos for the {'training' if not train_rows else 'test'} captions; "
+    if not test_pairs or (training and not train_rows):
+        raise DataError(f"no decodable videos for the {'test' if not test_pairs else 'training'} captions; "
                         f"see {clips_dir / 'skipped.jsonl'}")
     test_video_ids = list(dict.fromkeys(video_id for video_id, _ in test_pairs))
     video_index = {video_id: i for i, video_id in enumerate(test_video_ids)}
@@ -139,8 +142,6 @@ def retrieval_data(files: MsrvttFiles, train, test, spec: ClipSpec, tokenizer, m
         keep = np.isin(batch["video_id"], test_video_ids)
         return {k: v[keep] for k, v in batch.items()}
 
-    test_videos = clips.map_batches(test_clips_only).map_batches(normalize_clips)
-
     def tensors_only(batch):  # Ray Train's torch batches hold numbers only
         return {k: v for k, v in batch.items() if k not in ("video_id", "caption")}
 
@@ -148,15 +149,17 @@ def retrieval_data(files: MsrvttFiles, train, test, spec: ClipSpec, tokenizer, m
         batch["video_index"] = np.array([video_index[v] for v in batch["video_id"]], np.int64)
         return tensors_only(batch)
 
-    row_bytes = 4 * spec.max_frames * 3 * spec.image_size**2  # float32 pixel_values
-    train_ds = caption_clip_dataset(train.pairs, clips, tokenizer, max_words, report, decoded)
-    val_ds = caption_clip_dataset(test.pairs, clips, tokenizer, max_words, report, decoded)
-    return RetrievalData(
-        train=_keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes),
-        val=_keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes),
-        test_pairs=test_pairs, test_video_ids=test_video_ids, test_videos=test_videos, clips=clips,
-        num_train_rows=len(train_rows), report=report,
-    )
+    train_ds = val_ds = None
+    if training:
+        row_bytes = 4 * spec.max_frames * 3 * spec.image_size**2  # float32 pixel_values
+        tokens = partial(tokenize, tokenizer, max_length=max_words)
+        train_ds = caption_clip_dataset(train.pairs, clips, tokens, report, decoded)
+        val_ds = caption_clip_dataset(test.pairs, clips, tokens, report, decoded)
+        train_ds = _keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes)
+        val_ds = _keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes)
+    return RetrievalData(train=train_ds, val=val_ds, test_pairs=test_pairs, test_video_ids=test_video_ids,
+                         test_clips=clips.map_batches(test_clips_only), clips=clips,
+                         num_train_rows=len(train_rows), report=report)
 
 
 # --- PitVQA layouts (VQA) ---------------------------------------------------------------
@@ -196,17 +199,21 @@ def vqa_questions(args, root: Path) -> tuple[list[dict], list[dict], Report]:
     return train, val, report
 
 
-def vqa_tokenizer(args, train_rows: list[dict]):
-    """A local GPT-2 tokenizer folder, or a tiny BPE built from the training questions."""
-    path = args.tokenizer_path or args.gpt2_path
-    if path:
-        return load_tokenizer(path)
-    return build_bpe_tokenizer([row["question"] for row in train_rows], vocab_size=1000, style="gpt2")
+@dataclass
+class VQASource:
+    root: Path
+    train_rows: list[dict]
+    val_rows: list[dict]
+    report: Report
+
+    @property
+    def train_texts(self) -> list[str]:
+        return [row["question"] for row in self.train_rows]
 
 
 @dataclass
 class VQAData:
-    train: ray.data.Dataset
+    train: ray.data.Dataset | None  # None: evaluation only
     val: ray.data.Dataset
     labels: list[str]
     train_labels: np.ndarray  # for the majority-class baseline
@@ -214,50 +221,33 @@ class VQAData:
     report: Report
 
 
-def vqa_data(args, train_rows, val_rows, report, tokenizer, image_size: int, max_length: int) -> VQAData:
-    def rows_dataset(rows):
-        return _keep_if_small(qa_dataset(rows, tokenizer, image_size, max_length), len(rows), 4 * 3 * image_size**2)
+def vqa_data(dataset: str, source: VQASource, tokenizer, image_size: int, max_length: int,
+             training: bool = True) -> VQAData:
+    tokens = partial(tokenize, tokenizer, max_length=max_length)
 
-    return VQAData(train=rows_dataset(train_rows), val=rows_dataset(val_rows), labels=load_labels(args.dataset),
-                   train_labels=np.array([row["label"] for row in train_rows]), num_train_rows=len(train_rows),
-                   report=report)
+    def rows_dataset(rows):
+        return _keep_if_small(qa_dataset(rows, tokens, image_size), len(rows), 4 * 3 * image_size**2)
+
+    return VQAData(train=rows_dataset(source.train_rows) if training else None, val=rows_dataset(source.val_rows),
+                   labels=load_labels(dataset), train_labels=np.array([row["label"] for row in source.train_rows]),
+                   num_train_rows=len(source.train_rows), report=source.report)
 
 
 # --- both --------------------------------------------------------------------------------
 
 
-def build_model_config(args, tokenizer):
-    """The typed model config from the preset, the weight folders and the data flags."""
-    if args.kind == "retriever":
-        from models import RetrieverConfig
-
-        common = dict(sim_header=args.sim_header, interaction=args.interaction, max_words=args.max_words,
-                      max_frames=args.max_frames, temporal_layers=args.cross_num_hidden_layers)
-        if args.preset == "base":
-            return RetrieverConfig.base(args.clip_path, **common)
-        return RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
-    from models import NUM_CLASSES, PitVQAConfig
-
-    common = dict(num_classes=NUM_CLASSES[args.dataset], max_length=args.max_length)
-    if args.preset == "base":
-        return PitVQAConfig.base(args.vit_path, args.blip_path, args.gpt2_path, vocab_size=len(tokenizer),
-                                 text_encoder_init=args.text_encoder_init, **common)
-    return PitVQAConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
-
-
-def prepare_data(args, tokenizer=None, model_config=None):
-    """(data, tokenizer, model_config) for ``args.kind``; generates synthetic data if needed."""
+def read_source(args) -> RetrievalSource | VQASource:
+    """The annotations of ``args.dataset`` (generating the synthetic data if no data flags)."""
     if args.kind == "retriever":
         files = msrvtt_files(args)
-        train, test = retrieval_captions(files)
-        if tokenizer is None:
-            tokenizer = retrieval_tokenizer(args, [caption for _, caption in train.pairs])
-        model_config = model_config or build_model_config(args, tokenizer)
-        spec = ClipSpec(args.feature_framerate, model_config.max_frames, args.slice_framepos, model_config.image_size)
-        return retrieval_data(files, train, test, spec, tokenizer, model_config.max_words), tokenizer, model_config
+        return RetrievalSource(files, read_train(files.train_csv, files.data_path), read_test(files.val_csv))
     root = vqa_root(args)
-    train_rows, val_rows, report = vqa_questions(args, root)
-    tokenizer = tokenizer or vqa_tokenizer(args, train_rows)
-    model_config = model_config or build_model_config(args, tokenizer)
-    return (vqa_data(args, train_rows, val_rows, report, tokenizer, model_config.image_size, model_config.max_length),
-            tokenizer, model_config)
+    return VQASource(root, *vqa_questions(args, root))
+
+
+def load_data(args, source, tokenizer, model_config, training: bool = True) -> RetrievalData | VQAData:
+    """Model-ready datasets for ``source`` (``read_source``), tokenized and sized for the model."""
+    if args.kind == "retriever":
+        spec = ClipSpec(args.feature_framerate, model_config.max_frames, args.slice_framepos, model_config.image_size)
+        return retrieval_data(source, spec, tokenizer, model_config.max_words, training)
+    return vqa_data(args.dataset, source, tokenizer, model_config.image_size, model_config.max_length, training)

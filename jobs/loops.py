@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 import warnings
@@ -26,6 +25,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from safetensors.torch import load_model
 from torch import nn
+from transformers import get_cosine_schedule_with_warmup
 
 from jobs.metrics import retrieval_metrics, vqa_metrics
 from models import (
@@ -37,18 +37,6 @@ HISTORY = "history.json"  # in each checkpoint: every epoch's row so far
 
 
 # --- shared pieces ----------------------------------------------------------------------
-
-
-def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base rate, then cosine decay to 0 (DRL's schedule)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def retriever_param_groups(model: Retriever, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
@@ -179,7 +167,7 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
     text_feat, text_mask, video_feat, video_mask, video_index = (torch.cat(x) for x in zip(*gathered))
     keep = np.unique(video_index.numpy(), return_index=True)[1]  # one column per video, ordered by index
     device = ray.train.torch.get_device()
-    scores = model.similarity(text_feat.to(device), text_mask.to(device), video_feat[keep].to(device),
+    scores = model.similarity(text_feat.to(device), video_feat[keep].to(device), text_mask.to(device),
                               video_mask[keep].to(device)).cpu()
     column = {int(v): i for i, v in enumerate(video_index[keep])}
     metrics = retrieval_metrics(scores.numpy(), np.array([column[int(v)] for v in video_index]))
@@ -205,7 +193,8 @@ def retriever_loop(config: dict) -> None:
     )
     steps_per_epoch = max(1, config["num_train_rows"] // config["batch_size"])
     total_steps = steps_per_epoch * config["epochs"]
-    scheduler = cosine_with_warmup(optimizer, int(config["warmup_proportion"] * total_steps), total_steps)
+    # DRL's schedule: linear warm-up over warmup_proportion of the steps, then cosine to 0.
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config["warmup_proportion"] * total_steps), total_steps)
     state = restore(model, optimizer, scheduler)
     objective = ray.train.torch.prepare_model(
         ContrastiveObjective(model, config["cdcr"], config["cdcr_alpha1"], config["cdcr_alpha2"], config["cdcr_lambda"])

@@ -1,10 +1,12 @@
 """Evaluation metrics, as the papers report them.
 
 Retrieval (CLIP4Clip / DRL): R@1/5/10 in percent, median and mean rank, text-to-video and
-video-to-text. VQA (PitVQA): accuracy, macro precision/recall/F1 (``zero_division=1`` as
+video-to-text. VQA (PitVQA, with scikit-learn as the reference): accuracy, macro precision/recall/F1 (``zero_division=1`` as
 the reference, and 0 beside it), balanced accuracy, and the majority-class baseline.
 """
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 
@@ -49,27 +51,22 @@ def retrieval_metrics(sim: np.ndarray, text_video: np.ndarray) -> dict:
 def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None) -> tuple[dict, np.ndarray]:
     """(``metrics.json`` for VQA, confusion matrix ``[C, C]`` with rows = truth).
 
-    Macro averages run over the classes present in ``y_true`` or ``y_pred`` (scikit-learn's
-    default, which the reference uses). ``majority_acc`` predicts the most frequent class
+    scikit-learn's functions, as the reference calls them: macro averages over the classes
+    present in ``y_true`` or ``y_pred``. ``majority_acc`` predicts the most frequent class
     of ``train_labels`` (of ``y_true`` when not given) for every question.
     """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    true_positive = np.diag(confusion).astype(np.float64)
-    predicted, actual = confusion.sum(axis=0), confusion.sum(axis=1)
-    present = (predicted + actual) > 0
     out = {"acc": float(np.mean(y_true == y_pred)), "num_questions": int(len(y_true)), "num_classes": num_classes}
     for zero_division, suffix in ((1.0, ""), (0.0, "_zero_division_0")):
-        precision = np.where(predicted > 0, true_positive / np.maximum(predicted, 1), zero_division)
-        recall = np.where(actual > 0, true_positive / np.maximum(actual, 1), zero_division)
-        denom = precision + recall
-        f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1), 0.0)
-        out["precision" + suffix] = float(precision[present].mean())
-        out["recall" + suffix] = float(recall[present].mean())
-        out["f1" + suffix] = float(f1[present].mean())
-    out["balanced_acc"] = float((true_positive[actual > 0] / actual[actual > 0]).mean())
+        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
+                                                                   zero_division=zero_division)
+        out.update({"precision" + suffix: float(precision), "recall" + suffix: float(recall), "f1" + suffix: float(f1)})
+    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those are left out, as intended
+        warnings.simplefilter("ignore", UserWarning)
+        out["balanced_acc"] = float(balanced_accuracy_score(y_true, y_pred))
     reference = np.asarray(train_labels) if train_labels is not None else y_true
     majority = np.bincount(reference, minlength=num_classes).argmax()
     out["majority_acc"] = float(np.mean(y_true == majority))
-    return out, confusion
+    return out, confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))

@@ -23,12 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster import connect, training_scale  # noqa: E402
+# Only the flag modules at the top: --help and a bad flag answer before Ray or torch load.
 from jobs.args import MODELS, build_parser, model_for, resolve  # noqa: E402
 from jobs.cli import fail  # noqa: E402
-from jobs.data import DataError, prepare_data  # noqa: E402
-from jobs.evaluate import evaluate  # noqa: E402
-from jobs.loops import HISTORY  # noqa: E402
 
 PROG = "jobs/train.py"
 RUN_NAME = "train"  # Ray Train's run folder inside --output_dir
@@ -90,6 +87,7 @@ def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]
     a shared one or S3), whichever node wrote them."""
     import pyarrow.fs
 
+    from jobs.loops import HISTORY
     from jobs.plots import plot_history
 
     if not result.best_checkpoints:
@@ -127,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     error = resolve(args, args.kind)
     if error:
         return fail(PROG, error)
+
+    from cluster import connect, training_scale
+    from jobs.build import build_model_config, build_tokenizer
+    from jobs.data import DataError, load_data, read_source
+    from jobs.evaluate import evaluate, evaluate_checkpoint
+
     output_dir = Path(args.output_dir)
     if args.fresh:
         forget_run(args)
@@ -137,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, scale)
     workers, use_gpu = scale
     try:
-        if not args.do_train:
-            return _evaluate_only(args, output_dir, use_gpu)
-        data, tokenizer, model_config = prepare_data(args)
+        if not args.do_train:  # CLIP4Clip's --do_eval: the checkpoint this --output_dir holds
+            metrics = evaluate_checkpoint(args, output_dir / "checkpoint", output_dir, use_gpu)
+            _print_results(output_dir, metrics, [], 0.0)
+            return 0
+        source = read_source(args)
+        tokenizer = build_tokenizer(args, source.train_texts)
+        model_config = build_model_config(args, tokenizer)
+        data = load_data(args, source, tokenizer, model_config)
     except (DataError, FileNotFoundError, ValueError) as err:
         return fail(PROG, str(err))
     data.report.write(output_dir / "skipped.jsonl")
@@ -148,23 +157,17 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     result = fit(args, data, tokenizer, model_config, workers, use_gpu)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
-    metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
-    if args.kind == "retriever" and args.index:  # so that `serve run serve.app` can search right away
+    videos = None
+    if args.kind == "retriever":  # one encoding of the videos: the index (all) and the evaluation (test)
         from jobs.index import build_index
 
-        build_index(checkpoint, data.clips, output_dir / "index", use_gpu)
+        clips = data.clips if args.index else data.test_clips
+        print(f"encoding {'every decoded video for the index' if args.index else 'the test videos'} "
+              f"with the best epoch", flush=True)
+        _, videos = build_index(checkpoint, clips, output_dir / "index" if args.index else None, use_gpu,
+                                keep=set(data.test_video_ids))
+    metrics = evaluate(args, checkpoint, data, output_dir, use_gpu, videos)
     _print_results(output_dir, metrics, history, time.time() - started)
-    return 0
-
-
-def _evaluate_only(args, output_dir: Path, use_gpu: bool) -> int:
-    from models.checkpoint import load_checkpoint
-
-    checkpoint = output_dir / "checkpoint"
-    model, tokenizer = load_checkpoint(checkpoint)
-    data, _, _ = prepare_data(args, tokenizer, model.config)
-    metrics = evaluate(args, args.kind, checkpoint, data, output_dir, use_gpu)
-    _print_results(output_dir, metrics, [], 0.0)
     return 0
 
 

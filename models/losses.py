@@ -138,7 +138,7 @@ class ContrastiveObjective(nn.Module):
         text_feat, text_mask, video_feat, video_mask = (
             all_gather_with_grad(t) for t in (text_feat, text_mask, video_feat, video_mask)
         )  # (B, ...), B = the global batch
-        scores = self.retriever.similarity(text_feat, text_mask, video_feat, video_mask)  # (B, B)
+        scores = self.retriever.similarity(text_feat, video_feat, text_mask, video_mask)  # (B, B)
         nce = info_nce(scores, self.retriever.logit_scale)
         regulariser = scores.new_zeros(())
         if self.cdcr:

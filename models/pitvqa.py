@@ -6,7 +6,7 @@ Tokenizing happens in the data pipeline or the serving batcher, never in ``forwa
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -126,7 +126,9 @@ class PitVQANet(nn.Module):
 
     def __init__(self, config: PitVQAConfig):
         super().__init__()
-        self.config = config
+        # A copy: the caller's config is left as given (the text config's vocabulary is
+        # rewritten below).
+        config = self.config = replace(config)
         if config.vit_path:
             self.visual_encoder = ViTModel.from_pretrained(config.vit_path, add_pooling_layer=False, local_files_only=True)
         else:

@@ -177,11 +177,12 @@ class Retriever(nn.Module):
             frames = self.temporal(frames, frame_mask)
         return frames, frame_mask
 
-    def similarity(self, text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
-        """Unscaled scores ``[A, V]`` by the configured interaction."""
+    def similarity(self, text_feat, video_feat, text_mask, video_mask) -> torch.Tensor:
+        """Unscaled scores ``[A, V]`` by the configured interaction. Argument order as
+        ``WTIHead.forward`` and the references (features, then masks)."""
         if self.head is not None:
             return self.head(text_feat, video_feat, text_mask, video_mask)
-        return dot_product_scores(text_feat, text_mask, video_feat, video_mask)
+        return dot_product_scores(text_feat, video_feat, text_mask, video_mask)
 
     def prepare_text(self, text_feat, text_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """What exact scoring (``models.token_wise_scores``) needs of the texts:
@@ -204,7 +205,7 @@ class Retriever(nn.Module):
     def forward(self, input_ids, attention_mask, pixel_values, frame_mask) -> torch.Tensor:
         text_feat, text_mask = self.encode_text(input_ids, attention_mask)
         video_feat, video_mask = self.encode_video(pixel_values, frame_mask)
-        return self.similarity(text_feat, text_mask, video_feat, video_mask)
+        return self.similarity(text_feat, video_feat, text_mask, video_mask)
 
 
 def end_token(text_feat: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -221,6 +222,6 @@ def mean_frame(video_feat: torch.Tensor, video_mask: torch.Tensor) -> torch.Tens
     return F.normalize(frames.sum(1) / mask.sum(1).clamp(min=1), dim=-1)
 
 
-def dot_product_scores(text_feat, text_mask, video_feat, video_mask) -> torch.Tensor:
+def dot_product_scores(text_feat, video_feat, text_mask, video_mask) -> torch.Tensor:
     """CLIP4Clip's meanP similarity ``[A, V]``: end-of-text token vs mean frame."""
     return end_token(text_feat, text_mask) @ mean_frame(video_feat, video_mask).T

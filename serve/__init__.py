@@ -1,17 +1,18 @@
 """Ray Serve: ``serve run serve.app`` (defaults) or ``serve run serve:build_app key=value ...``.
 
 Importing this package starts nothing and loads nothing heavy; ``app`` is built when Serve
-asks for it. The deployments live in ``serve.deployments``.
+asks for it. ``schemas`` (the HTTP contract) -> ``replicas`` (the models and index shards)
+-> ``ingress`` (routes, fan-out, errors) -> ``app`` (the graph).
 """
 
 
 def __getattr__(name: str):
     if name in ("AppArgs", "build_app"):
-        from . import deployments
+        from . import app
 
-        return getattr(deployments, name)
+        return getattr(app, name)
     if name == "app":
-        from .deployments import AppArgs, build_app
+        from .app import AppArgs, build_app
 
         return build_app(AppArgs())
     raise AttributeError(f"module 'serve' has no attribute {name!r}")

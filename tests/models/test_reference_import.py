@@ -226,7 +226,7 @@ def test_reference_state_dict_imports_exactly(oc, bpe_path, tmp_path, kind, sim_
         expected = reference.scores(ids, (ids != 0).long(), pixels, video_mask)
         text, text_mask = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
         video, video_mask_out = model.encode_video(pixels, video_mask)
-        got = model.similarity(text, text_mask, video, video_mask_out)
+        got = model.similarity(text, video, text_mask, video_mask_out)
     diff = (got - expected).abs().max().item()
     print(f"{kind} {sim_header} {interaction}: max |score difference| {diff:.2e}")
     assert diff < 1e-5

@@ -27,7 +27,7 @@ def test_encoders_and_scores_shapes(clip_tokenizer, sim_header, interaction):
     with torch.no_grad():
         text_feat, text_mask = model.encode_text(ids, mask)
         video_feat, video_mask = model.encode_video(pixels, frame_mask)
-        scores = model.similarity(text_feat, text_mask, video_feat, video_mask)
+        scores = model.similarity(text_feat, video_feat, text_mask, video_mask)
     assert text_feat.shape == (3, 16, 64) and torch.equal(text_mask, mask)
     assert video_feat.shape == (3, 4, 64) and torch.equal(video_mask, frame_mask)
     assert scores.shape == (3, 3)
@@ -71,8 +71,8 @@ def test_padded_frames_change_nothing(clip_tokenizer):
         b, _ = model.encode_video(noisy, frame_mask)
         assert torch.allclose(a[1, :2], b[1, :2], atol=1e-5)
         text_feat, text_mask = model.encode_text(ids, mask)
-        sa = model.similarity(text_feat, text_mask, a, frame_mask)
-        sb = model.similarity(text_feat, text_mask, b, frame_mask)
+        sa = model.similarity(text_feat, a, text_mask, frame_mask)
+        sb = model.similarity(text_feat, b, text_mask, frame_mask)
     assert torch.allclose(sa, sb, atol=1e-5)
 
 
@@ -81,7 +81,7 @@ def test_dp_is_eot_against_masked_mean(clip_tokenizer):
     text_feat, video_feat = torch.randn(2, 5, 8), torch.randn(3, 4, 8)
     text_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     video_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
-    got = dot_product_scores(text_feat, text_mask, video_feat, video_mask)
+    got = dot_product_scores(text_feat, video_feat, text_mask, video_mask)
     for a, eot in enumerate([2, 4]):
         t = text_feat[a, eot] / text_feat[a, eot].norm()
         for b in range(3):

@@ -3,7 +3,7 @@
 The retriever is trained here for a few seconds (a plain loop on rendered synthetic clips)
 so that its features carry the attributes, as the benchmark's do: on random-init features
 candidate generation means nothing. The index holds 600 rendered clips, encoded and
-written by the index job's own functions; PitVQANet is random-init (only its wiring is
+written by the index job's own encoder and writer; PitVQANet is random-init (only its wiring is
 under test).
 """
 import numpy as np
@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from ingest.synthetic import render_clips
-from jobs.index import add_rows, index_info, index_rows
+from jobs.encode import ClipEncoder
+from jobs.index import add_encoded, index_info
 from models import (
     ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint,
     tokenize,
 )
-from serve.index import IndexWriter
+from models.index import IndexWriter
 from serve_helpers import CANDIDATES, INDEX_VIDEOS, free_port, run_app
 
 @pytest.fixture(scope="session")
@@ -48,14 +49,14 @@ def trained_retriever(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def rendered_index(trained_retriever):
-    model, _ = __import__("models").load_checkpoint(trained_retriever)
+    encoder = ClipEncoder(str(trained_retriever))  # the index job's encoder, called in-process
     folder = trained_retriever.parent / "index"
     writer = IndexWriter(folder, rows_per_shard=250, info=index_info(trained_retriever))  # 3 storage shards
     clips, frames = render_clips(INDEX_VIDEOS, max_frames=4, image_size=64, seed=11)
     for first in range(0, INDEX_VIDEOS, 200):
         batch = {"video_id": np.array([f"video{i}" for i in range(first, first + 200)], dtype=object),
                  "frames": frames[first : first + 200], "frame_mask": np.ones((200, 4), np.uint8)}
-        add_rows(writer, index_rows(model, "cpu", batch))
+        add_encoded(writer, encoder(batch))
     writer.close()
     return folder
 
@@ -82,5 +83,8 @@ def serve_port(ray_local):
 
 @pytest.fixture(scope="session")
 def app_url(serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
+    # shard_cpus=0: this app stays up for the whole session, and the training tests that
+    # run beside it need the head's two CPUs (the CPU default, one per shard, is tested in
+    # test_serve_nodes.py).
     return run_app(serve_port, "default", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=2, candidates=CANDIDATES)
+                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=2, candidates=CANDIDATES, shard_cpus=0)

@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from models import Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint, token_wise_topk
-from serve.index import IndexRows, IndexWriter, Thumbnails, load_rows, read_manifest, slice_bounds
-from serve.search import merge, search, trim_padding
+from models.index import IndexRows, IndexWriter, Thumbnails, load_rows, read_manifest, slice_bounds
+from models.search import merge, search, trim_padding
 
 ROOT = Path(__file__).resolve().parents[2]
 

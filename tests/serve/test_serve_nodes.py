@@ -14,7 +14,7 @@ RECOVERY_BOUND_S = 120
 @pytest.fixture
 def spread_app(worker_nodes, serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
     base = run_app(serve_port, "nodes", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=3, shard_cpus=1)
+                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=3)  # the CPU default: a CPU per shard
     yield base
     serve.delete("nodes")
 

@@ -1,4 +1,5 @@
-"""The retrieval index on disk: what ``jobs/index.py`` writes and the serving shards read.
+"""The retrieval index on disk: what ``jobs/index.py`` writes and the serving shards read
+(here, below both, so that neither imports the other).
 
 A folder with ``manifest.json`` and storage shards ``shard_NNN/``, each holding ``.npy``
 arrays row-aligned with its ``video_ids.json``:
@@ -14,7 +15,6 @@ Arrays are memory-mapped on reading, so a serving shard reads only its own rows.
 """
 from __future__ import annotations
 
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -43,15 +43,6 @@ class IndexRows:
         return IndexRows(self.video_ids[rows], **{array: getattr(self, array)[rows] for array in ARRAYS})
 
 
-def jpeg_bytes(frame: np.ndarray, quality: int = 85) -> bytes:
-    """uint8 ``[H, W, 3]`` -> JPEG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(frame).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 class IndexWriter:
     """Appends rows and rolls over to a new storage shard every ``rows_per_shard`` rows."""
 
@@ -66,6 +57,7 @@ class IndexWriter:
         self.shape: tuple[int, int] | None = None
 
     def add(self, rows: IndexRows, thumbnails: list[bytes] | None = None) -> None:
+        rows.frames = rows.frames.astype(np.float16, copy=False)
         self.shape = tuple(rows.frames.shape[1:])
         self.pending.append((rows, thumbnails if thumbnails is not None else [b""] * len(rows)))
         while sum(len(r) for r, _ in self.pending) >= self.rows_per_shard:

@@ -14,19 +14,13 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from models import token_wise_scores, token_wise_topk
+from .wti import token_wise_scores, token_wise_topk
 
 # Candidates re-scored per shard: at least MIN_CANDIDATES, and CANDIDATE_FRACTION of the
 # shard. bench/search.py chose these on the synthetic 100k index (see BENCHMARKS.md).
 MIN_CANDIDATES = 256
 CANDIDATE_FRACTION = 0.03
-
-
-def pooled(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Prepared (normalised) ``[N, T, D]`` with weights ``[N, T]`` -> normalised ``[N, D]``."""
-    return F.normalize(torch.einsum("ntd,nt->nd", features.float(), weights.float()), dim=-1)
 
 
 def candidate_count(shard_size: int, top_k: int) -> int:
@@ -62,7 +56,7 @@ def search(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Ten
     """Best ``top_k`` rows for each query, best first: (scores ``[A, k]``, row indices ``[A, k]``).
 
     text ``[A, L, D]``/``[A, L]``/``[A, D]`` and the slice's frames ``[V, F, D]``/``[V, F]``/
-    ``[V, D]``, all prepared (``Retriever.prepare_text``/``prepare_video`` and ``pooled``).
+    ``[V, D]``, all prepared (``models.encode``).
     ``exact`` scores every row.
     """
     V = frames.shape[0]

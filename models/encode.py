@@ -1,0 +1,61 @@
+"""Retriever encodings: what evaluation, the index, the service and the benchmarks store
+and score. One function per side, so that every caller encodes the same way.
+
+An encoding is what exact scoring (``token_wise_scores``) reads, plus one vector per item
+for candidate generation:
+
+- ``tokens``  ``[N, T, D]``: prepared features (``Retriever.prepare_text``/``prepare_video``:
+  normalised, padding zeroed); T is the text length L or the frame count F;
+- ``weights`` ``[N, T]``: the WTI weights (uniform for TI, one 1 for dot product);
+- ``pooled``  ``[N, D]``: the normalised weighted mean of ``tokens``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tokenizer import tokenize
+
+
+@dataclass
+class Encoded:
+    tokens: torch.Tensor  # (N, T, D)
+    weights: torch.Tensor  # (N, T)
+    pooled: torch.Tensor  # (N, D)
+
+    def numpy(self) -> dict[str, np.ndarray]:
+        """fp32 arrays on the CPU, keyed by field name."""
+        return {name: getattr(self, name).float().cpu().numpy() for name in ("tokens", "weights", "pooled")}
+
+
+def pooled(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Prepared ``[N, T, D]`` with weights ``[N, T]`` -> normalised ``[N, D]``."""
+    return F.normalize(torch.einsum("ntd,nt->nd", features.float(), weights.float()), dim=-1)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: list[str]) -> Encoded:
+    """Captions or queries -> ``Encoded`` with T = ``max_words``, on the model's device."""
+    device = _device(model)
+    ids = tokenize(tokenizer, list(texts), model.config.max_words)
+    feat, mask = model.encode_text(ids["input_ids"].to(device), ids["attention_mask"].to(device))
+    tokens, weights = model.prepare_text(feat, mask)
+    return Encoded(tokens, weights, pooled(tokens, weights))
+
+
+@torch.no_grad()
+def encode_videos(model, pixel_values, frame_mask) -> Encoded:
+    """CLIP-normalised ``pixel_values [V, F, 3, S, S]`` and ``frame_mask [V, F]`` (tensors or
+    arrays) -> ``Encoded`` with T = F (1 for dot product), on the model's device."""
+    device = _device(model)
+    feat, mask = model.encode_video(torch.as_tensor(pixel_values, device=device),
+                                    torch.as_tensor(frame_mask, device=device))
+    tokens, weights = model.prepare_video(feat, mask)
+    return Encoded(tokens, weights, pooled(tokens, weights))

@@ -1,0 +1,37 @@
+"""The application graph: ``build_app(AppArgs)`` binds the replicas into the ingress.
+
+    serve run serve.app                                   # runs/wti/{checkpoint,index}, runs/pitvqa/checkpoint
+    serve run serve:build_app num_shards=4 index=/data/index checkpoint=/data/wti vqa_checkpoint=/data/pitvqa
+    serve deploy cluster/serve.yaml                       # the same, on a running cluster
+
+Nothing starts until Serve runs the graph. A model or index that is missing does not stop
+the app: ``/healthz`` says what is loaded and the routes that need it answer 503.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ray.serve import Application
+
+from .ingress import Ingress
+from .replicas import IndexShard, QueryEncoder, VQAModel
+from .schemas import AppArgs
+
+
+def build_app(args: AppArgs | dict) -> Application:
+    """The application graph for ``args``."""
+    if isinstance(args, dict):
+        args = AppArgs(**args)
+    from cluster import cluster_gpus, index_shards
+
+    use_gpu = cluster_gpus() > 0 if args.use_gpu is None else args.use_gpu
+    num_shards = index_shards(args.num_shards)
+    path = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
+    # A shard does the heaviest work of a query: it reserves its GPU, or without GPUs a CPU,
+    # so that Ray spreads the shards over the nodes instead of packing them onto one.
+    shard_cpus = args.shard_cpus if args.shard_cpus is not None else (0 if use_gpu else 1)
+    shard_options = {"num_cpus": shard_cpus, **({"num_gpus": 1} if use_gpu else {})}
+    shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options)
+              .bind(path(args.index), i, num_shards, args.candidates) for i in range(num_shards)]
+    return Ingress.bind(QueryEncoder.bind(path(args.checkpoint)), shards, VQAModel.bind(path(args.vqa_checkpoint)),
+                        path(args.index), args.timeout_s)

@@ -1,0 +1,183 @@
+"""The HTTP front: FastAPI routes, the fan-out to every index shard, and what each failure
+answers.
+
+- bad input: 4xx with one line (``error``), from pydantic or the image decoder;
+- a model or index that is not there: 503 naming the command that builds it;
+- a replica that is dead, restarting or too slow: for ``/search`` the other shards' answer
+  with ``"partial": true``, 503 when none answers; for ``/vqa`` 503;
+- anything else raised is a bug: 500 with the request id, and the traceback in this
+  replica's log under that id (``ray logs`` / the Serve log files).
+"""
+# No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
+import asyncio
+import logging
+import time
+import uuid
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from ray import serve
+
+from .schemas import ErrorResponse, Hit, SearchRequest, SearchResponse, VQARequest, VQAResponse, error
+
+log = logging.getLogger("ray.serve")
+
+HEALTH_TIMEOUT_S = 5.0  # /healthz: a deployment that takes longer to say how it is, is reported down
+
+
+def _unavailable(exc: BaseException) -> bool:
+    """A replica that is gone, restarting, overloaded or too slow (not a bug): 503/partial."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+
+    kinds = (asyncio.TimeoutError, TimeoutError, RayActorError, ActorUnavailableError, BackPressureError,
+             DeploymentUnavailableError, RequestCancelledError)
+    while exc is not None:
+        if isinstance(exc, kinds):
+            return True
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return False
+
+
+def _request_id() -> str:
+    """Serve's id of this request (the ``x-request-id`` header of the response, and the id in
+    Serve's access log); a fresh one outside Serve."""
+    try:
+        return serve.context._get_serve_request_context().request_id or uuid.uuid4().hex
+    except Exception:  # a Serve without the private accessor
+        return uuid.uuid4().hex
+
+
+def _bug(route: str, exc: BaseException) -> JSONResponse:
+    request_id = _request_id()
+    log.error("%s failed (request id %s)", route, request_id, exc_info=exc)
+    return error(500, f"internal error in {route}; the server log has the traceback under request id {request_id}",
+                 request_id)
+
+
+api = FastAPI(title="vqa-wti-ray", version="1.0",
+              description="Text-to-video search (CLIP4Clip + DRL's WTI over a sharded index) and surgical VQA "
+                          "(PitVQANet).")
+
+
+@api.exception_handler(RequestValidationError)
+async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """Malformed JSON, missing fields, wrong types, out-of-range values: 422 with one line
+    that says what is wrong, and FastAPI's list of problems under ``detail``."""
+    problems = []
+    for e in exc.errors():
+        if e.get("type") == "json_invalid":
+            problems.append(f"body: malformed JSON ({e.get('ctx', {}).get('error', 'cannot parse')})")
+            continue
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{where}: {e.get('msg', 'invalid')}")
+    return JSONResponse(status_code=422, content={"error": "; ".join(problems),
+                                                  "detail": [{k: e.get(k) for k in ("loc", "msg", "type")}
+                                                             for e in exc.errors()]})
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, encoder, shards: list, vqa, index: str, timeout_s: float = 15.0):
+        self.encoder, self.shards, self.vqa, self.index = encoder, shards, vqa, Path(index)
+        self.timeout_s = timeout_s  # AppArgs.timeout_s
+        self.html = Path(__file__).with_name("page.html").read_text()
+        self.thumbnails = None
+
+    def _thumbnails(self):
+        from models.index import Thumbnails
+
+        if self.thumbnails is None and (self.index / "manifest.json").is_file():
+            self.thumbnails = Thumbnails(self.index)
+        return self.thumbnails
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page(self) -> str:
+        return self.html
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """What is loaded: the retriever, each index shard (rows, up or down) and PitVQANet."""
+        from models.index import read_manifest
+
+        async def ask(handle):
+            try:
+                return await asyncio.wait_for(handle.info.remote(), HEALTH_TIMEOUT_S)
+            except Exception as err:  # a dead or stuck replica: report it, do not fail the probe
+                return {"problem": f"not answering ({type(err).__name__})"}
+
+        encoder, vqa, *shards = await asyncio.gather(ask(self.encoder), ask(self.vqa),
+                                                     *(ask(s) for s in self.shards))
+        up = [s for s in shards if "rows" in s and not s.get("problem")]
+        manifest = read_manifest(self.index) if (self.index / "manifest.json").is_file() else {}
+        ready = encoder.get("loaded") and vqa.get("loaded") and len(up) == len(shards)
+        return {
+            "status": "ok" if ready else "degraded",
+            "search": {**encoder, "index": str(self.index), "index_size": manifest.get("count", 0),
+                       "shards": len(self.shards), "shards_up": len(up), "shard_rows": [s.get("rows", 0) for s in shards],
+                       "shard_nodes": [s.get("node") for s in shards],
+                       "problems": sorted({s["problem"] for s in shards if s.get("problem")})},
+            "vqa": vqa,
+        }
+
+    @api.post("/search", response_model=SearchResponse,
+              responses={422: {"description": "bad input", "model": ErrorResponse},
+                         500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
+                         503: {"description": "model or index missing, or every shard down", "model": ErrorResponse}})
+    async def search(self, request: SearchRequest):
+        from models.search import merge
+
+        started = time.perf_counter()
+        # The encoder's response goes to the shards as it is: each shard's replica fetches
+        # the query itself, which saves a round trip through this replica.
+        query = self.encoder.encode.remote(request.text)
+        answers = await asyncio.gather(
+            *(asyncio.wait_for(shard.search.remote(query, request.top_k, request.exact), self.timeout_s)
+              for shard in self.shards), return_exceptions=True)
+        bugs = [a for a in answers if isinstance(a, BaseException) and not _unavailable(a)]
+        if bugs:
+            return _bug("/search", bugs[0])
+        problems = {a["problem"] for a in answers if isinstance(a, dict) and "problem" in a}
+        if problems:
+            return error(503, sorted(problems)[0])
+        live = [a for a in answers if isinstance(a, dict) and "hits" in a]
+        if not live:
+            return error(503, f"the query encoder or all {len(self.shards)} index shards are not answering; try again")
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                log.warning("an index shard did not answer: %r", answer)
+        hits = merge([a["hits"] for a in live], request.top_k)
+        return SearchResponse(results=[Hit(video_id=v, score=s) for v, s in hits], partial=len(live) < len(answers),
+                              missing_shards=len(answers) - len(live), exact=request.exact,
+                              took_ms=round(1000 * (time.perf_counter() - started), 2))
+
+    @api.post("/vqa", response_model=VQAResponse,
+              responses={400: {"description": "the image does not decode", "model": ErrorResponse},
+                         413: {"description": "image too large", "model": ErrorResponse},
+                         422: {"description": "bad input", "model": ErrorResponse},
+                         500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
+                         503: {"description": "model missing or not answering", "model": ErrorResponse}})
+    async def vqa(self, request: VQARequest):
+        try:
+            out = await asyncio.wait_for(self.vqa.answer.remote((request.image, request.question)), self.timeout_s)
+        except Exception as err:
+            if not _unavailable(err):
+                return _bug("/vqa", err)
+            return error(503, f"the VQA model is not answering ({type(err).__name__}); try again")
+        if "problem" in out:
+            return error(503, out["problem"])
+        if "error" in out:
+            return error(out["status"], out["error"])
+        return VQAResponse(**out)
+
+    @api.get("/thumbnail/{video_id}", responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id"}})
+    def thumbnail(self, video_id: str):
+        """One frame of an indexed video, looked up by id in the index (never a path)."""
+        store = self._thumbnails()
+        data = store.get(video_id) if store else None
+        if data is None:
+            return error(404, f"no thumbnail for video id {video_id!r}")
+        return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
