@@ -21,6 +21,9 @@ def connect():
 
     if not ray.is_initialized():
         ray.init(address=None if os.environ.get("RAY_ADDRESS") or _cluster_running() else "local")
+    from .resources import note_free_resources
+
+    note_free_resources()
     context = ray.data.DataContext.get_current()
     context.print_on_execution_start = False
     # Workers (Ray Train's dataset splits) have no terminal: no tqdm lines relayed from them.

@@ -42,3 +42,35 @@ def training_scale(num_workers: int | None, use_gpu: bool | None) -> tuple[int, 
     if workers > have:
         return f"--num_workers {workers} needs {workers} {'GPUs' if use_gpu else 'CPUs'}; the cluster has {have}"
     return workers, use_gpu
+
+
+_free_at_start: dict[str, float] = {}
+
+
+def note_free_resources() -> None:
+    """Remember the CPUs and GPUs free when the job connected (``connect`` calls this)."""
+    import ray
+
+    free = ray.available_resources()
+    _free_at_start.update({kind: free.get(kind, 0.0) for kind in ("CPU", "GPU")})
+
+
+def wait_until_released(timeout_s: float = 20.0) -> None:
+    """Block until the CPUs and GPUs free when the job connected are free again, or
+    ``timeout_s`` passes.
+
+    Ray tears down a finished stage's actors (a Ray Data pool, Ray Train's worker group)
+    asynchronously; a stage started at once finds no free CPU and waits for them (Ray Data
+    warns that the job "will hang"). A job calls this between its stages. What other jobs
+    on the cluster hold is not waited for.
+    """
+    import time
+
+    import ray
+
+    deadline = time.time() + timeout_s
+    while _free_at_start and time.time() < deadline:
+        free = ray.available_resources()
+        if all(free.get(kind, 0.0) >= need for kind, need in _free_at_start.items()):
+            return
+        time.sleep(0.2)

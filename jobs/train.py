@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -78,7 +79,14 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
         ),
         datasets={"train": data.train, "val": data.val},
     )
-    return trainer.fit()
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        # fit() leaves its Ctrl-C handler installed, and the handler holds Ray Train's
+        # controller actor (and through it the dataset-split actors) alive until the job
+        # ends: four idle processes beside the evaluation and indexing that follow.
+        signal.signal(signal.SIGINT, sigint)
 
 
 def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]]:
@@ -126,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import connect, training_scale
+    from cluster import connect, training_scale, wait_until_released
     from jobs.build import build_model_config, build_tokenizer
     from jobs.data import DataError, load_data, read_source
     from jobs.evaluate import evaluate, evaluate_checkpoint
@@ -157,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     result = fit(args, data, tokenizer, model_config, workers, use_gpu)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
+    wait_until_released()  # Ray Train's worker group goes down asynchronously
     videos = None
     if args.kind == "retriever":  # one encoding of the videos: the index (all) and the evaluation (test)
         from jobs.index import build_index
