@@ -5,10 +5,13 @@
 
 Without ``--url`` it starts a local Ray, builds a 10k-video synthetic index with the trained
 retriever (``bench/search.py``'s, cached) and runs ``serve.build_app`` on 127.0.0.1 with
-``runs/pitvqa/checkpoint`` for ``/vqa``. Each (route, concurrency) level sends at most
-``--requests`` requests or runs ``--seconds``, whichever ends first, from that many client
-threads with keep-alive connections. Traffic goes to 127.0.0.1 only. Prints a table, then
-one JSON line.
+``runs/pitvqa/checkpoint`` for ``/vqa``, once per ``--modes`` entry, each on a fresh Ray:
+``default`` (Ray Serve as it comes) and ``throughput`` (``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``,
+Serve's own throughput-optimised settings: gRPC between replicas, direct ingress, user code
+on the replica's event loop), so the two are measured side by side with their ratio. Each
+(route, concurrency) level sends at most ``--requests`` requests or runs ``--seconds``,
+whichever ends first, from that many client threads with keep-alive connections. Traffic
+goes to 127.0.0.1 only. Prints a table, then one JSON line.
 """
 from __future__ import annotations
 
@@ -84,14 +87,21 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
             "p99_ms": float(np.percentile(ms, 99)), "error_examples": [str(e) for e in errors[:3]]}
 
 
-def start_app(checkpoint: Path, vqa_checkpoint: Path, videos: int, shards: int) -> str:
+MODES = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+
+
+def start_app(checkpoint: Path, vqa_checkpoint: Path, index: Path, shards: int, mode: str) -> str:
+    """The app on a fresh local Ray whose processes start with ``MODES[mode]`` in their environment."""
+    import os
+
     import ray
     from ray import serve
 
-    from bench.search import synthetic_index
     from serve import AppArgs, build_app
 
-    index = synthetic_index(checkpoint, videos)
+    for name in set().union(*MODES.values()):
+        os.environ.pop(name, None)
+    os.environ.update(MODES[mode])
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
     with socket.socket() as s:  # a free port
         s.bind(("127.0.0.1", 0))
@@ -112,21 +122,56 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,16")
     parser.add_argument("--requests", type=int, default=500, help="at most this many requests per level")
     parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per level")
+    parser.add_argument("--modes", default="default,throughput",
+                        help=f"Serve settings to compare when starting the app: {', '.join(MODES)}")
     args = parser.parse_args(argv)
-    if args.url is None:
-        checkpoint = Path(args.checkpoint).resolve()
-        if not (checkpoint / "config.json").is_file():
-            print(f"bench/serve.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)", file=sys.stderr)
+    if args.url is not None:
+        url = urlparse(args.url)
+        if url.hostname not in ("127.0.0.1", "localhost", "::1"):
+            print("bench/serve.py: error: --url must be on loopback (127.0.0.1)", file=sys.stderr)
             return 2
-        args.url = start_app(checkpoint, Path(args.vqa_checkpoint).resolve(), args.videos, args.shards)
-    url = urlparse(args.url)
-    if url.hostname not in ("127.0.0.1", "localhost", "::1"):
-        print("bench/serve.py: error: --url must be on loopback (127.0.0.1)", file=sys.stderr)
+        print(json.dumps({"bench": "serve", "machine": platform.machine(), **measure(args.url, args)}))
+        return 0
+    modes = args.modes.split(",")
+    if not set(modes) <= set(MODES):
+        print(f"bench/serve.py: error: --modes: choose from {', '.join(MODES)}", file=sys.stderr)
         return 2
+    checkpoint = Path(args.checkpoint).resolve()
+    if not (checkpoint / "config.json").is_file():
+        print(f"bench/serve.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)", file=sys.stderr)
+        return 2
+    import ray
+    from ray import serve
+
+    from bench.search import synthetic_index
+
+    index = synthetic_index(checkpoint, args.videos)
+    runs = {}
+    for mode in modes:
+        print(f"\n== {mode}: {MODES[mode] or 'Ray Serve as it comes'}", flush=True)
+        runs[mode] = measure(start_app(checkpoint, Path(args.vqa_checkpoint).resolve(), index, args.shards, mode), args)
+        serve.shutdown()
+        ray.shutdown()
+    ratios = {}
+    if len(runs) == 2:
+        (first, a), (second, b) = runs.items()
+        for ra, rb in zip(a["rows"], b["rows"]):
+            ratios[f"{ra['route']} c{ra['concurrency']}"] = {
+                "p50": round(rb["p50_ms"] / ra["p50_ms"], 3), "rps": round(rb["rps"] / ra["rps"], 3)}
+        print(f"\n{second} / {first}:")
+        for level, ratio in ratios.items():
+            print(f"  {level:<12} p50 x{ratio['p50']:.2f}  req/s x{ratio['rps']:.2f}")
+    print(json.dumps({"bench": "serve", "machine": platform.machine(), "modes": runs, "ratios": ratios}))
+    return 0
+
+
+def measure(base_url: str, args) -> dict:
+    """Every (route, concurrency) level against the service at ``base_url``; prints the table."""
+    url = urlparse(base_url)
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     connection.request("GET", "/healthz")
     health = json.loads(connection.getresponse().read())
-    print(f"service at {args.url}: index {health['search']['index_size']} videos in {health['search']['shards']} "
+    print(f"service at {base_url}: index {health['search']['index_size']} videos in {health['search']['shards']} "
           f"shards; retriever loaded: {health['search']['loaded']}; VQA loaded: {health['vqa']['loaded']}")
     routes = {"/search": [json.dumps({"text": q, "top_k": 10}).encode() for q in QUERIES]}
     if health["vqa"]["loaded"]:
@@ -140,9 +185,8 @@ def main(argv=None) -> int:
     for r in rows:
         print(f"{r['route']:<8} {r['concurrency']:>4} {r['requests']:>8} {r['rps']:>7.1f} {r['p50_ms']:>7.1f} "
               f"{r['p99_ms']:>7.1f} {r['errors']:>6}")
-    print(json.dumps({"bench": "serve", "machine": platform.machine(), "url": args.url,
-                      "index_size": health["search"]["index_size"], "shards": health["search"]["shards"], "rows": rows}))
-    return 0
+    return {"url": base_url, "index_size": health["search"]["index_size"], "shards": health["search"]["shards"],
+            "rows": rows}
 
 
 if __name__ == "__main__":

@@ -11,32 +11,30 @@ Ray comes from ``RAY_ADDRESS`` or starts locally.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from jobs.cli import Parser, fail, positive_float, positive_int  # noqa: E402
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one clear line and exit code 2, never a traceback
-        self.exit(2, f"{self.prog}: error: {message}\n")
+PROG = "jobs/decode.py"
 
 
 def parse_args(argv):
-    parser = _Parser(prog="jobs/decode.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog=PROG, description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     clips = sub.add_parser("clips", help="videos -> Parquet shards of sampled frames")
-    clips.add_argument("--features_path", "--features-path", required=True, help="folder of videos")
-    clips.add_argument("--output_dir", "--output-dir", required=True)
-    clips.add_argument("--max_frames", "--max-frames", type=int, default=12)
-    clips.add_argument("--feature_framerate", "--feature-framerate", type=float, default=1.0)
-    clips.add_argument("--slice_framepos", "--slice-framepos", type=int, choices=(0, 1, 2), default=2)
-    clips.add_argument("--image_size", "--image-size", type=int, default=224)
-    clips.add_argument("--workers", type=int, default=None, help="decoding actors (default: the cluster's CPUs)")
+    clips.add_argument("--features_path", required=True, help="folder of videos")
+    clips.add_argument("--output_dir", required=True, help="clips/ and skipped.jsonl go here")
+    clips.add_argument("--max_frames", type=positive_int, default=12, help="frames per clip")
+    clips.add_argument("--feature_framerate", type=positive_float, default=1.0, help="frames per second sampled")
+    clips.add_argument("--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform")
+    clips.add_argument("--image_size", type=positive_int, default=224, help="side of the square frames")
+    clips.add_argument("--workers", type=positive_int, default=None, help="decoding actors (default: the cluster's CPUs)")
     frames = sub.add_parser("pitvqa-frames", help="raw PitVQA videos -> 1 fps, preprocessed PNG frames")
     frames.add_argument("--videos", required=True, help="folder of video_XX.mp4 files")
-    frames.add_argument("--data_root", "--data-root", required=True)
+    frames.add_argument("--data_root", required=True, help="the dataset root: images/video_XX/ go here")
     return parser.parse_args(argv)
 
 
@@ -48,12 +46,10 @@ def main(argv: list[str] | None = None) -> int:
 
     source = Path(args.features_path if args.command == "clips" else args.videos)
     if not source.is_dir():
-        print(f"jobs/decode.py: error: {source} is not a folder", file=sys.stderr)
-        return 2
+        return fail(PROG, f"{source} is not a folder")
     videos = find_videos(source)
     if not videos:
-        print(f"jobs/decode.py: error: no video files in {source}", file=sys.stderr)
-        return 2
+        return fail(PROG, f"no video files in {source}")
     from cluster import connect
 
     connect()
@@ -63,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             spec = ClipSpec(args.feature_framerate, args.max_frames, args.slice_framepos, args.image_size)
         except ValueError as err:
-            print(f"jobs/decode.py: error: {err}", file=sys.stderr)
-            return 2
+            return fail(PROG, str(err))
         written, report = write_clips(videos, args.output_dir, spec, args.workers)
         print(f"decoded {written} of {len(videos)} videos into {Path(args.output_dir) / 'clips'}")
         print(report.summary("decode") + f"; report: {Path(args.output_dir) / 'skipped.jsonl'}")

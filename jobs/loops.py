@@ -30,7 +30,9 @@ from transformers import get_cosine_schedule_with_warmup
 from jobs.metrics import retrieval_metrics, vqa_metrics
 from models import (
     ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, clamp_logit_scale_, save_checkpoint,
+    token_wise_scores,
 )
+from models.encode import encode_tokens, encode_videos
 
 FAILURE_MARKER = ".injected_failure"
 HISTORY = "history.json"  # in each checkpoint: every epoch's row so far
@@ -153,22 +155,23 @@ def _batches(shard, config: dict, epoch: int | None = None):
 
 @torch.no_grad()
 def validate_retriever(model: Retriever, shard, config: dict) -> dict:
-    """Test-set t2v/v2t metrics: each worker encodes its shard; the features are gathered
-    and every worker scores the full matrix exactly (so all ranks agree on the best epoch)."""
+    """Test-set t2v/v2t metrics: each worker encodes its shard (``models.encode``, as the
+    final evaluation does); the encodings are gathered and every worker scores the full
+    matrix with the evaluation's kernel (so all ranks agree on the best epoch)."""
     model.eval()
     parts = []
     for batch in _batches(shard, config):
-        text = model.encode_text(batch["input_ids"], batch["attention_mask"])
-        video = model.encode_video(batch["pixel_values"], batch["frame_mask"])
-        parts.append([t.cpu() for t in (*text, *video, batch["video_index"])])
+        text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
+        video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
+        parts.append([t.cpu() for t in (text.tokens, text.weights, video.tokens, video.weights, batch["video_index"])])
     gathered = [p for worker in gather_objects(parts) for p in worker]
     if not gathered:
         return {}
-    text_feat, text_mask, video_feat, video_mask, video_index = (torch.cat(x) for x in zip(*gathered))
+    text, text_weight, video, video_weight, video_index = (torch.cat(x) for x in zip(*gathered))
     keep = np.unique(video_index.numpy(), return_index=True)[1]  # one column per video, ordered by index
     device = ray.train.torch.get_device()
-    scores = model.similarity(text_feat.to(device), video_feat[keep].to(device), text_mask.to(device),
-                              video_mask[keep].to(device)).cpu()
+    scores = token_wise_scores(text.to(device), text_weight.to(device), video[keep].to(device),
+                               video_weight[keep].to(device)).cpu()
     column = {int(v): i for i, v in enumerate(video_index[keep])}
     metrics = retrieval_metrics(scores.numpy(), np.array([column[int(v)] for v in video_index]))
     return {"R@1": metrics["t2v"]["R@1"], "R@5": metrics["t2v"]["R@5"], "R@10": metrics["t2v"]["R@10"],

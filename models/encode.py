@@ -41,13 +41,20 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def encode_texts(model, tokenizer, texts: list[str]) -> Encoded:
-    """Captions or queries -> ``Encoded`` with T = ``max_words``, on the model's device."""
+def encode_tokens(model, input_ids, attention_mask) -> Encoded:
+    """Token ids ``[A, L]`` and their mask (tensors or arrays) -> ``Encoded`` with T = L (1
+    for dot product), on the model's device."""
     device = _device(model)
-    ids = tokenize(tokenizer, list(texts), model.config.max_words)
-    feat, mask = model.encode_text(ids["input_ids"].to(device), ids["attention_mask"].to(device))
+    feat, mask = model.encode_text(torch.as_tensor(input_ids, device=device),
+                                   torch.as_tensor(attention_mask, device=device))
     tokens, weights = model.prepare_text(feat, mask)
     return Encoded(tokens, weights, pooled(tokens, weights))
+
+
+def encode_texts(model, tokenizer, texts: list[str]) -> Encoded:
+    """Captions or queries -> ``Encoded``, tokenized to the model's ``max_words``."""
+    ids = tokenize(tokenizer, list(texts), model.config.max_words)
+    return encode_tokens(model, ids["input_ids"], ids["attention_mask"])
 
 
 @torch.no_grad()

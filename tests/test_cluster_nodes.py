@@ -10,6 +10,8 @@ import pytest
 from jobs import train
 from test_train_job import history, retriever_args
 
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
+
 
 RESUME_BOUND_S = 420  # the 3 epochs left take ~1-2 min; the evaluation ~30 s
 
@@ -63,11 +65,11 @@ def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_d
     curves = {}
     for strategy in ("STRICT_PACK", "STRICT_SPREAD"):
         out = tmp_path / strategy
-        args = retriever_args(synthetic_dir, out, "--epochs", "3", "--num_workers", "2",
-                              "--placement_strategy", strategy, "--index", "0")
+        args = retriever_args(synthetic_dir, out, "--epochs", "2", "--num_workers", "2",
+                              "--placement_strategy", strategy, "--no-index")
         assert train.main(args) == 0
         rows = history(out)
-        assert [row["epoch"] for row in rows] == [1, 2, 3]
+        assert [row["epoch"] for row in rows] == [1, 2]
         nodes = {len(set(row["worker_nodes"])) for row in rows}
         assert nodes == ({1} if strategy == "STRICT_PACK" else {2}), rows
         # Each worker holds 4 pairs a step; the loss saw the 8 pairs of both.
@@ -81,7 +83,7 @@ def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_d
     # between two runs on one node). The first epoch starts from the same weights on the
     # same data; after it, the tolerance covers that run-to-run spread on 80 rows.
     assert two[0] == pytest.approx(one[0], rel=0.05)
-    assert sum(two) / 3 == pytest.approx(sum(one) / 3, rel=0.15)
+    assert sum(two) / 2 == pytest.approx(sum(one) / 2, rel=0.15)
     assert two[-1] < two[0] and one[-1] < one[0]
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
+
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
 
@@ -25,7 +27,8 @@ def free_port() -> int:
 
 @pytest.fixture
 def head_node(tmp_path):
-    """``ray start --head --block`` in its own process group; stopped (SIGTERM) afterwards."""
+    """``ray start --head --block`` in its own process group; killed with its daemons afterwards
+    (SIGKILL to the group: a graceful stop takes half a minute, and nothing of it is reused)."""
     gcs_port, dashboard_port = free_port(), free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     # The tests' own Ray already holds the default agent ports (52365 and others); a second
@@ -50,7 +53,7 @@ def head_node(tmp_path):
         head.kill()
         pytest.fail(f"the head node did not start: {(tmp_path / 'head.log').read_text()[-2000:]}")
     yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
+    os.killpg(head.pid, signal.SIGKILL)
     head.wait(timeout=60)
     # `ray start` left its address for later bare ray.init() calls; it now points at nothing.
     current = Path("/tmp/ray/ray_current_cluster")
@@ -58,7 +61,6 @@ def head_node(tmp_path):
         current.unlink()
 
 
-@pytest.mark.slow
 def test_ray_job_submit_runs_the_training_job(head_node, synthetic_dir, tmp_path):
     address, env = head_node
     out = tmp_path / "run"

@@ -11,7 +11,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 60 epochs of a whole job
 def test_the_seeds_pitvqa_command_runs_as_printed(ray_local, tmp_path):
     """``python jobs/train.py --dataset=pit24 --data_root=DIR --epochs=60 --batch_size=64
     --lr=0.00002``, word for word, from a folder laid out like the repository root."""

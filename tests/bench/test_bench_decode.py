@@ -1,6 +1,7 @@
 """bench/decode.py runs end to end on a small folder (a smoke test, never a speed assertion).
 
 It runs as a user runs it, in its own process with its own Ray."""
+import pytest
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 
 from ingest.synthetic import make_msrvtt
 from ingest.video import ClipSpec, decode_clip, find_videos
+
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
+
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"build", "train_retriever", "evaluate_retriever", "index", "train_pitvqa", "evaluate_pitvqa", "serve"}
 
 
-@pytest.mark.slow
 def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     done = subprocess.run(
         [sys.executable, "bench/full_size.py", "--size", "small", "--work_dir", str(tmp_path),

@@ -2,11 +2,14 @@
 
 It runs as a user runs it, in its own process with its own Ray: Ray Train's detached
 helpers from a fit() inside the shared test Ray were seen to stall later Ray Data jobs of
-the same session (see NOTES.md)."""
+the same session (see docs/decisions.md)."""
+import pytest
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +22,8 @@ def test_train_bench_runs_both_loops():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["ray_worker_threads"] == 1
+    assert summary["ray_worker_threads"] == 1  # --threads reached the Ray Train worker
     assert summary["samples_per_s"]["plain"] > 0 and summary["samples_per_s"]["ray_train"] > 0
-    assert summary["ratio"] == summary["samples_per_s"]["ray_train"] / summary["samples_per_s"]["plain"]
+    assert summary["ray_fit_seconds"] > 0
+    # The table a person reads names both loops.
+    assert "plain" in done.stdout and "Ray Train" in done.stdout

@@ -1,7 +1,11 @@
 """bench/wti.py runs end to end at a small size (a smoke test, never a speed assertion)."""
 import json
 
+import pytest
+
 from bench.wti import main
+
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
 
 def test_wti_bench_runs_and_agrees(capsys):

@@ -80,3 +80,13 @@ def test_masked_mean_ignores_pads(gpt2_tokenizer):
         short_logits = model(pixels, short["input_ids"], short["attention_mask"])
     # Pads sit after the question, GPT-2 is causal and BLIP masks them: same answer.
     assert torch.allclose(long_logits, short_logits, atol=1e-5)
+
+
+def test_building_the_model_leaves_its_config_as_given(gpt2_tokenizer):
+    config = PitVQAConfig.tiny(vocab_size=len(gpt2_tokenizer))
+    config.text_config = {**config.text_config, "vocab_size": 30524}  # BLIP's, as PitVQAConfig.base has it
+    before = config.to_dict()
+    model = PitVQANet(config)
+    assert config.to_dict() == before
+    # The model's own copy records the text vocabulary it resized to, for its checkpoint.
+    assert model.config.text_config["vocab_size"] == len(gpt2_tokenizer)

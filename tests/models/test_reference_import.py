@@ -208,9 +208,13 @@ def retrieval_inputs(bpe_path):
     return ids, pixels, video_mask
 
 
+SLOW = pytest.mark.slow  # the fast tier keeps one case of each reference
+
+
 @pytest.mark.parametrize("kind,sim_header,interaction,wti_arch", [
-    ("drl", "seqTransf", "wti", 2), ("drl", "meanP", "wti", 3), ("drl", "seqTransf", "ti", 2),
-    ("clip4clip", "seqTransf", "dp", 2), ("clip4clip", "meanP", "dp", 2),
+    ("drl", "seqTransf", "wti", 2), pytest.param("drl", "meanP", "wti", 3, marks=SLOW),
+    pytest.param("drl", "seqTransf", "ti", 2, marks=SLOW),
+    ("clip4clip", "seqTransf", "dp", 2), pytest.param("clip4clip", "meanP", "dp", 2, marks=SLOW),
 ])
 def test_reference_state_dict_imports_exactly(oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch):
     reference = ReferenceRetriever(tiny_openai_clip(oc), sim_header, interaction, wti_arch).eval()
@@ -234,6 +238,7 @@ def test_reference_state_dict_imports_exactly(oc, bpe_path, tmp_path, kind, sim_
         assert not any("weight_fc" in k for k in model.state_dict())
 
 
+@pytest.mark.slow
 def test_unrepresentable_reference_files_are_refused_whole(oc, bpe_path, tmp_path):
     reference = ReferenceRetriever(tiny_openai_clip(oc), "meanP", "dp")
     state = reference.state_dict()
@@ -347,7 +352,7 @@ class RunsCode:
         return self.func, (self.arg,)
 
 
-@pytest.mark.parametrize("func", [os.system, eval, subprocess.getoutput])
+@pytest.mark.parametrize("func", [os.system, pytest.param(eval, marks=SLOW), pytest.param(subprocess.getoutput, marks=SLOW)])
 def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, func):
     marker = tmp_path / "ran"
     payload = f"touch {marker}" if func is not eval else f"open({str(marker)!r}, 'w')"

@@ -61,6 +61,7 @@ def test_two_stage_equals_exact(app_url):
                                    atol=1e-5)
 
 
+@pytest.mark.slow  # deploys an app of its own
 def test_two_shards_merge_to_what_one_shard_answers(app_url, serve_port, trained_retriever, rendered_index,
                                                     pitvqa_checkpoint):
     one = run_app(serve_port, "one", checkpoint=str(trained_retriever), index=str(rendered_index),
@@ -157,6 +158,7 @@ def test_a_burst_of_concurrent_requests_has_no_errors(app_url):
     assert statuses == [200] * 64
 
 
+@pytest.mark.slow  # deploys an app of its own
 def test_a_killed_shard_gives_partial_answers_until_it_is_back(serve_port, trained_retriever, rendered_index,
                                                                pitvqa_checkpoint):
     """With a 1 s wait per shard, the answers while the killed shard's replacement starts

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
+
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))  # open_clip_ref, the reference layouts
 
 
@@ -49,7 +51,6 @@ def imported_pitvqa(tmp_path_factory, gpt2_tokenizer):
     return folder / "checkpoint"
 
 
-@pytest.mark.slow
 def test_imported_checkpoints_evaluate_index_and_serve(ray_local, imported_drl, imported_pitvqa, synthetic_msrvtt,
                                                        serve_port, tmp_path):
     from jobs import evaluate, index

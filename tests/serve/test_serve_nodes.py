@@ -8,6 +8,8 @@ from ray import serve
 
 from serve_helpers import call, run_app
 
+pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
+
 RECOVERY_BOUND_S = 120
 
 
