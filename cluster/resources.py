@@ -70,7 +70,8 @@ def wait_until_released(timeout_s: float = 20.0) -> None:
 
     deadline = time.time() + timeout_s
     while _free_at_start and time.time() < deadline:
-        free = ray.available_resources()
-        if all(free.get(kind, 0.0) >= need for kind, need in _free_at_start.items()):
+        free, total = ray.available_resources(), ray.cluster_resources()
+        # A node lost since the start takes its CPUs with it: wait for what is still there.
+        if all(free.get(kind, 0.0) >= min(need, total.get(kind, 0.0)) for kind, need in _free_at_start.items()):
             return
         time.sleep(0.2)

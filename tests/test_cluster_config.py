@@ -115,3 +115,26 @@ def test_sizes_follow_the_gpus(ray_local):
     assert use_gpus(None) is False and use_gpus(True) == "--use_gpu: the Ray cluster has no GPU"
     assert training_scale(None, None) == (1, False) and training_scale(2, False) == (2, False)
     assert training_scale(64, None) == "--num_workers 64 needs 64 CPUs; the cluster has 2"
+
+
+def test_wait_until_released_waits_for_a_finished_stages_cpu(ray_local):
+    import threading
+    import time
+
+    from cluster.resources import note_free_resources, wait_until_released
+
+    note_free_resources()
+
+    @ray_local.remote(num_cpus=1)
+    class Stage:
+        def ready(self):
+            return True
+
+    stage = Stage.remote()
+    ray_local.get(stage.ready.remote())  # holds one CPU, as a pool that is still being torn down
+    threading.Timer(1.0, ray_local.kill, args=(stage,)).start()
+    started = time.time()
+    wait_until_released(timeout_s=20)
+    waited = time.time() - started
+    assert 0.9 <= waited < 15, waited
+    assert ray_local.available_resources().get("CPU", 0) >= 2

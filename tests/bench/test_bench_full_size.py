@@ -19,7 +19,7 @@ STAGES = {"build", "train_retriever", "evaluate_retriever", "index", "train_pitv
 def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     done = subprocess.run(
         [sys.executable, "bench/full_size.py", "--size", "small", "--work_dir", str(tmp_path),
-         "--train_videos", "8", "--test_videos", "4"],
+         "--train_videos", "4", "--test_videos", "2", "--batch_size", "4"],
         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "local"},
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
@@ -29,5 +29,5 @@ def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     assert summary["stages"]["train_pitvqa"]["samples_per_second"] > 0
     assert summary["stages"]["serve"]["search_seconds"] > 0 and summary["stages"]["serve"]["vqa_seconds"] > 0
     metrics = json.loads((tmp_path / "wti" / "eval" / "metrics.json").read_text())
-    assert metrics["num_videos"] == 4
+    assert metrics["num_videos"] == 2
     assert json.loads((tmp_path / "pitvqa" / "eval" / "metrics.json").read_text())["num_classes"] == 59
