@@ -123,3 +123,22 @@ def test_importing_serve_starts_nothing_and_the_config_is_valid():
     AppArgs(**config.applications[0].args)
     with pytest.raises(ValueError):
         AppArgs(num_shards=0)
+
+
+def test_a_shards_health_check_runs_a_real_query_and_can_fail(rendered_index):
+    """The shard's class outside Serve: healthy on its slice, unhealthy once its frames are
+    no longer the ones it answered from at start-up."""
+    import torch
+
+    from serve.replicas import IndexShard
+
+    threads = torch.get_num_threads()  # a CPU replica sets one thread for its process
+    try:
+        shard = IndexShard.func_or_class(str(rendered_index), 0, 2, candidates=96)
+        assert shard.rows == 300
+        shard.check_health()
+        shard.frames[:, :, :] = shard.frames.flip(0)  # the slice's memory corrupted
+        with pytest.raises(RuntimeError, match="probe query"):
+            shard.check_health()
+    finally:
+        torch.set_num_threads(threads)
