@@ -4,10 +4,10 @@
     python jobs/evaluate.py --checkpoint runs/pitvqa/checkpoint         # synthetic pit24 validation set
     python jobs/evaluate.py --checkpoint DIR --val_csv ... --data_path ... --features_path ... --train_csv ...
 
-Retrieval: the test captions and videos are encoded on Ray Data (``jobs.encode``), the
-``[texts, videos]`` similarity matrix is computed sharded (each Ray worker scores every
-text against its slice of the videos with the exact kernel) and the shards are merged for
-t2v/v2t R@1/5/10, MdR and MnR. VQA: accuracy, macro P/R/F1, balanced accuracy and the
+Retrieval: the test captions and videos are encoded on Ray Data (``jobs.encode``); each
+Ray task scores every text against its slice of the videos with the exact kernel and
+returns rank counts, not scores (``jobs.similarity``), so no process ever holds the
+``[texts, videos]`` matrix; t2v/v2t R@1/5/10, MdR and MnR follow from the ranks. VQA: accuracy, macro P/R/F1, balanced accuracy and the
 majority-class baseline. Writes ``metrics.json`` and PNG plots.
 """
 from __future__ import annotations
@@ -33,9 +33,9 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
 
     from cluster import per_gpu
     from jobs.encode import TextEncoder, collect, encode
-    from jobs.metrics import retrieval_metrics, retrieval_ranks
+    from jobs.metrics import metrics_from_ranks
     from jobs.plots import plot_recall_curve
-    from jobs.similarity import sharded_similarity
+    from jobs.similarity import sharded_ranks
 
     output_dir.mkdir(parents=True, exist_ok=True)
     captions = ray.data.from_items([{"row": i, "caption": c} for i, (_, c) in enumerate(test_pairs)])
@@ -46,14 +46,14 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
     column = {video_id: i for i, video_id in enumerate(test_video_ids)}
     text_video = np.array([column[video_id] for video_id, _ in test_pairs])
     num_shards = num_shards or per_gpu(use_gpu, cpu_default=2)
-    sim = sharded_similarity(
+    t2v, v2t, num_shards = sharded_ranks(
         torch.from_numpy(texts["tokens"][text_order]), torch.from_numpy(texts["weights"][text_order]),
-        torch.from_numpy(videos["tokens"][video_order]),
-        torch.from_numpy(videos["weights"][video_order]),
-        num_shards=num_shards, use_gpu=use_gpu, dtype=torch.float16 if use_gpu else None,
+        torch.from_numpy(videos["tokens"][video_order]), torch.from_numpy(videos["weights"][video_order]),
+        text_video, num_shards=num_shards, use_gpu=use_gpu, dtype=torch.float16 if use_gpu else None,
     )
-    metrics = {**retrieval_metrics(sim, text_video), "num_shards": num_shards, "checkpoint": str(checkpoint)}
-    plot_recall_curve(*retrieval_ranks(sim, text_video), output_dir / "recall.png")
+    metrics = {**metrics_from_ranks(t2v, v2t, len(test_video_ids)), "num_shards": num_shards,
+               "checkpoint": str(checkpoint)}
+    plot_recall_curve(t2v, v2t, output_dir / "recall.png")
     _write(metrics, output_dir)
     return metrics
 

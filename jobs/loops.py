@@ -27,10 +27,11 @@ from safetensors.torch import load_model
 from torch import nn
 from transformers import get_cosine_schedule_with_warmup
 
-from jobs.metrics import retrieval_metrics, vqa_metrics
+from jobs.metrics import metrics_from_ranks, vqa_metrics
+from jobs.similarity import best_caption_ranks
 from models import (
     ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, clamp_logit_scale_, save_checkpoint,
-    token_wise_scores,
+    token_wise_rank_counts, token_wise_true_scores,
 )
 from models.encode import encode_tokens, encode_videos
 
@@ -150,32 +151,99 @@ def _batches(shard, config: dict, epoch: int | None = None):
     return torch_batches(shard, _local_batch(config), config["seed"] + epoch)
 
 
+class EveryValidationRow(ray.train.DataConfig):
+    """Ray Train's dataset split: ``train`` into equal shards (as by default: every worker
+    takes the same number of steps, which DDP needs), ``val`` into shards that keep every
+    row. The default is ``equal=True`` for every dataset, which drops rows to even the
+    shards out: with 3 workers and 49 test videos the best epoch was chosen on 48."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        out = super().configure({k: v for k, v in datasets.items() if k != "val"}, world_size, worker_handles,
+                                worker_node_ids, **kwargs)
+        if "val" in datasets:
+            val = datasets["val"]
+            if val.name is None:
+                val.set_name("val")
+            val = val.copy(val)
+            val.context.execution_options = self._resolve_execution_options("val")
+            hints = worker_node_ids if self._enable_shard_locality else None
+            for shard, split in zip(out, val.streaming_split(world_size, equal=False, locality_hints=hints)):
+                shard["val"] = split
+        return out
+
+
 # --- the retriever (DRL) ----------------------------------------------------------------
+
+
+def _all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Every worker's rows of ``tensor`` (any count, 0 included) in rank order, as one
+    tensor: padded to the largest count for the collective, then trimmed."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
+    padded = tensor.new_zeros((int(max(counts)), *tensor.shape[1:]))
+    padded[: len(tensor)] = tensor
+    parts = [torch.zeros_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[: int(n)] for part, n in zip(parts, counts)])
+
+
+def _all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
 
 
 @torch.no_grad()
 def validate_retriever(model: Retriever, shard, config: dict) -> dict:
-    """Test-set t2v/v2t metrics: each worker encodes its shard (``models.encode``, as the
-    final evaluation does); the encodings are gathered and every worker scores the full
-    matrix with the evaluation's kernel (so all ranks agree on the best epoch)."""
+    """Test-set t2v/v2t metrics without any worker holding the ``[texts, videos]`` matrix.
+
+    Each worker encodes its share of the rows (``models.encode``, as the final evaluation).
+    The texts are all-gathered (``A x L x D``, small); each video is scored by one worker
+    (the lowest rank that holds a caption of it) against all texts, and the rank counts
+    are all-reduced (``models.token_wise_rank_counts``, the evaluation's kernel), so every
+    worker computes the same metrics from every row.
+    """
     model.eval()
+    device = ray.train.torch.get_device()
     parts = []
     for batch in _batches(shard, config):
         text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
         video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
-        parts.append([t.cpu() for t in (text.tokens, text.weights, video.tokens, video.weights, batch["video_index"])])
-    gathered = [p for worker in gather_objects(parts) for p in worker]
-    if not gathered:
+        parts.append((text.tokens, text.weights, video.tokens, video.weights, batch["video_index"].to(device)))
+    # A worker whose share is empty still joins the collectives, with empty tensors of the
+    # others' shapes (text tokens, frames, dim).
+    shape = torch.tensor(parts[0][0].shape[1:] + parts[0][2].shape[1:2] if parts else (0, 0, 0), device=device)
+    tokens, dim, frames = _all_reduce(shape, dist.ReduceOp.MAX if dist.is_available() else None).tolist()
+    parts = parts or [(torch.zeros(0, tokens, dim, device=device), torch.zeros(0, tokens, device=device),
+                       torch.zeros(0, frames, dim, device=device), torch.zeros(0, frames, device=device),
+                       torch.zeros(0, dtype=torch.long, device=device))]
+    text, text_weight, video, video_weight, video_index = (torch.cat(x) for x in zip(*parts))
+    rank = ray.train.get_context().get_world_rank()
+    all_index = _all_gather_rows(video_index)
+    if not len(all_index):
         return {}
-    text, text_weight, video, video_weight, video_index = (torch.cat(x) for x in zip(*gathered))
-    keep = np.unique(video_index.numpy(), return_index=True)[1]  # one column per video, ordered by index
-    device = ray.train.torch.get_device()
-    scores = token_wise_scores(text.to(device), text_weight.to(device), video[keep].to(device),
-                               video_weight[keep].to(device)).cpu()
-    column = {int(v): i for i, v in enumerate(video_index[keep])}
-    metrics = retrieval_metrics(scores.numpy(), np.array([column[int(v)] for v in video_index]))
+    all_text, all_weight = _all_gather_rows(text), _all_gather_rows(text_weight)
+    owner_of_row = _all_gather_rows(torch.full_like(video_index, rank))
+    owner = torch.full((int(all_index.max()) + 1,), 1 << 30, dtype=torch.long, device=device)
+    owner.scatter_reduce_(0, all_index, owner_of_row, reduce="amin")  # each video: its lowest-ranked holder
+    mine = owner[video_index] == rank
+    local_ids, first = np.unique(video_index[mine].cpu().numpy(), return_index=True)
+    local_video, local_weight = video[mine][first], video_weight[mine][first]
+    position = torch.full_like(owner, -1)
+    position[torch.as_tensor(local_ids, device=device, dtype=torch.long)] = torch.arange(len(local_ids), device=device)
+    columns = position[all_index]  # each text's video among this worker's, or -1
+    true_score = token_wise_true_scores(all_text, all_weight, local_video, local_weight, columns)
+    true_score = _all_reduce(torch.nan_to_num(true_score, nan=0.0))
+    higher, text_rank = token_wise_rank_counts(all_text, all_weight, local_video, local_weight, columns, true_score)
+    higher, text_rank = _all_reduce(higher), _all_reduce(text_rank)
+    videos = torch.unique(all_index)
+    v2t = best_caption_ranks(text_rank.cpu().numpy(), torch.searchsorted(videos, all_index).cpu().numpy(), len(videos))
+    metrics = metrics_from_ranks((1 + higher).cpu().numpy(), v2t, len(videos))
     return {"R@1": metrics["t2v"]["R@1"], "R@5": metrics["t2v"]["R@5"], "R@10": metrics["t2v"]["R@10"],
-            "v2t_R@1": metrics["v2t"]["R@1"], "MdR": metrics["t2v"]["MdR"], "chance_R@1": metrics["chance_R@1"]}
+            "v2t_R@1": metrics["v2t"]["R@1"], "MdR": metrics["t2v"]["MdR"], "chance_R@1": metrics["chance_R@1"],
+            "val_texts": metrics["num_texts"], "val_videos": metrics["num_videos"]}
 
 
 def _quiet_ray_train() -> None:

@@ -11,6 +11,9 @@ import warnings
 import numpy as np
 
 
+TIE_RULE = "optimistic: a tie ranks the true item first (CLIP4Clip / DRL compute_metrics)"
+
+
 def _recall_stats(ranks: np.ndarray) -> dict[str, float]:
     """Ranks are 1-based. Recall in percent, as the papers print them."""
     return {
@@ -42,10 +45,15 @@ def retrieval_ranks(sim: np.ndarray, text_video: np.ndarray) -> tuple[np.ndarray
 
 
 def retrieval_metrics(sim: np.ndarray, text_video: np.ndarray) -> dict:
+    """``metrics.json`` for retrieval from a full ``[T, V]`` matrix (small sets and tests;
+    evaluation at scale uses ``jobs.similarity.sharded_ranks`` and ``metrics_from_ranks``)."""
+    return metrics_from_ranks(*retrieval_ranks(sim, text_video), num_videos=sim.shape[1])
+
+
+def metrics_from_ranks(t2v: np.ndarray, v2t: np.ndarray, num_videos: int) -> dict:
     """``metrics.json`` for retrieval: t2v and v2t recall/ranks, plus chance R@1."""
-    t2v, v2t = retrieval_ranks(sim, text_video)
-    return {"t2v": _recall_stats(t2v), "v2t": _recall_stats(v2t), "num_texts": int(sim.shape[0]),
-            "num_videos": int(sim.shape[1]), "chance_R@1": 100.0 / sim.shape[1]}
+    return {"t2v": _recall_stats(np.asarray(t2v)), "v2t": _recall_stats(np.asarray(v2t)), "num_texts": int(len(t2v)),
+            "num_videos": int(num_videos), "chance_R@1": 100.0 / num_videos, "tie_rule": TIE_RULE}
 
 
 def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None) -> tuple[dict, np.ndarray]:

@@ -52,7 +52,7 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.loops import LOOPS
+    from jobs.loops import LOOPS, EveryValidationRow
 
     config = {
         "model_config": model_config.to_dict(), "tokenizer": tokenizer, "output_dir": args.output_dir,
@@ -80,6 +80,7 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
                                                checkpoint_score_order="max"),
         ),
         datasets={"train": data.train, "val": data.val},
+        dataset_config=EveryValidationRow(),
     )
     # Train's controller collects each worker's report when it polls the workers (every 2 s
     # by default), and a worker's next report waits for that: epochs shorter than the poll

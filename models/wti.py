@@ -25,6 +25,7 @@ INTERACTIONS = ("wti", "ti")
 # max-reductions read it; measured in bench/wti.py.
 BLOCK_ELEMENTS = 32 * 32 * 64 * 12
 GPU_BLOCK_ELEMENTS = 64 * BLOCK_ELEMENTS
+RANK_CHUNK = 256  # own texts compared per step in token_wise_rank_counts: [A, 256] booleans
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -70,6 +71,12 @@ def _block_sizes(num_tokens: int, num_frames: int, device: torch.device, block_e
     return texts, videos
 
 
+def videos_per_block(num_tokens: int, num_frames: int, device: torch.device | str = "cpu") -> int:
+    """The kernel's column-block width: a slice cut on multiples of it scores bit-identically
+    to the whole collection (``token_wise_rank_counts``)."""
+    return _block_sizes(num_tokens, num_frames, torch.device(device), None)[1]
+
+
 def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dtype:
     # fp16 keeps 10 mantissa bits for cosines in [-1, 1]; `bench/wti.py --device cuda` and
     # the gpu-marked test check that the top-10 matches fp32.
@@ -78,14 +85,22 @@ def _compute_dtype(device: torch.device, dtype: torch.dtype | None) -> torch.dty
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
-def _column_blocks(text, text_weight, video, video_weight, block_elements):
-    """Yield ``(first_video, scores [A, v])`` for consecutive blocks of videos."""
+def _column_blocks(text, text_weight, video, video_weight, block_elements, offset: int = 0):
+    """Yield ``(first_video, scores [A, v])`` for consecutive blocks of videos.
+
+    ``offset`` is the position of ``video[0]`` in a larger collection: blocks are cut on
+    that collection's grid, so a slice's scores are bit-identical to the same columns of
+    the whole collection's (a score's last bits depend on which videos share its block).
+    """
     A, L, _ = text.shape
     V, num_frames, _ = video.shape
     texts_per_block, videos_per_block = _block_sizes(L, num_frames, text.device, block_elements)
-    for j in range(0, V, videos_per_block):
-        frames = video[j : j + videos_per_block].transpose(0, 1).contiguous()  # (F, v, D)
-        vw = video_weight[j : j + videos_per_block]
+    cuts = [0, *range(videos_per_block - offset % videos_per_block, V, videos_per_block), V]
+    for j, end in zip(cuts[:-1], cuts[1:]):
+        if end <= j:
+            continue
+        frames = video[j:end].transpose(0, 1).contiguous()  # (F, v, D)
+        vw = video_weight[j:end]
         yield j, torch.cat(
             [
                 _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
@@ -142,6 +157,76 @@ def token_wise_topk(
         best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
         best_index = indices.gather(1, order)
     return best_scores, best_index
+
+
+@torch.no_grad()
+def token_wise_true_scores(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    video: torch.Tensor,
+    video_weight: torch.Tensor,
+    text_column: torch.Tensor,
+    offset: int = 0,
+    block_elements: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Each text's score against its own video, for the texts whose video is in this slice.
+
+    ``text_column [A]``: the position of text t's video in ``video``, or -1 when another
+    slice holds it. Returns ``[A]`` fp32, NaN for the texts of other slices; the values are
+    bit-identical to the same entries of ``token_wise_scores`` over the whole collection
+    (``offset``: where the slice starts in it).
+    """
+    out = torch.full((text.shape[0],), float("nan"), device=text.device)
+    own = (text_column >= 0).nonzero().squeeze(1)
+    if len(own):
+        columns = text_column[own]
+        text, video = (text, video) if dtype is None else (text.to(dtype), video.to(dtype))
+        sub, sub_weight = text[own], text_weight[own]
+        for j, block in _column_blocks(sub, sub_weight, video, video_weight, block_elements, offset):
+            here = (columns >= j) & (columns < j + block.shape[1])
+            out[own[here]] = block[here.nonzero().squeeze(1), columns[here] - j]
+    return out
+
+
+@torch.no_grad()
+def token_wise_rank_counts(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    video: torch.Tensor,
+    video_weight: torch.Tensor,
+    text_column: torch.Tensor,
+    true_score: torch.Tensor,
+    offset: int = 0,
+    block_elements: int | None = None,
+    dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the retrieval ranks need of one slice of the videos, without its ``[A, V]`` block.
+
+    ``true_score [A]``: every text's score against its own video (``token_wise_true_scores``
+    of the slice that holds it); ``text_column`` as there. Returns
+    - ``higher [A]``: per text, how many videos of this slice score strictly above its own
+      video (t2v rank = 1 + the sum over slices);
+    - ``text_rank [A]``: for the texts whose video is in this slice, 1 + how many texts
+      score strictly above them on that video (their v2t rank; 0 for other slices' texts).
+    A tie counts in the true item's favour, as CLIP4Clip's and DRL's ``compute_metrics``.
+    Memory: one column block ``[A, v]`` at a time.
+    """
+    A = text.shape[0]
+    higher = torch.zeros(A, dtype=torch.long, device=text.device)
+    text_rank = torch.zeros(A, dtype=torch.long, device=text.device)
+    own = (text_column >= 0).nonzero().squeeze(1)
+    columns = text_column[own]
+    if dtype is not None:
+        text, video = text.to(dtype), video.to(dtype)
+    for j, block in _column_blocks(text, text_weight, video, video_weight, block_elements, offset):
+        higher += (block > true_score[:, None]).sum(dim=1)
+        here = (columns >= j) & (columns < j + block.shape[1])
+        texts, cols = own[here], columns[here] - j
+        for k in range(0, len(texts), RANK_CHUNK):  # [A, n]: every text on n own texts' videos
+            chunk = texts[k : k + RANK_CHUNK]
+            text_rank[chunk] = 1 + (block[:, cols[k : k + RANK_CHUNK]] > true_score[chunk][None, :]).sum(dim=0)
+    return higher, text_rank
 
 
 WTI_ARCHS = (1, 2, 3)
