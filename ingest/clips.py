@@ -8,9 +8,13 @@ counts the videos each node decoded.
 """
 from __future__ import annotations
 
+import json
+import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 
 from .report import Report, Skipped
@@ -81,7 +85,8 @@ def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concu
 
 
 def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
-                concurrency: int | None = None, rows_per_file: int = 256, progress_every: int = 100) -> tuple[int, Report]:
+                concurrency: int | None = None, rows_per_file: int = 256, progress_every: int = 100,
+                prefix: str = "part") -> tuple[int, Report]:
     """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
 
     The decoding actors stream their clips to this process, which writes the files (so a
@@ -93,7 +98,6 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
     import time
 
     import pyarrow as pa
-    import pyarrow.parquet as pq
     from ray.data.extensions import ArrowTensorArray
 
     out_dir = Path(out_dir)
@@ -110,7 +114,7 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
         table = pa.table({"video_id": pa.array(batch["video_id"].tolist(), pa.string()),
                           "frames": ArrowTensorArray.from_numpy(batch["frames"]),
                           "frame_mask": ArrowTensorArray.from_numpy(batch["frame_mask"])})
-        pq.write_table(table, out_dir / "clips" / f"part_{files:05d}.parquet")
+        pq.write_table(table, out_dir / "clips" / f"{prefix}_{files:05d}.parquet")
         files += 1
         pending.clear()
 
@@ -130,16 +134,121 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
     return written, report
 
 
-def read_clips(out_dir: str | Path) -> ray.data.Dataset:
-    """The Parquet shards ``write_clips`` wrote, as a Ray Dataset."""
-    return ray.data.read_parquet(str(Path(out_dir) / "clips"))
+# --- the decode cache: decode each video once, re-decode only what changed ------------------
+
+MANIFEST = "videos.json"  # video id -> the file it was decoded from (path, size, mtime) and where it went
 
 
-def clip_ids(out_dir: str | Path) -> list[str]:
-    """The video ids ``write_clips`` wrote, read from the Parquet files alone (no Ray job)."""
-    import pyarrow.parquet as pq
+def _source(path: str | Path) -> dict | None:
+    """What identifies a video file's content here: its resolved path, size and mtime."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
-    folder = Path(out_dir) / "clips"
+
+def _read_manifest(out_dir: Path) -> dict:
+    try:
+        return json.loads((out_dir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@dataclass
+class CacheUpdate:
+    """What ``update_clips`` did: the report of the videos asked for (skips, old and new),
+    and how many clips it reused and decoded."""
+
+    report: Report
+    reused: int
+    decoded: int
+    skipped: int
+
+    def summary(self) -> str:
+        return f"reused {self.reused} decoded clips, decoded {self.decoded} new or changed videos; " \
+               f"{self.report.summary('decode')}"
+
+
+def update_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
+                 concurrency: int | None = None) -> CacheUpdate:
+    """Bring the decoded clips in ``out_dir`` up to date with ``videos`` (id -> path).
+
+    A video whose file (path, size, mtime) is the one decoded before is reused; a new or
+    changed one is decoded (``write_clips``) into new Parquet files; a missing one is tried
+    again (and reported). ``videos.json`` records each video's source and file; it is
+    replaced in one rename after the new files are written, so an interrupted run leaves
+    the previous cache intact (its half-written files are deleted by the next run).
+    ``skipped.jsonl`` lists the skips among ``videos``.
+    """
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir)
+    if not manifest and out_dir.exists():  # a cache without a manifest (older, or interrupted): start over
+        shutil.rmtree(out_dir)
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    referenced = {entry["file"] for entry in manifest.values() if entry.get("file")}
+    for part in (out_dir / "clips").glob("*.parquet"):
+        if part.name not in referenced:
+            part.unlink()  # written by a run that did not finish
+    sources = {vid: _source(path) for vid, path in videos.items()}
+    todo = {vid: path for vid, path in videos.items()
+            if sources[vid] is None or manifest.get(vid, {}).get("source") != sources[vid]}
+    decoded = 0
+    if todo:
+        run = 1 + max([int(name.split("_")[0][4:]) for name in referenced] or [0])
+        prefix = f"part{run:05d}"
+        print(f"decoding {len(todo)} new or changed videos with Ray Data into {out_dir} "
+              f"({len(videos) - len(todo)} reused)", flush=True)
+        decoded, report = write_clips(todo, out_dir, spec, concurrency, prefix=prefix)
+        by_path = {str(path): vid for vid, path in todo.items()}
+        skipped = {vid: [] for vid in todo}
+        for record in report.records:
+            skipped.setdefault(by_path.get(record.path, record.path), []).append(asdict(record))
+        written = {}
+        for part in sorted((out_dir / "clips").glob(f"{prefix}_*.parquet")):
+            written.update(dict.fromkeys(pq.read_table(part, columns=["video_id"]).column("video_id").to_pylist(),
+                                         part.name))
+        for vid in todo:
+            manifest[vid] = {"source": sources[vid], "file": written.get(vid), "skipped": skipped.get(vid, [])}
+        staged = out_dir / f"{MANIFEST}.tmp"
+        staged.write_text(json.dumps(manifest))
+        staged.replace(out_dir / MANIFEST)
+    report = Report([Skipped(**record) for vid in videos for record in manifest[vid]["skipped"]])
+    report.write(out_dir / "skipped.jsonl")
+    return CacheUpdate(report, reused=len(videos) - len(todo), decoded=decoded, skipped=len(report.records))
+
+
+def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
+    """The decoded clips in ``out_dir`` as a Ray Dataset: with a cache manifest
+    (``update_clips``), the current clip of each of ``video_ids`` (default: all); without
+    one, every Parquet file ``write_clips`` wrote."""
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir)
+    if not manifest:
+        return ray.data.read_parquet(str(out_dir / "clips"))
+    current = {vid: entry["file"] for vid, entry in manifest.items()
+               if entry.get("file") and (video_ids is None or vid in set(video_ids))}
+    files = sorted({str(out_dir / "clips" / name) for name in current.values()})
+    if not files:
+        raise FileNotFoundError(f"{out_dir}: no decoded clips for the videos asked for")
+
+    def current_rows(batch):  # a video decoded again lives in a newer file: the older row is dropped
+        keep = np.array([current.get(vid) == Path(path).name for vid, path in zip(batch["video_id"], batch["path"])],
+                        dtype=bool)
+        return {k: v[keep] for k, v in batch.items() if k != "path"}
+
+    return ray.data.read_parquet(files, include_paths=True).map_batches(current_rows, batch_format="numpy")
+
+
+def clip_ids(out_dir: str | Path, video_ids=None) -> list[str]:
+    """The video ids with a decoded clip in ``out_dir`` (of ``video_ids``, default all), read
+    from the cache manifest or the Parquet files alone (no Ray job)."""
+    out_dir = Path(out_dir)
+    manifest = _read_manifest(out_dir)
+    if manifest:
+        wanted = set(video_ids) if video_ids is not None else None
+        return [vid for vid, entry in manifest.items() if entry.get("file") and (wanted is None or vid in wanted)]
+    folder = out_dir / "clips"
     if not folder.is_dir():
         return []
     return pq.read_table(folder, columns=["video_id"]).column("video_id").to_pylist()

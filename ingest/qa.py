@@ -22,6 +22,20 @@ SPLITS = {
 DROPPED_ANSWERS = {"pit24": {"no_visible_instrument", "no_secondary_instrument"}, "endo18": set()}
 
 
+# The question types, by answer class (a range of the label file each): PitVQA's six kinds
+# of question, EndoVis18-VQA's three. Per-type accuracy is reported against each type's own
+# majority baseline.
+ANSWER_TYPES = {
+    "pit24": (("step", 15), ("phase", 4), ("instrument", 18), ("count", 3), ("position", 5), ("operation", 14)),
+    "endo18": (("organ", 1), ("action", 13), ("position", 4)),
+}
+
+
+def answer_types(dataset: str) -> list[str]:
+    """The question type of each answer class, in the label file's order."""
+    return [name for name, count in ANSWER_TYPES[dataset] for _ in range(count)]
+
+
 def load_labels(dataset: str) -> list[str]:
     """The answer classes, in the reference order (59 for pit24, 18 for endo18)."""
     if dataset not in SPLITS:

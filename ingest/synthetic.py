@@ -140,15 +140,17 @@ def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seco
 
 # --- PitVQA layout ---------------------------------------------------------------------
 # Each second of a raw 1280x720 "surgical" video shows a step (the background colour,
-# which also fixes the phase) and up to two instruments (shape + colour) at one of five
-# places inside the crop box that extraction keeps. The QA answers follow from the frame.
+# which also fixes the phase) and zero to two instruments (shape + colour) at two of five
+# places inside the crop box that extraction keeps. The first instrument is the one in use,
+# drawn large; the second is drawn small, as the annotators of PitVQA name the primary and
+# the secondary instrument. Every answer follows from the frame.
 
-STEPS = {  # step -> (phase, background colour)
+STEPS = {  # step -> (phase, background colour); two steps per phase, so no phase dominates
     "nasal_corridor_creation": ("nasal_sphenoid", (120, 40, 40)),
     "anterior_sphenoidotomy": ("nasal_sphenoid", (150, 90, 60)),
-    "septum_displacement": ("nasal_sphenoid", (160, 70, 110)),
     "sellotomy": ("sellar", (60, 60, 130)),
     "tumour_excision": ("sellar", (50, 120, 120)),
+    "fat_graft_placement": ("closure", (130, 130, 40)),
     "nasal_packing": ("closure", (90, 110, 50)),
 }
 INSTRUMENTS = {  # instrument -> (shape, colour)
@@ -162,13 +164,14 @@ INSTRUMENTS = {  # instrument -> (shape, colour)
 PLACES = {"top-left": (455, 210), "top-right": (775, 210), "centre": (615, 370),
           "bottom-left": (455, 530), "bottom-right": (775, 530)}
 COUNTS = ("zero", "one", "two")
+RADII = (90, 50)  # the first instrument (in use), the second
 
 
 def _scene(video: int, second: int, seed: int) -> dict:
     rng = random.Random(seed * 7919 + video * 101 + second)
     steps = list(STEPS)
-    step = steps[(video + second // 4) % len(steps)]  # a video moves through steps
-    count = rng.choice((0, 1, 1, 2, 2))
+    step = steps[(video + second // 2) % len(steps)]  # a video moves through steps, one every 2 s
+    count = rng.choice((0, 1, 2))
     tools = rng.sample(list(INSTRUMENTS), count)
     places = rng.sample(list(PLACES), count)
     return {"step": step, "tools": list(zip(tools, places))}
@@ -178,9 +181,8 @@ def _draw_scene(scene: dict, rng: np.random.Generator) -> np.ndarray:
     frame = np.zeros((720, 1280, 3), np.int16)
     frame[:] = STEPS[scene["step"]][1]
     frame += rng.integers(-10, 11, (720, 1280, 1))
-    radius = 70
-    yy, xx = np.mgrid[-radius:radius, -radius:radius]
-    for tool, place in scene["tools"]:
+    for (tool, place), radius in zip(scene["tools"], RADII):
+        yy, xx = np.mgrid[-radius:radius, -radius:radius]
         shape, colour = INSTRUMENTS[tool]
         if shape == "circle":
             inside = xx**2 + yy**2 <= radius**2
@@ -195,7 +197,8 @@ def _draw_scene(scene: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def scene_qa(scene: dict) -> list[tuple[str, str]]:
-    """The question/answer pairs a frame supports (PitVQA-style templates)."""
+    """The question/answer pairs a frame supports (PitVQA-style templates). The first
+    instrument is the large one (in use), the second the small one."""
     phase = STEPS[scene["step"]][0]
     tools = scene["tools"]
     qa = [("What is the surgical phase?", phase), ("What is the surgical step?", scene["step"]),
@@ -247,4 +250,49 @@ def make_pit24(root: str | Path, videos: int = 25, seconds: int = 8, fps: int = 
     if report.records:  # our own videos: a skip here is a bug, not bad input
         raise RuntimeError(report.summary("synthetic extraction"))
     write_pit24_qa(root, seed)
+    return root
+
+
+# --- EndoVis18-VQA layout ----------------------------------------------------------------
+# Frames of a "robotic nephrectomy": up to two tools, each a shape (which tool) in a colour
+# (what it is doing) in one quadrant (where it is). The organ is always the kidney.
+
+ENDO18_TOOLS = {"bipolar_forceps": "circle", "prograsp_forceps": "square", "monopolar_curved_scissors": "triangle"}
+ENDO18_ACTIONS = {"Idle": (230, 230, 230), "Grasping": (230, 200, 30), "Retraction": (40, 200, 230),
+                  "Cutting": (230, 40, 40), "Suction": (60, 210, 80)}
+ENDO18_PLACES = {"left-top": (40, 40), "right-top": (120, 40), "left-bottom": (40, 120), "right-bottom": (120, 120)}
+ENDO18_SEQUENCES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16)
+
+
+def make_endo18(root: str | Path, frames: int = 6, size: int = 160, seed: int = 0) -> Path:
+    """An EndoVis18-VQA-layout tree: ``seq_N/left_fr/frameNNN.png`` and
+    ``seq_N/vqa/Classification/frameNNN_QA.txt`` for every sequence the split names."""
+    from PIL import Image
+
+    root = Path(root)
+    for seq in ENDO18_SEQUENCES:
+        (root / f"seq_{seq}" / "left_fr").mkdir(parents=True, exist_ok=True)
+        (root / f"seq_{seq}" / "vqa" / "Classification").mkdir(parents=True, exist_ok=True)
+        for k in range(frames):
+            rng = random.Random(seed * 7919 + seq * 101 + k)
+            noise = np.random.default_rng(seed * 7919 + seq * 101 + k)
+            frame = np.full((size, size, 3), (150, 60, 60), np.int16) + noise.integers(-10, 11, (size, size, 1))
+            tools = rng.sample(list(ENDO18_TOOLS), rng.choice((1, 2)))
+            lines = ["What organ is being operated?|kidney"]
+            for tool, place in zip(tools, rng.sample(list(ENDO18_PLACES), len(tools))):
+                action = rng.choice(list(ENDO18_ACTIONS))
+                cx, cy = ENDO18_PLACES[place]
+                yy, xx = np.mgrid[0:size, 0:size]
+                shape = ENDO18_TOOLS[tool]
+                if shape == "circle":
+                    inside = (xx - cx) ** 2 + (yy - cy) ** 2 <= 28**2
+                elif shape == "square":
+                    inside = (abs(xx - cx) <= 24) & (abs(yy - cy) <= 24)
+                else:
+                    inside = (yy >= cy - 28) & (yy <= cy + 28) & (abs(xx - cx) <= (yy - (cy - 28)) / 2)
+                frame[inside] = ENDO18_ACTIONS[action]
+                lines += [f"What is the state of {tool}?|{action}", f"Where is {tool} located?|{place}"]
+            name = f"frame{k:03d}"
+            Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(root / f"seq_{seq}" / "left_fr" / f"{name}.png")
+            (root / f"seq_{seq}" / "vqa" / "Classification" / f"{name}_QA.txt").write_text("\n".join(lines) + "\n")
     return root

@@ -9,7 +9,6 @@ synthetic sets as on the real ones.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -18,10 +17,10 @@ import numpy as np
 import ray
 
 from cluster import wait_until_released
-from ingest.clips import clip_ids, read_clips, write_clips
+from ingest.clips import clip_ids, read_clips, update_clips
 from ingest.datasets import caption_clip_dataset, qa_dataset
 from ingest.msrvtt import MsrvttSplit, read_test, read_train
-from ingest.qa import load_labels, read_qa
+from ingest.qa import answer_types, load_labels, read_qa
 from ingest.report import Report
 from ingest.video import ClipSpec, find_videos
 from models import tokenize
@@ -85,25 +84,18 @@ def msrvtt_files(args) -> MsrvttFiles:
 
 
 def decoded_clips(video_ids: list[str], features_path: Path, spec: ClipSpec, cache_dir: Path) -> tuple[Path, Report]:
-    """Decode the videos once with the Ray Data clip job; later runs reuse the shards.
-
-    The folder is keyed by the sampling settings; ``skipped.jsonl`` marks it complete.
-    """
+    """Decode each video once with the Ray Data clip job: the cache folder (one per sampling
+    setting) keeps every clip with the file it came from, and a later run decodes only the
+    videos that are new or changed (``ingest.clips.update_clips``)."""
     found = find_videos(features_path)
     # A listed video that is not in the folder is decoded from its expected path, so that
     # the clip job reports it as missing rather than it vanishing here.
-    videos = {vid: found.get(vid, features_path / f"{vid}.mp4") for vid in video_ids}
+    videos = {vid: found.get(vid, features_path / f"{vid}.mp4") for vid in dict.fromkeys(video_ids)}
     key = f"clips_{spec.feature_framerate:g}fps_{spec.max_frames}f_pos{spec.slice_framepos}_{spec.image_size}px"
     out = cache_dir / key
-    if (out / "skipped.jsonl").is_file():
-        report = Report.read(out / "skipped.jsonl")
-        print(f"reusing decoded clips in {out} ({report.summary('decode')})", flush=True)
-        return out, report
-    shutil.rmtree(out, ignore_errors=True)  # an interrupted earlier decode
-    print(f"decoding {len(videos)} videos with Ray Data into {out}", flush=True)
-    written, report = write_clips(videos, out, spec)
-    print(f"decoded {written} clips; {report.summary('decode')}", flush=True)
-    return out, report
+    update = update_clips(videos, out, spec)
+    print(f"clips in {out}: {update.summary()}", flush=True)
+    return out, update.report
 
 
 @dataclass
@@ -133,14 +125,15 @@ def retrieval_data(source: RetrievalSource, spec: ClipSpec, tokenizer, max_words
                    training: bool = True) -> RetrievalData:
     """Decode (once) and build the datasets; without ``training`` only the test side."""
     files, train, test = source.files, source.train, source.test
-    clips_dir, report = decoded_clips(train.video_ids + test.video_ids, files.features_path, spec, files.cache_dir)
-    clips = read_clips(clips_dir)
-    decoded = set(clip_ids(clips_dir))
+    video_ids = train.video_ids + test.video_ids if training else test.video_ids  # evaluation: the test videos
+    clips_dir, report = decoded_clips(video_ids, files.features_path, spec, files.cache_dir)
+    decoded = set(clip_ids(clips_dir, video_ids))
     train_rows = [pair for pair in train.pairs if pair[0] in decoded]
     test_pairs = [pair for pair in test.pairs if pair[0] in decoded]
     if not test_pairs or (training and not train_rows):
         raise DataError(f"no decodable videos for the {'test' if not test_pairs else 'training'} captions; "
                         f"see {clips_dir / 'skipped.jsonl'}")
+    clips = read_clips(clips_dir, video_ids)
     test_video_ids = list(dict.fromkeys(video_id for video_id, _ in test_pairs))
     video_index = {video_id: i for i, video_id in enumerate(test_video_ids)}
 
@@ -180,7 +173,7 @@ def vqa_root(args) -> Path:
         return root
     if args.dataset != "pit24":
         raise DataError(f"--dataset {args.dataset} needs --data_root (only pit24 has built-in synthetic data)")
-    root = Path(args.synthetic_dir) / f"pit24_{args.synthetic_videos}"
+    root = Path(args.synthetic_dir) / f"pit24_v2_{args.synthetic_videos}"  # v2: first = the large instrument
     if not (root / COMPLETE).is_file():
         from ingest.synthetic import make_pit24
 
@@ -225,6 +218,7 @@ class VQAData:
     train_labels: np.ndarray  # for the majority-class baseline
     num_train_rows: int
     report: Report
+    class_types: list[str]  # the question type of each answer class (per-type accuracy)
 
 
 def vqa_data(dataset: str, source: VQASource, tokenizer, image_size: int, max_length: int,
@@ -236,7 +230,7 @@ def vqa_data(dataset: str, source: VQASource, tokenizer, image_size: int, max_le
 
     return VQAData(train=rows_dataset(source.train_rows) if training else None, val=rows_dataset(source.val_rows),
                    labels=load_labels(dataset), train_labels=np.array([row["label"] for row in source.train_rows]),
-                   num_train_rows=len(source.train_rows), report=source.report)
+                   num_train_rows=len(source.train_rows), report=source.report, class_types=answer_types(dataset))
 
 
 # --- both --------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
 
 
 def evaluate_vqa(checkpoint: Path, val, labels: list[str], train_labels, output_dir: Path,
-                 use_gpu: bool = False) -> dict:
+                 use_gpu: bool = False, class_types: list[str] | None = None) -> dict:
     """``metrics.json`` and ``confusion.png`` on the validation questions (a Ray Dataset)."""
     from jobs.encode import VQAPredictor, collect, encode
     from jobs.metrics import vqa_metrics
@@ -67,7 +67,7 @@ def evaluate_vqa(checkpoint: Path, val, labels: list[str], train_labels, output_
 
     output_dir.mkdir(parents=True, exist_ok=True)
     out = collect(encode(val, VQAPredictor, checkpoint, use_gpu, batch_size=64))
-    metrics, confusion = vqa_metrics(out["label"], out["pred"], len(labels), train_labels)
+    metrics, confusion = vqa_metrics(out["label"], out["pred"], len(labels), train_labels, class_types)
     metrics["checkpoint"] = str(checkpoint)
     plot_confusion(confusion, labels, output_dir / "confusion.png")
     _write(metrics, output_dir)
@@ -79,7 +79,8 @@ def evaluate(args, checkpoint: Path, data, output_dir: Path, use_gpu: bool, vide
     videos are encoded here unless ``videos`` brings their encodings (``jobs/train.py``
     reuses the ones it indexed)."""
     if args.kind == "pitvqa":
-        return evaluate_vqa(checkpoint, data.val, data.labels, data.train_labels, output_dir, use_gpu)
+        return evaluate_vqa(checkpoint, data.val, data.labels, data.train_labels, output_dir, use_gpu,
+                            data.class_types)
     if videos is None:
         from jobs.encode import ClipEncoder, collect, encode
 
@@ -109,9 +110,12 @@ def summary(metrics: dict) -> str:
         return (f"test t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.0f} | "
                 f"v2t R@1 {v2t['R@1']:.1f} | chance R@1 {metrics['chance_R@1']:.1f} "
                 f"({metrics['num_texts']} texts x {metrics['num_videos']} videos)")
+    per_type = " ".join(f"{name} {100 * t['acc']:.0f}% ({100 * t['majority_acc']:.0f}%)"
+                        for name, t in metrics.get("per_type", {}).items())
+    per_type = f" | per type (majority): {per_type}" if per_type else ""
     return (f"val acc {100 * metrics['acc']:.1f}% | macro-F1 {metrics['f1']:.3f} | balanced acc "
             f"{100 * metrics['balanced_acc']:.1f}% | majority class {100 * metrics['majority_acc']:.1f}% "
-            f"({metrics['num_questions']} questions)")
+            f"({metrics['num_questions']} questions)" + per_type)
 
 
 def main(argv: list[str] | None = None) -> int:

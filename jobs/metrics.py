@@ -56,12 +56,15 @@ def metrics_from_ranks(t2v: np.ndarray, v2t: np.ndarray, num_videos: int) -> dic
             "num_videos": int(num_videos), "chance_R@1": 100.0 / num_videos, "tie_rule": TIE_RULE}
 
 
-def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None) -> tuple[dict, np.ndarray]:
+def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None, class_types: list[str] | None = None
+                ) -> tuple[dict, np.ndarray]:
     """(``metrics.json`` for VQA, confusion matrix ``[C, C]`` with rows = truth).
 
     scikit-learn's functions, as the reference calls them: macro averages over the classes
     present in ``y_true`` or ``y_pred``. ``majority_acc`` predicts the most frequent class
-    of ``train_labels`` (of ``y_true`` when not given) for every question.
+    of ``train_labels`` (of ``y_true`` when not given) for every question. With
+    ``class_types`` (``ingest.qa.answer_types``), ``per_type`` has each question type's
+    accuracy beside its own majority baseline.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
 
@@ -77,4 +80,23 @@ def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None) -> tuple[di
     reference = np.asarray(train_labels) if train_labels is not None else y_true
     majority = np.bincount(reference, minlength=num_classes).argmax()
     out["majority_acc"] = float(np.mean(y_true == majority))
+    if class_types is not None:
+        out["per_type"] = per_type_accuracy(y_true, y_pred, reference, class_types)
     return out, confusion_matrix(y_true, y_pred, labels=np.arange(num_classes))
+
+
+def per_type_accuracy(y_true, y_pred, train_labels, class_types: list[str]) -> dict[str, dict]:
+    """Accuracy per question type (the type of the true answer's class), beside that type's
+    majority baseline: its most frequent training answer, given to every question of the type."""
+    types = np.asarray(class_types)
+    y_true, y_pred, train_labels = (np.asarray(x) for x in (y_true, y_pred, train_labels))
+    out = {}
+    for name in dict.fromkeys(class_types):
+        rows = types[y_true] == name
+        if not rows.any():
+            continue
+        train = train_labels[types[train_labels] == name]
+        majority = np.bincount(train if len(train) else y_true[rows]).argmax()
+        out[name] = {"acc": float(np.mean(y_pred[rows] == y_true[rows])),
+                     "majority_acc": float(np.mean(y_true[rows] == majority)), "num_questions": int(rows.sum())}
+    return out

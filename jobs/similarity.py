@@ -17,16 +17,25 @@ the ranks equal the full-matrix path's exactly. Memory per process: O(texts + vi
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import ray
 import torch
 
-from models import token_wise_rank_counts, token_wise_true_scores
-from models.wti import videos_per_block
+from models.wti import token_wise_rank_counts, token_wise_true_scores, videos_per_block
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
+    """A zero-copy view of an object-store array (read-only: the kernel never writes into
+    its inputs), moved to the device."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "The given NumPy array is not writable"
+        return torch.from_numpy(array).to(device)
 
 
 def _columns(text_video: np.ndarray, lo: int, hi: int) -> torch.Tensor:
@@ -35,21 +44,25 @@ def _columns(text_video: np.ndarray, lo: int, hi: int) -> torch.Tensor:
     return torch.from_numpy(np.where(inside, text_video - lo, -1)).long()
 
 
-@ray.remote
-def _true_scores(text, text_weight, video, video_weight, text_video, lo, dtype_name):
-    device, dtype = _device(), getattr(torch, dtype_name) if dtype_name else None
-    columns = _columns(text_video, lo, lo + video.shape[0]).to(device)
-    return token_wise_true_scores(text.to(device), text_weight.to(device), video.to(device), video_weight.to(device),
-                                  columns, offset=lo, dtype=dtype).cpu().numpy()
+def _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi):
+    device = _device()
+    return (_tensor(text, device), _tensor(text_weight, device), _tensor(video[lo:hi], device),
+            _tensor(video_weight[lo:hi], device), _columns(text_video, lo, hi).to(device))
 
 
 @ray.remote
-def _rank_counts(text, text_weight, video, video_weight, text_video, true_score, lo, dtype_name):
-    device, dtype = _device(), getattr(torch, dtype_name) if dtype_name else None
-    columns = _columns(text_video, lo, lo + video.shape[0]).to(device)
-    higher, text_rank = token_wise_rank_counts(
-        text.to(device), text_weight.to(device), video.to(device), video_weight.to(device), columns,
-        torch.from_numpy(true_score).to(device), offset=lo, dtype=dtype)
+def _true_scores(text, text_weight, video, video_weight, text_video, lo, hi, dtype_name):
+    inputs = _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
+    dtype = getattr(torch, dtype_name) if dtype_name else None
+    return token_wise_true_scores(*inputs, offset=lo, dtype=dtype).cpu().numpy()
+
+
+@ray.remote
+def _rank_counts(text, text_weight, video, video_weight, text_video, true_score, lo, hi, dtype_name):
+    inputs = _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
+    dtype = getattr(torch, dtype_name) if dtype_name else None
+    higher, text_rank = token_wise_rank_counts(*inputs, _tensor(true_score, inputs[0].device), offset=lo,
+                                               dtype=dtype)
     return higher.cpu().numpy(), text_rank.cpu().numpy()
 
 
@@ -63,34 +76,49 @@ def shard_bounds(num_videos: int, num_shards: int, num_tokens: int, num_frames: 
     return sorted(set(cuts))
 
 
-def sharded_ranks(text: torch.Tensor, text_weight: torch.Tensor, video: torch.Tensor, video_weight: torch.Tensor,
-                  text_video: np.ndarray, num_shards: int, use_gpu: bool = False,
-                  dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(t2v ranks ``[A]``, v2t ranks ``[V']``, shards used) from prepared features; ``text_video[t]`` is
-    text t's video (a position in ``video``). v2t covers the videos that have a caption, in
-    video order. On GPUs pass ``dtype=torch.float16`` for the fast path. The driver holds
-    its inputs and ``[A]`` counts; each shard its slice, the texts and one column block.
+def _in_object_store(x) -> ray.ObjectRef:
+    if isinstance(x, ray.ObjectRef):
+        return x
+    return ray.put(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
+
+
+def sharded_ranks(text, text_weight, video, video_weight, text_video: np.ndarray, num_shards: int,
+                  use_gpu: bool = False, dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(t2v ranks ``[A]``, v2t ranks ``[V']``, shards used) from prepared features;
+    ``text_video[t]`` is text t's video (a position in ``video``). v2t covers the videos
+    that have a caption, in video order. On GPUs pass ``dtype=torch.float16``.
+
+    The features are tensors, arrays or object refs to arrays (then this process never
+    reads them: the shards map them zero-copy). Each goes to the object store once; a
+    shard reads the texts and its slice of the videos, and holds one column block.
     """
     text_video = np.asarray(text_video, dtype=np.int64)
-    bounds = shard_bounds(video.shape[0], num_shards, text.shape[1], video.shape[1], use_gpu)
-    refs = [ray.put(x) for x in (text.cpu(), text_weight.cpu(), text_video)]
-    slices = [(lo, ray.put(video[lo:hi].cpu()), ray.put(video_weight[lo:hi].cpu()))
-              for lo, hi in zip(bounds[:-1], bounds[1:])]
+    refs = [_in_object_store(x) for x in (text, text_weight, video, video_weight)]
+    num_tokens, (num_videos, num_frames) = _shape(text, refs[0])[1], _shape(video, refs[2])[:2]
+    bounds = shard_bounds(num_videos, num_shards, num_tokens, num_frames, use_gpu)
+    text_video_ref = ray.put(text_video)
     dtype_name = str(dtype).replace("torch.", "") if dtype else None
     resources = {"num_gpus": 1, "num_cpus": 0} if use_gpu else {"num_cpus": 1}
-    true_score = np.full(text.shape[0], np.nan, np.float32)
-    for part in ray.get([_true_scores.options(**resources).remote(*refs[:2], v, vw, refs[2], lo, dtype_name)
-                         for lo, v, vw in slices]):
+    shards = list(zip(bounds[:-1], bounds[1:]))
+    true_score = np.full(len(text_video), np.nan, np.float32)
+    for part in ray.get([_true_scores.options(**resources).remote(*refs, text_video_ref, lo, hi, dtype_name)
+                         for lo, hi in shards]):
         np.copyto(true_score, part, where=~np.isnan(part))
     true_ref = ray.put(true_score)
-    higher = np.zeros(text.shape[0], np.int64)
-    text_rank = np.zeros(text.shape[0], np.int64)
+    higher = np.zeros(len(text_video), np.int64)
+    text_rank = np.zeros(len(text_video), np.int64)
     for shard_higher, shard_rank in ray.get([
-            _rank_counts.options(**resources).remote(*refs[:2], v, vw, refs[2], true_ref, lo, dtype_name)
-            for lo, v, vw in slices]):
+            _rank_counts.options(**resources).remote(*refs, text_video_ref, true_ref, lo, hi, dtype_name)
+            for lo, hi in shards]):
         higher += shard_higher
         text_rank += shard_rank
-    return 1 + higher, best_caption_ranks(text_rank, text_video, video.shape[0]), len(slices)
+    return 1 + higher, best_caption_ranks(text_rank, text_video, num_videos), len(shards)
+
+
+def _shape(value, ref) -> tuple[int, ...]:
+    """The shape of a feature array, without reading its data (an object-store array is
+    mapped, not copied)."""
+    return tuple(value.shape) if not isinstance(value, ray.ObjectRef) else tuple(ray.get(ref).shape)
 
 
 def best_caption_ranks(text_rank: np.ndarray, text_video: np.ndarray, num_videos: int) -> np.ndarray:

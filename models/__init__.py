@@ -1,16 +1,30 @@
-"""The two models, their scoring, losses, tokenizers and checkpoints. Knows nothing of Ray."""
-from .checkpoint import load_checkpoint, save_checkpoint
-from .losses import ContrastiveObjective, all_gather_with_grad, cdcr_loss, clamp_logit_scale_, info_nce
-from .pitvqa import NUM_CLASSES, PitVQAConfig, PitVQANet
-from .retriever import Retriever, RetrieverConfig, dot_product_scores
-from .tokenizer import build_bpe_tokenizer, load_tokenizer, tokenize
-from .wti import (
-    WTIHead, normalize_masked, token_wise_rank_counts, token_wise_scores, token_wise_topk, token_wise_true_scores,
-)
+"""The two models, their scoring, losses, tokenizers and checkpoints. Knows nothing of Ray.
 
-__all__ = [
-    "ContrastiveObjective", "NUM_CLASSES", "PitVQAConfig", "PitVQANet", "Retriever", "RetrieverConfig", "WTIHead",
-    "all_gather_with_grad", "build_bpe_tokenizer", "cdcr_loss", "clamp_logit_scale_", "dot_product_scores",
-    "info_nce", "load_checkpoint", "load_tokenizer", "normalize_masked", "save_checkpoint", "token_wise_rank_counts",
-    "token_wise_scores", "token_wise_topk", "token_wise_true_scores", "tokenize",
-]
+Names are imported on first use (module ``__getattr__``), so that ``import models.wti``
+(the scoring kernel, all that an evaluation shard needs) does not load transformers.
+"""
+from importlib import import_module
+
+_WHERE = {
+    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
+    "ContrastiveObjective": "losses", "all_gather_with_grad": "losses", "cdcr_loss": "losses",
+    "clamp_logit_scale_": "losses", "info_nce": "losses",
+    "NUM_CLASSES": "pitvqa", "PitVQAConfig": "pitvqa", "PitVQANet": "pitvqa",
+    "Retriever": "retriever", "RetrieverConfig": "retriever", "dot_product_scores": "retriever",
+    "build_bpe_tokenizer": "tokenizer", "load_tokenizer": "tokenizer", "tokenize": "tokenizer",
+    "WTIHead": "wti", "normalize_masked": "wti", "token_wise_rank_counts": "wti", "token_wise_scores": "wti",
+    "token_wise_topk": "wti", "token_wise_true_scores": "wti",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'models' has no attribute {name!r}")
+    value = getattr(import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

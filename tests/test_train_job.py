@@ -35,14 +35,15 @@ def history(output_dir):
 
 def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1")) == 0
+    # CDCR variant 3 (DRL's weighted one) through the real objective, every step of both runs.
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--cdcr", "3")) == 0
     first = history(out)
     assert [row["epoch"] for row in first] == [1]
     assert (out / "train" / "epoch_001" / "model" / "model.safetensors").is_file()
     assert (out / "train" / "epoch_001" / "train_state.pt").is_file()
 
     # The same command with more epochs continues after epoch 1 instead of starting over.
-    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "2")) == 0
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "2", "--cdcr", "3")) == 0
     rows = history(out)
     assert [row["epoch"] for row in rows] == [1, 2]
     assert rows[0] == first[0]  # epoch 1 was not trained again
@@ -103,6 +104,34 @@ def test_pitvqa_trains_and_evaluates(ray_local, synthetic_dir, tmp_path):
     assert metrics["f1"] == pytest.approx(best["f1"])
     assert metrics["acc"] == pytest.approx(best["acc"])
     assert (out / "confusion.png").stat().st_size > 1000
+    assert set(metrics["per_type"]) == {"phase", "step", "instrument", "count", "position"}
+    assert sum(t["num_questions"] for t in metrics["per_type"].values()) == metrics["num_questions"]
+
+    # --do_train 0 (CLIP4Clip's --do_eval): the checkpoint of this --output_dir, evaluated again.
+    (out / "metrics.json").unlink()
+    assert train.main(args + ["--do_train", "0"]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["acc"] == metrics["acc"] and again["per_type"] == metrics["per_type"]
+    assert [row["epoch"] for row in history(out)] == [1, 2]  # nothing was trained
+
+
+@pytest.mark.slow
+def test_endo18_trains_and_evaluates_end_to_end(ray_local, tmp_path):
+    """The EndoVis18-VQA layout from disk (``seq_N/left_fr`` + ``vqa/Classification``) through
+    training, the 18 classes, and the per-type metrics of its three question types."""
+    from ingest.synthetic import make_endo18
+
+    root = make_endo18(tmp_path / "endo18", frames=4)
+    out = tmp_path / "run"
+    assert train.main(["--dataset", "endo18", "--data_root", str(root), "--epochs", "1", "--batch_size", "16",
+                       "--output_dir", str(out), "--n_display", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    jsonschema.validate(metrics, VQA_SCHEMA)
+    assert metrics["num_classes"] == 18
+    assert set(metrics["per_type"]) == {"organ", "action", "position"}
+    val_files = sum(1 for seq in (1, 5, 16) for _ in (root / f"seq_{seq}" / "vqa" / "Classification").glob("*_QA.txt"))
+    assert metrics["per_type"]["organ"]["num_questions"] == val_files  # one organ question per frame
+    assert load_checkpoint(out / "checkpoint")[0].config.num_classes == 18
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -30,3 +30,24 @@ def test_captions_describe_the_video(synthetic_msrvtt):
     test_combos = [tuple(attributes[v["video_id"]][k] for k in ("color", "shape", "size", "direction"))
                    for v in data["videos"] if v["split"] == "test"]
     assert len(test_combos) == len(set(test_combos))  # each test caption has one right video
+
+
+def test_first_and_second_instrument_are_what_the_frame_shows():
+    """The first instrument is the large one (in use), the second the small one: the
+    questions about them have answers a model can read off the frame."""
+    import numpy as np
+
+    from ingest.synthetic import INSTRUMENTS, PLACES, _draw_scene, scene_qa
+
+    scene = {"step": "sellotomy", "tools": [("suction", "top-left"), ("kerrisons", "bottom-right")]}
+    frame = _draw_scene(scene, np.random.default_rng(0))
+    areas = []
+    for tool, place in scene["tools"]:
+        colour = np.array(INSTRUMENTS[tool][1])
+        cx, cy = PLACES[place]
+        patch = frame[cy - 100 : cy + 100, cx - 100 : cx + 100].astype(int)
+        areas.append(int((np.abs(patch - colour).sum(-1) <= 30).sum()))
+    assert areas[0] > 2 * areas[1] > 0
+    qa = dict(scene_qa(scene))
+    assert qa["What is the first instrument?"] == "suction" and qa["Where is the second instrument?"] == "bottom-right"
+    assert qa["How many instruments are there?"] == "two" and qa["What is the surgical phase?"] == "sellar"
