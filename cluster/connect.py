@@ -28,6 +28,9 @@ def connect():
     context.print_on_execution_start = False
     # Workers (Ray Train's dataset splits) have no terminal: no tqdm lines relayed from them.
     context.use_ray_tqdm = False
+    # Fused stages have long names (ReadParquet->MapBatches(...)->...); Ray Data warns when
+    # it shortens one for a progress bar. The full name is the more useful one anyway.
+    context.enable_progress_bar_name_truncation = False
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray

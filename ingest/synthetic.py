@@ -211,7 +211,7 @@ def scene_qa(scene: dict) -> list[tuple[str, str]]:
     return qa
 
 
-def make_pit24_raw(root: str | Path, videos: int = 25, seconds: int = 8, fps: int = 5, seed: int = 0) -> dict[str, Path]:
+def make_pit24_raw(root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0) -> dict[str, Path]:
     """Raw 1280x720 videos ``root/raw/video_XX.mp4``; returns ``{"video_XX": path}``."""
     raw = Path(root) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -238,7 +238,7 @@ def write_pit24_qa(root: str | Path, seed: int = 0) -> int:
     return written
 
 
-def make_pit24(root: str | Path, videos: int = 25, seconds: int = 8, fps: int = 5, seed: int = 0) -> Path:
+def make_pit24(root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0) -> Path:
     """A PitVQA-layout tree under ``root``: raw videos, then the Ray Data extraction job
     (``ingest.extract``) writes ``images/``, then one QA file per image. Needs Ray."""
     from .extract import extract_frames

@@ -33,7 +33,7 @@ def model_for(model: str | None, dataset: str | None) -> str:
 PRESET_DEFAULTS = {
     "retriever": {"epochs": (12, 5), "batch_size": (32, 128), "lr": (1e-3, 1e-4), "coef_lr": (1.0, 1e-3),
                   "max_frames": (4, 12)},
-    "pitvqa": {"epochs": (12, 60), "batch_size": (32, 64), "lr": (1e-3, 2e-5)},
+    "pitvqa": {"epochs": (30, 60), "batch_size": (32, 64), "lr": (1e-3, 2e-5)},
 }
 
 
@@ -93,7 +93,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         return parser
 
     g = parser.add_argument_group("training")
-    g.add_argument("--epochs", type=positive_int, default=None, help="preset: retriever 12 tiny / 5 base; pitvqa 12 / 60")
+    g.add_argument("--epochs", type=positive_int, default=None, help="preset: retriever 12 tiny / 5 base; pitvqa 30 / 60")
     g.add_argument("--batch_size", type=positive_int, default=None,
                    help="global batch over all workers (preset: retriever 32 / 128; pitvqa 32 / 64)")
     g.add_argument("--batch_size_val", type=positive_int, default=64, help="validation batch")
@@ -123,7 +123,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
                    help="retriever: index every decoded video for serving after training (--no-index or "
                    "--index 0: skip; jobs/index.py builds it later)")
     g.add_argument("--fresh", action="store_true", help="discard an earlier run in --output_dir instead of resuming it")
-    g.add_argument("--n_display", type=int, default=20, help="log the loss every N steps (0: never)")
+    g.add_argument("--n_display", type=int, default=100, help="log the loss every N steps (0: never; CLIP4Clip: 100)")
     g.add_argument("--do_train", action=Switch, default=None,
                    help="CLIP4Clip/DRL's switch: train, then evaluate (the default unless --do_eval is given alone)")
     g.add_argument("--do_eval", action=Switch, default=None,

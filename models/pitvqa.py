@@ -21,7 +21,7 @@ NUM_CLASSES = {"pit24": 59, "endo18": 18}
 
 def _tiny_vit(image_size: int) -> dict:
     return config_dict(ViTConfig(
-        image_size=image_size, patch_size=16, hidden_size=64, num_hidden_layers=2,
+        image_size=image_size, patch_size=8, hidden_size=64, num_hidden_layers=2,
         num_attention_heads=2, intermediate_size=128,
     ))
 
