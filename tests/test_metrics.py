@@ -49,3 +49,21 @@ def test_vqa_metrics_by_hand():
     assert m["f1"] == pytest.approx(sum(f1) / 3)
     assert m["balanced_acc"] == pytest.approx((1 / 2 + 1 + 0) / 3)
     assert m["majority_acc"] == pytest.approx(2 / 5)  # training majority is class 1
+
+
+def test_per_type_accuracy_against_each_types_own_majority():
+    """Hand-worked: pit24 classes 0-14 are steps, 15-18 phases, 40-44 positions. Training
+    answers: steps mostly 3, phases mostly 16. Validation: 3 step questions (2 right, one
+    of them is 3), 2 phase questions (both right, none is 16), 1 position question."""
+    from ingest.qa import answer_types
+
+    train = [3, 3, 1, 16, 16, 15, 40]
+    y_true = [3, 1, 2, 15, 17, 41]
+    y_pred = [3, 1, 0, 15, 17, 42]
+    out, _ = vqa_metrics(y_true, y_pred, 59, train, answer_types("pit24"))
+    assert out["per_type"] == {
+        "step": {"acc": 2 / 3, "majority_acc": 1 / 3, "num_questions": 3},
+        "phase": {"acc": 1.0, "majority_acc": 0.0, "num_questions": 2},
+        "position": {"acc": 0.0, "majority_acc": 0.0, "num_questions": 1},
+    }
+    assert answer_types("pit24").count("instrument") == 18 and len(answer_types("endo18")) == 18
