@@ -59,7 +59,8 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     add("--use_gpu", action=Switch, default=None,
         help="train and evaluate on GPUs (default: when the cluster has them)")
     add("--num_shards", type=positive_int, default=None,
-        help="video shards of the evaluation similarity matrix (default: one per GPU, else 2)")
+        help="video shards of the retrieval evaluation, one Ray task each (default: one per GPU, else 2; at "
+             "most one per column block of the kernel, a few hundred videos)")
 
     g = parser.add_argument_group("retrieval data (MSR-VTT layout, CLIP4Clip/DRL names)")
     g.add_argument("--train_csv", default=None, help="MSRVTT_train.9k.csv")

@@ -19,8 +19,12 @@ def test_pitvqa_round_trip(tmp_path, gpt2_tokenizer):
     loaded, tokenizer = load_checkpoint(tmp_path)
     enc = tokenize(tokenizer, ["what instrument is being used", "where"], 30)
     pixels = torch.rand(2, 3, 64, 64)
+    # Every tensor comes back bit for bit; the outputs agree to float precision (two model
+    # instances' matmuls may take differently aligned kernel paths: seen once in CI).
+    saved, back = model.state_dict(), loaded.state_dict()
+    assert saved.keys() == back.keys() and all(torch.equal(saved[k], back[k]) for k in saved)
     with torch.no_grad():
-        assert torch.equal(model(pixels, **enc), loaded(pixels, **enc))
+        assert torch.allclose(model(pixels, **enc), loaded(pixels, **enc), atol=1e-6)
     assert loaded.config == model.config
 
 
