@@ -226,8 +226,9 @@ def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
     manifest = _read_manifest(out_dir)
     if not manifest:
         return ray.data.read_parquet(str(out_dir / "clips"))
+    wanted = set(video_ids) if video_ids is not None else None
     current = {vid: entry["file"] for vid, entry in manifest.items()
-               if entry.get("file") and (video_ids is None or vid in set(video_ids))}
+               if entry.get("file") and (wanted is None or vid in wanted)}
     files = sorted({str(out_dir / "clips" / name) for name in current.values()})
     if not files:
         raise FileNotFoundError(f"{out_dir}: no decoded clips for the videos asked for")

@@ -7,8 +7,9 @@
 Retrieval: the test captions and videos are encoded on Ray Data (``jobs.encode``); each
 Ray task scores every text against its slice of the videos with the exact kernel and
 returns rank counts, not scores (``jobs.similarity``), so no process ever holds the
-``[texts, videos]`` matrix; t2v/v2t R@1/5/10, MdR and MnR follow from the ranks. VQA: accuracy, macro P/R/F1, balanced accuracy and the
-majority-class baseline. Writes ``metrics.json`` and PNG plots.
+``[texts, videos]`` matrix; t2v/v2t R@1/5/10, MdR and MnR follow from the ranks. VQA:
+accuracy, macro P/R/F1, balanced accuracy, the majority-class baseline and per-type
+accuracy. Writes ``metrics.json`` and PNG plots.
 """
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
     text_video = np.array([column[video_id] for video_id, _ in test_pairs])
     num_shards = num_shards or per_gpu(use_gpu, cpu_default=2)
     t2v, v2t, num_shards = sharded_ranks(
-        torch.from_numpy(texts["tokens"][text_order]), torch.from_numpy(texts["weights"][text_order]),
-        torch.from_numpy(videos["tokens"][video_order]), torch.from_numpy(videos["weights"][video_order]),
-        text_video, num_shards=num_shards, use_gpu=use_gpu, dtype=torch.float16 if use_gpu else None,
+        texts["tokens"][text_order], texts["weights"][text_order], videos["tokens"][video_order],
+        videos["weights"][video_order], text_video, num_shards=num_shards, use_gpu=use_gpu,
+        dtype=torch.float16 if use_gpu else None,
     )
     metrics = {**metrics_from_ranks(t2v, v2t, len(test_video_ids)), "num_shards": num_shards,
                "checkpoint": str(checkpoint)}

@@ -94,7 +94,7 @@ def sharded_ranks(text, text_weight, video, video_weight, text_video: np.ndarray
     """
     text_video = np.asarray(text_video, dtype=np.int64)
     refs = [_in_object_store(x) for x in (text, text_weight, video, video_weight)]
-    num_tokens, (num_videos, num_frames) = _shape(text, refs[0])[1], _shape(video, refs[2])[:2]
+    num_tokens, (num_videos, num_frames) = _shape(text)[1], _shape(video)[:2]
     bounds = shard_bounds(num_videos, num_shards, num_tokens, num_frames, use_gpu)
     text_video_ref = ray.put(text_video)
     dtype_name = str(dtype).replace("torch.", "") if dtype else None
@@ -115,10 +115,10 @@ def sharded_ranks(text, text_weight, video, video_weight, text_video: np.ndarray
     return 1 + higher, best_caption_ranks(text_rank, text_video, num_videos), len(shards)
 
 
-def _shape(value, ref) -> tuple[int, ...]:
-    """The shape of a feature array, without reading its data (an object-store array is
-    mapped, not copied)."""
-    return tuple(value.shape) if not isinstance(value, ray.ObjectRef) else tuple(ray.get(ref).shape)
+def _shape(value) -> tuple[int, ...]:
+    """The shape of a feature array or of the one a ref names, without reading its data
+    (an object-store array is mapped, not copied)."""
+    return tuple((ray.get(value) if isinstance(value, ray.ObjectRef) else value).shape)
 
 
 def best_caption_ranks(text_rank: np.ndarray, text_video: np.ndarray, num_videos: int) -> np.ndarray:
