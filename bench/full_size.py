@@ -9,7 +9,10 @@ Nothing is downloaded: the base architectures are built from their configs alone
 GPT-2-sized BPE (50257 tokens) and a CLIP-sized one (49408) made here. Then, each as its
 own process, as a user runs them: ``jobs/train.py`` (a few Ray Train steps of each model on
 small synthetic sets in the real layouts), ``jobs/evaluate.py``, ``jobs/index.py``, and
-``serve run serve:build_app`` answering one ``/search`` and one ``/vqa``. Prints time and
+``serve run serve:build_app`` answering one ``/search`` and one ``/vqa``, all on one Ray that
+this script starts (as a user's jobs share their cluster) and stops at the end, unless
+RAY_ADDRESS names a cluster to use. ``--stages`` runs a subset (build, the training runs,
+the index and serve always run: the later stages need them). Prints time and
 peak memory (the machine's memory in use above the idle level, Ray's processes included)
 per stage and training samples/s per model, and ends with one JSON line.
 """
@@ -133,7 +136,7 @@ def http(url: str, body=None, timeout=300):
         return json.loads(response.read())
 
 
-def serve_stage(paths: dict, results: dict, image_size: int, port: int = 8000) -> None:
+def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: int = 8000) -> None:
     """``serve run serve:build_app ...``: wait for /healthz, then one /search and one /vqa."""
     import numpy as np
     from PIL import Image
@@ -143,7 +146,7 @@ def serve_stage(paths: dict, results: dict, image_size: int, port: int = 8000) -
     print(f"\n== serve: {' '.join(command)}", flush=True)
     with PeakMemory() as memory:
         started = time.time()
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         try:
@@ -180,6 +183,22 @@ def serve_stage(paths: dict, results: dict, image_size: int, port: int = 8000) -
                         "vqa_seconds": round(vqa_s, 2), "peak_memory_gb": round(memory.gb, 2)}
 
 
+STAGES = ("build", "train_retriever", "evaluate_retriever", "index", "train_pitvqa", "evaluate_pitvqa", "serve")
+OPTIONAL = ("evaluate_retriever", "evaluate_pitvqa")
+
+
+def shared_ray() -> tuple[dict, object]:
+    """The environment for the stages' processes: RAY_ADDRESS of the cluster they share (one
+    started here when none is named, so that each stage does not start and stop its own),
+    and a function that stops what was started here."""
+    import ray
+
+    if os.environ.get("RAY_ADDRESS") not in (None, "", "local"):
+        return dict(os.environ), lambda: None
+    context = ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    return {**os.environ, "RAY_ADDRESS": context.address_info["gcs_address"]}, ray.shutdown
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=("full", "small"), default="full")
@@ -187,11 +206,24 @@ def main(argv=None) -> int:
     parser.add_argument("--train_videos", type=int, default=16)
     parser.add_argument("--test_videos", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run; {', '.join(OPTIONAL)} "
+                        "may be left out")
     args = parser.parse_args(argv)
+    stages = set(args.stages.split(","))
+    if stages - set(STAGES) or set(STAGES) - set(OPTIONAL) - stages:
+        parser.error(f"--stages: choose from {', '.join(STAGES)}; only {', '.join(OPTIONAL)} may be left out")
     work = (ROOT / args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    python = sys.executable
     results: dict = {}
+    env, stop_ray = shared_ray()
+    try:
+        return run_stages(args, work, stages, env, results)
+    finally:
+        stop_ray()
+
+
+def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> int:
+    python = sys.executable
 
     print(f"building the {args.size} architectures from their configs (random weights) in {work}", flush=True)
     with PeakMemory() as memory:
@@ -206,13 +238,14 @@ def main(argv=None) -> int:
 
     done = run("train_retriever", [python, "jobs/train.py", "--clip_path", str(paths["clip"]), "--epochs", "1",
                             "--batch_size", str(args.batch_size), "--output_dir", str(work / "wti"), "--index", "0",
-                            "--fresh", *data], results)
+                            "--fresh", *data], results, env)
     results["train_retriever"]["samples_per_second"] = samples_per_second(work / "wti", done.stdout)
-    run("evaluate_retriever", [python, "jobs/evaluate.py", "--checkpoint", str(paths["wti"]),
-                               "--output_dir", str(work / "wti" / "eval"), *data], results)
+    if "evaluate_retriever" in stages:
+        run("evaluate_retriever", [python, "jobs/evaluate.py", "--checkpoint", str(paths["wti"]),
+                                   "--output_dir", str(work / "wti" / "eval"), *data], results, env)
     videos = synthetic / f"msrvtt_{args.train_videos}x{args.test_videos}" / "videos"
     run("index", [python, "jobs/index.py", "--checkpoint", str(paths["wti"]), "--features_path", str(videos),
-                  "--output_dir", str(paths["index"])], results)
+                  "--output_dir", str(paths["index"])], results, env)
 
     pit24 = work / "pit24"
     if not (pit24 / ".complete").is_file():  # one frame per video: 25 images, the reference split
@@ -223,12 +256,13 @@ def main(argv=None) -> int:
     done = run("train_pitvqa", [python, "jobs/train.py", "--dataset=pit24", f"--data_root={pit24}", "--epochs=1",
                                 f"--batch_size={args.batch_size}", "--lr=0.00002", "--vit_path", str(paths["vit"]),
                                 "--blip_path", str(paths["blip"]), "--gpt2_path", str(paths["gpt2"]),
-                                "--output_dir", str(work / "pitvqa"), "--fresh"], results)
+                                "--output_dir", str(work / "pitvqa"), "--fresh"], results, env)
     results["train_pitvqa"]["samples_per_second"] = samples_per_second(work / "pitvqa", done.stdout)
-    run("evaluate_pitvqa", [python, "jobs/evaluate.py", "--checkpoint", str(paths["pitvqa"]),
-                            f"--data_root={pit24}", "--output_dir", str(work / "pitvqa" / "eval")], results)
+    if "evaluate_pitvqa" in stages:
+        run("evaluate_pitvqa", [python, "jobs/evaluate.py", "--checkpoint", str(paths["pitvqa"]),
+                                f"--data_root={pit24}", "--output_dir", str(work / "pitvqa" / "eval")], results, env)
     image_size = json.loads((paths["pitvqa"] / "config.json").read_text())["config"]["image_size"]
-    serve_stage(paths, results, image_size)
+    serve_stage(paths, results, image_size, env)
 
     from models import load_checkpoint
 

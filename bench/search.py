@@ -1,22 +1,33 @@
-"""Top-10 search over a large index: exhaustive exact WTI against the serving path.
+"""Top-10 search over a large index: exhaustive exact WTI, this project's search and a peer,
+on the same vectors in one run.
 
-    python bench/search.py                                   # 100k videos, runs/wti/checkpoint
-    python bench/search.py --videos 10000 --queries 100 --candidates 256,512,1024
+    python bench/search.py                                   # 1M videos, runs/wti/checkpoint
+    python bench/search.py --videos 10000 --queries 100 --probe 500,1000 --nprobe 4,8
 
 The index holds features from a trained synthetic model, not random noise: clips like the
 synthetic corpus's (random shape, colour, size, direction and background noise) are
-rendered, encoded by ``jobs.encode.ClipEncoder`` and written with ``models.index`` (cached
-under ``~/.cache/vqa-wti-ray/bench``). Queries are captions from the corpus's templates,
-encoded by its text encoder. Both sides run one query at a time, on one slice holding the
-whole index, as one serving shard does: exhaustive is ``token_wise_topk`` over every video,
-the serving path is ``models.search.search`` (pooled candidates, then exact WTI on them).
-Prints latency per query, the speed-up and overlap@10 for each candidate count, then one
+rendered (a process pool), encoded by ``jobs.encode.ClipEncoder`` and written with
+``models.index`` (cached under ``~/.cache/vqa-wti-ray/bench``; 1M takes about 30 minutes
+on 2 cores). Queries are captions from the corpus's templates, encoded by its text encoder.
+Every method runs one query at a time on one slice holding the whole index, as one serving
+shard does:
+
+- exhaustive: ``token_wise_topk`` over every video (the reference);
+- this project: ``models.search.search`` with the index's inverted lists (the best lists
+  until ``--probe`` videos, all of them scored exactly);
+- the old first stage (``--pooled``): every pooled vector scanned, the best re-scored;
+- the peer: FAISS IVF-Flat (``faiss-cpu``, installed on first use) over the same pooled
+  vectors with as many lists, its ``--peer_candidates`` best re-scored by the same exact WTI.
+
+Prints ms/query, the speed-up, overlap@10 and the share of queries whose top-10 is identical
+to exhaustive for each setting, each first stage's build time and bytes per video, then one
 JSON line.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -31,17 +42,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ingest.synthetic import COLORS, DIRECTIONS, SHAPES, SIZES, Clip, render_clips  # noqa: E402
 from jobs.encode import ClipEncoder  # noqa: E402
 from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
-from models import load_checkpoint, token_wise_topk  # noqa: E402
+from models import load_checkpoint, token_wise_scores, token_wise_topk  # noqa: E402
 from models.encode import encode_texts  # noqa: E402
-from models.index import IndexWriter, load_rows, read_manifest  # noqa: E402
-from models.search import candidate_count, search  # noqa: E402
+from models.index import IndexWriter, load_index, nearest_centroid, read_manifest, train_centroids  # noqa: E402
+from models.search import PROBE_ROWS, InvertedLists, search, trim_padding  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
 
+def _render(job: tuple[int, int, int, int]) -> tuple[int, np.ndarray]:
+    """(render seed, clips, frames, size) -> (render seed, frames): one chunk, in a pool process."""
+    job_seed, n, max_frames, image_size = job
+    return job_seed, render_clips(n, max_frames, image_size, seed=job_seed)[1]
+
+
 def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = None, seed: int = 0,
                     chunk: int = 2000) -> Path:
-    """An index of ``num_videos`` rendered synthetic clips encoded by ``checkpoint`` (cached)."""
+    """An index of ``num_videos`` rendered synthetic clips encoded by ``checkpoint`` (cached).
+    Clips are rendered by a process pool (one process per core) while this process encodes."""
+    from concurrent.futures import ProcessPoolExecutor
+
     folder = folder or CACHE / f"index_{checkpoint_digest(checkpoint)[:12]}_{num_videos}_{seed}"
     if (folder / "manifest.json").is_file():
         return folder
@@ -49,16 +69,25 @@ def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = Non
     config = encoder.model.config
     writer = IndexWriter(folder, info={**index_info(checkpoint), "synthetic": True, "seed": seed})
     started = time.time()
-    for first in range(0, num_videos, chunk):
-        n = min(chunk, num_videos - first)
-        clips, frames = render_clips(n, config.max_frames, config.image_size, seed=seed * 7_919 + first)
-        batch = {"video_id": np.array([f"video{first + i}" for i in range(n)], dtype=object), "frames": frames,
-                 "frame_mask": np.ones((n, config.max_frames), np.uint8)}
-        add_encoded(writer, encoder(batch))
-        done = first + n
-        print(f"  encoded {done}/{num_videos} synthetic videos ({done / (time.time() - started):.0f}/s)",
-              file=sys.stderr, flush=True)
-    writer.close()
+    jobs = [(seed * 7_919 + first, min(chunk, num_videos - first), config.max_frames, config.image_size)
+            for first in range(0, num_videos, chunk)]
+    workers = max(1, os.cpu_count() or 1)
+    with ProcessPoolExecutor(workers) as pool:
+        window = [pool.submit(_render, job) for job in jobs[:2 * workers]]  # bounded: a chunk is ~100 MB
+        for i, (job_seed, n, _, _) in enumerate(jobs):
+            frames = window.pop(0).result()[1]
+            if i + len(window) + 1 < len(jobs):
+                window.append(pool.submit(_render, jobs[i + len(window) + 1]))
+            first = job_seed - seed * 7_919
+            batch = {"video_id": np.array([f"video{first + i}" for i in range(n)], dtype=object), "frames": frames,
+                     "frame_mask": np.ones((n, config.max_frames), np.uint8)}
+            add_encoded(writer, encoder(batch))
+            done = first + n
+            print(f"  encoded {done}/{num_videos} synthetic videos ({done / (time.time() - started):.0f}/s)",
+                  file=sys.stderr, flush=True)
+    started = time.time()
+    manifest = writer.close()
+    print(f"  {manifest['lists']} inverted lists (k-means) in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
     return folder
 
 
@@ -74,12 +103,39 @@ def encode_queries(checkpoint: Path, texts: list[str]):
     return encoded.tokens, encoded.weights, encoded.pooled
 
 
-def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, candidate_counts: list[int]) -> dict:
+def peer_faiss():
+    """FAISS, the peer (``faiss-cpu``), installed into this environment on first use."""
+    try:
+        import faiss
+    except ImportError:
+        import subprocess
+
+        print(f"installing the peer: pip install {FAISS}", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", FAISS], check=True)
+        import faiss
+    return faiss
+
+
+FAISS = "faiss-cpu==1.15.1"
+
+
+def agreement(exact: torch.Tensor, found: torch.Tensor, top_k: int) -> dict:
+    return {"overlap@10": float(np.mean([len(set(e.tolist()) & set(f.tolist())) / top_k for e, f in zip(exact, found)])),
+            "identical_top10": float(np.mean([set(e.tolist()) == set(f.tolist()) for e, f in zip(exact, found)]))}
+
+
+def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes: list[int], pooled: list[int],
+        nprobes: list[int], peer_candidates: list[int]) -> dict:
     folder = synthetic_index(checkpoint, num_videos)
-    rows = load_rows(folder, 0, read_manifest(folder)["count"])
+    manifest = read_manifest(folder)
+    rows = load_index(folder)
+    centroids = np.load(folder / manifest["centroids"])
+    order, lists = InvertedLists.sort(rows.lists, centroids)  # as a serving shard holds it
+    rows = rows.take(order)
     frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
     video_pooled = torch.from_numpy(rows.pooled)
     text, text_weight, text_pooled = encode_queries(checkpoint, synthetic_queries(num_queries))
+    F, D = frames.shape[1:]
 
     def timed(fn):
         fn(0)  # warm-up
@@ -87,40 +143,95 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, candida
         return (time.perf_counter() - started) / num_queries, torch.cat(out)
 
     one = lambda a: (text[a : a + 1], text_weight[a : a + 1], text_pooled[a : a + 1])  # noqa: E731
+    print(f"{num_videos} videos x {F} frames x {D} dims, {num_queries} queries, top-{top_k}, "
+          f"{torch.get_num_threads()} threads", flush=True)
     exact_s, exact = timed(lambda a: token_wise_topk(*one(a)[:2], frames, weights, top_k, dtype=torch.float32)[1])
-    served_s, served = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, exact=True)[1])
-    assert torch.equal(served, exact), "the serving exact path must find what exhaustive scoring finds"
-    results = {"exhaustive_ms": 1000 * exact_s, "exact_path_ms": 1000 * served_s, "runs": []}
-    print(f"{num_videos} videos x {frames.shape[1]} frames x {frames.shape[2]} dims, {num_queries} queries, "
-          f"top-{top_k}\nexhaustive exact WTI (padded query, as evaluation scores): {1000 * exact_s:.2f} ms/query"
-          f"\nthe service's exact path (same top-10; padding trimmed, models.search.trim_padding): "
-          f"{1000 * served_s:.2f} ms/query")
-    print(f"{'candidates':>10} {'ms/query':>9} {'speed-up':>9} {'vs exact path':>14} {'overlap@10':>11} "
-          f"{'identical top-10':>17}")
-    for candidates in candidate_counts:
-        two_s, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k,
-                                              candidates=candidates)[1])
-        overlap = np.mean([len(set(e.tolist()) & set(f.tolist())) / top_k for e, f in zip(exact, found)])
-        identical = np.mean([set(e.tolist()) == set(f.tolist()) for e, f in zip(exact, found)])
-        in_order = np.mean([e.tolist() == f.tolist() for e, f in zip(exact, found)])
-        row = {"candidates": candidates, "ms": 1000 * two_s, "speedup": exact_s / two_s,
-               "speedup_vs_exact_path": served_s / two_s, "overlap@10": overlap, "identical_top10": identical,
-               "identical_order": in_order}
+    print(f"exhaustive exact WTI (padded query, as evaluation scores): {1000 * exact_s:.2f} ms/query", flush=True)
+    results = {"exhaustive_ms": 1000 * exact_s, "runs": []}
+
+    def report(method: str, setting: str, seconds: float, found: torch.Tensor, **extra) -> None:
+        row = {"method": method, "setting": setting, "ms": 1000 * seconds, "speedup": exact_s / seconds,
+               **agreement(exact, found, top_k), **extra}
         results["runs"].append(row)
-        print(f"{candidates:>10} {1000 * two_s:>9.2f} {exact_s / two_s:>8.1f}x {served_s / two_s:>13.1f}x "
-              f"{overlap:>11.4f} {100 * identical:>16.1f}%")
-    default = candidate_count(num_videos, top_k)
-    print(f"serving default for a {num_videos}-video shard: {default} candidates (models.search.candidate_count)")
-    return {**results, "default_candidates": default}
+        print(f"{method:<34} {setting:<26} {1000 * seconds:>9.2f} {exact_s / seconds:>8.1f}x "
+              f"{row['overlap@10']:>11.4f} {100 * row['identical_top10']:>16.1f}%", flush=True)
+
+    print(f"\n{'method':<34} {'setting':<26} {'ms/query':>9} {'speed-up':>9} {'overlap@10':>11} {'identical top-10':>17}")
+    # This project: the inverted lists' centroids, then exact WTI on every video of the best lists.
+    for rows_probed in probes:
+        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=rows_probed,
+                                                lists=lists)[1])
+        report("this project: inverted lists + WTI", f"{rows_probed} videos probed", seconds, found,
+               candidates=rows_probed)
+    # Before: every pooled vector scanned (fp32), the best re-scored exactly.
+    for count in pooled:
+        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=count)[1])
+        report("pooled scan + WTI (the old stage)", f"{count} candidates", seconds, found, candidates=count)
+
+    # The peer: FAISS's IVF-Flat over the same pooled vectors (its own k-means, as many lists),
+    # its top candidates re-scored with the same exact WTI.
+    faiss = peer_faiss()
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    started = time.perf_counter()
+    peer = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, len(centroids), faiss.METRIC_INNER_PRODUCT)
+    sample = rows.pooled[np.random.default_rng(0).choice(len(rows), min(len(rows), 64 * len(centroids)), replace=False)]
+    peer.train(np.ascontiguousarray(sample))
+    peer.add(np.ascontiguousarray(rows.pooled))
+    peer_build_s = time.perf_counter() - started
+
+    def peer_search(a: int, nprobe: int, count: int) -> torch.Tensor:
+        peer.nprobe = nprobe
+        ids = torch.from_numpy(peer.search(text_pooled[a : a + 1].numpy(), count)[1][0])
+        ids = ids[ids >= 0]
+        q, w = trim_padding(text[a : a + 1], text_weight[a : a + 1])
+        scores = token_wise_scores(q, w, frames[ids], weights[ids])[0]
+        return ids[scores.topk(min(top_k, len(ids))).indices][None]
+
+    for nprobe in nprobes:
+        for count in peer_candidates:
+            seconds, found = timed(lambda a: peer_search(a, nprobe, count))
+            report(f"peer: {FAISS} IVF-Flat + WTI", f"nprobe {nprobe}, {count} candidates", seconds, found,
+                   nprobe=nprobe, candidates=count)
+
+    # Build time and memory per video of each first stage (the exact stage's frames are the same).
+    started = time.perf_counter()
+    ours = train_centroids(rows.pooled, len(centroids))
+    nearest_centroid(rows.pooled, ours)
+    ours_build_s = time.perf_counter() - started
+    n = len(rows)
+    results["first_stage"] = {
+        "this_project": {"build_s": ours_build_s, "lists": len(centroids),
+                         "bytes_per_video": 4 + centroids.nbytes / n},  # a list id; the centroids shared
+        "peer": {"build_s": peer_build_s, "lists": len(centroids), "bytes_per_video": 4 * D + 8},  # vector + id
+    }
+    results["exact_stage_bytes_per_video"] = {"disk": F * D * 2 + F * 4 + F + D * 4 + 4, "cpu_memory": F * D * 4 + F * 4}
+    print(f"\nfirst stage build: this project {ours_build_s:.1f} s (k-means + lists), peer {peer_build_s:.1f} s; "
+          f"bytes per video: this project {results['first_stage']['this_project']['bytes_per_video']:.1f} "
+          f"(a list id + its share of the centroids), peer {4 * D + 8} (the pooled vector + id); "
+          f"the exact stage's frames: {F * D * 4 + F * 4} B in memory (fp32 on a CPU), "
+          f"{results['exact_stage_bytes_per_video']['disk']} B on disk per video, both methods")
+    for method in ("this project", "pooled scan", "peer"):
+        good = [r for r in results["runs"] if r["method"].startswith(method) and r["identical_top10"] >= 0.99]
+        if good:
+            best = min(good, key=lambda r: r["ms"])
+            print(f"fastest at >= 99% identical top-10, {method}: {best['setting']}, {best['ms']:.2f} ms/query")
+    return {**results, "default_probe_rows": PROBE_ROWS}
+
+
+def ints(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/wti/checkpoint", help="a trained retriever (python jobs/train.py)")
-    parser.add_argument("--videos", type=int, default=100_000)
+    parser.add_argument("--videos", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--candidates", default="256,512,1024,2000,4000", help="comma-separated counts to try")
+    parser.add_argument("--probe", default="4096,8192,16384,32768", help="this project: videos probed per query")
+    parser.add_argument("--pooled", default="", help="the old pooled scan: candidates to try (e.g. 30000)")
+    parser.add_argument("--nprobe", default="16,32,64", help="the peer: lists probed")
+    parser.add_argument("--peer_candidates", default="2000,8000", help="the peer: candidates re-scored")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint).resolve()
@@ -129,8 +240,8 @@ def main(argv=None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    counts = [int(c) for c in args.candidates.split(",")]
-    out = run(checkpoint, args.videos, args.queries, args.top_k, counts)
+    out = run(checkpoint, args.videos, args.queries, args.top_k, ints(args.probe), ints(args.pooled), ints(args.nprobe),
+              ints(args.peer_candidates))
     print(json.dumps({"bench": "search", "machine": platform.machine(), "threads": torch.get_num_threads(),
                       "videos": args.videos, "queries": args.queries, **out}))
     return 0

@@ -1,7 +1,15 @@
-"""Encode a video collection with a trained retriever into a sharded retrieval index.
+"""Encode a video collection with a trained retriever into a sharded retrieval index, and
+change it while it is served.
 
     python jobs/index.py                                          # runs/wti/checkpoint over its synthetic corpus
     python jobs/index.py --checkpoint DIR --features_path VIDEOS --output_dir DIR/index
+    python jobs/index.py --checkpoint DIR --features_path NEW_VIDEOS --output_dir DIR/index --append
+    python jobs/index.py --output_dir DIR/index --remove VIDEO_ID [VIDEO_ID ...]
+
+``--append`` encodes only the videos in ``--features_path`` into new storage shards of the
+index (a video id it already holds is replaced); the checkpoint must be the one the index was
+built with. ``--remove`` takes videos out. Each change is the index's next version, made in
+one rename of its manifest (``models.index``); a running service picks it up within seconds.
 
 Ray Data decodes the videos (the clip job, streamed: nothing but the index is written), an
 actor pool encodes them (``jobs.encode.ClipEncoder``; one GPU per actor when the cluster
@@ -51,7 +59,7 @@ def add_encoded(writer, batch: dict) -> None:
 
 
 def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows_per_shard: int = 50_000,
-                keep: set[str] | None = None) -> tuple[dict | None, dict]:
+                keep: set[str] | None = None, append: bool = False) -> tuple[dict | None, dict]:
     """Write ``encoded`` (``jobs.encode.ClipEncoder`` rows, a Ray Dataset) as an index under
     ``output_dir`` (None: write nothing), in one pass that also keeps the rows of the video
     ids in ``keep`` in memory (the test videos, for evaluation). Returns (manifest, kept columns).
@@ -60,7 +68,7 @@ def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows
 
     from models.index import IndexWriter
 
-    writer = IndexWriter(output_dir, rows_per_shard, info=info) if output_dir is not None else None
+    writer = IndexWriter(output_dir, rows_per_shard, info=info, append=append) if output_dir is not None else None
     kept, started, done = [], time.time(), 0
     for batch in encoded.iter_batches(batch_size=256, batch_format="numpy"):
         if writer is not None:
@@ -71,17 +79,22 @@ def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows
         done += len(batch["video_id"])
         print(f"encoded {done} videos ({done / (time.time() - started):.1f}/s)", flush=True)
     columns = {column: np.concatenate([part[column] for part in kept]) for column in kept[0]} if kept else {}
-    return (writer.close() if writer is not None else None), columns
+    if writer is None:
+        return None, columns
+    manifest = writer.close()
+    manifest["replaced"] = writer.replaced
+    return manifest, columns
 
 
 def build_index(checkpoint: Path, clips, output_dir: Path, use_gpu: bool = False, rows_per_shard: int = 50_000,
-                keep: set[str] | None = None) -> tuple[dict, dict]:
-    """Encode ``clips`` (the clip job's rows) into an index under ``output_dir``; returns
-    (manifest, the kept rows' encodings) as ``write_index``."""
+                keep: set[str] | None = None, append: bool = False) -> tuple[dict, dict]:
+    """Encode ``clips`` (the clip job's rows) into an index under ``output_dir`` (``append``:
+    into new storage shards of the index there); returns (manifest, the kept rows' encodings)
+    as ``write_index``."""
     from jobs.encode import ClipEncoder, encode
 
     return write_index(encode(clips, ClipEncoder, checkpoint, use_gpu, batch_size=16), output_dir,
-                       index_info(checkpoint), rows_per_shard, keep)
+                       index_info(checkpoint), rows_per_shard, keep, append)
 
 
 def parse_args(argv):
@@ -97,6 +110,10 @@ def parse_args(argv):
     add("--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform")
     add("--rows_per_shard", type=positive_int, default=50_000, help="videos per storage shard")
     add("--use_gpu", action=Switch, default=None, help="encode on GPUs (default: when the cluster has them)")
+    add("--append", action="store_true", help="add the videos of --features_path to the index in --output_dir "
+        "(an id it holds is replaced); --checkpoint must be the one it was built with")
+    add("--remove", nargs="+", metavar="VIDEO_ID", default=None, help="remove these videos from the index in "
+        "--output_dir (nothing is encoded)")
     add("--synthetic_dir", default=str(DEFAULT_SYNTHETIC_DIR), help="where the synthetic corpus lives")
     return parser.parse_args(argv)
 
@@ -105,6 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.cli import fail
 
     args = parse_args(argv)
+    if args.remove is not None:
+        if args.append:
+            return fail(PROG, "--remove and --append: one change at a time")
+        return remove(Path(args.output_dir or Path(args.checkpoint).parent / "index").resolve(), args.remove)
     from models.checkpoint import read_config
 
     checkpoint = Path(args.checkpoint).resolve()
@@ -129,6 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         return fail(PROG, f"--features_path: no video files in {videos_dir}")
     output_dir = Path(args.output_dir or checkpoint.parent / "index").resolve()
+    if args.append:
+        problem = check_append(output_dir, checkpoint)
+        if problem:
+            return fail(PROG, problem)
     config = saved["config"]
     spec = ClipSpec(args.feature_framerate, config["max_frames"], args.slice_framepos,
                     config["clip_config"]["vision_config"]["image_size"])
@@ -142,11 +167,48 @@ def main(argv: list[str] | None = None) -> int:
     print(f"indexing {len(videos)} videos from {videos_dir} with {checkpoint}", flush=True)
     collector = DecodeLog.remote()
     manifest, _ = build_index(checkpoint, clip_dataset(videos, spec, collector), output_dir, use_gpu,
-                              args.rows_per_shard)
+                              args.rows_per_shard, append=args.append)
     report = ray.get(collector.report.remote())
     report.write(output_dir / "skipped.jsonl")
-    print(f"index of {manifest['count']} videos ({len(manifest['shards'])} storage shard(s)) in {output_dir}; "
-          f"{report.summary('decode')}")
+    change = (f"added {len(videos) - len(report.records) - len(manifest['replaced'])} videos, replaced "
+              f"{len(manifest['replaced'])}; " if args.append else "")
+    print(f"index version {manifest['version']}: {manifest['count']} videos ({len(manifest['shards'])} storage "
+          f"shard(s), {manifest['lists']} inverted lists) in {output_dir}; {change}{report.summary('decode')}")
+    return 0
+
+
+def check_append(output_dir: Path, checkpoint: Path) -> str | None:
+    """Why ``checkpoint``'s videos cannot be appended to the index at ``output_dir`` (None: they can)."""
+    from models.index import read_manifest
+
+    try:
+        manifest = read_manifest(output_dir)
+    except FileNotFoundError:
+        return f"--append: no index at {output_dir} to add to (build it first, without --append)"
+    built, given = manifest.get("checkpoint_sha256"), checkpoint_digest(checkpoint)
+    if built != given:
+        return (f"--checkpoint: the index at {output_dir} was built with a checkpoint of sha256 {str(built)[:12]}..., "
+                f"this one is {given[:12]}...; its features would not be comparable (rebuild without --append)")
+    if not manifest.get("centroids"):
+        return f"--append: the index at {output_dir} predates live updates (no inverted lists); rebuild it"
+    return None
+
+
+def remove(output_dir: Path, video_ids: list[str]) -> int:
+    """``--remove``: the next version without ``video_ids``."""
+    from jobs.cli import fail
+    from models.index import read_manifest, remove_videos
+
+    try:
+        read_manifest(output_dir)
+    except FileNotFoundError as err:
+        return fail(PROG, f"--output_dir: {err}")
+    manifest, missing = remove_videos(output_dir, video_ids)
+    if len(missing) == len(set(video_ids)):
+        return fail(PROG, f"--remove: the index at {output_dir} holds none of {', '.join(missing)}")
+    note = f"; not in the index (nothing to remove): {', '.join(missing)}" if missing else ""
+    print(f"index version {manifest['version']}: removed {len(set(video_ids)) - len(missing)} videos, "
+          f"{manifest['count']} left in {output_dir}{note}")
     return 0
 
 

@@ -86,12 +86,22 @@ class Ingress:
         self.timeout_s = timeout_s  # AppArgs.timeout_s
         self.html = Path(__file__).with_name("page.html").read_text()
         self.thumbnails = None
+        # The newest index version each shard holds, as its answers say. A query asks every
+        # shard for the oldest of these, which all of them still hold while they move to a
+        # new version (each keeps its last two): one version per answer.
+        self.newest: list[int | None] = [None] * len(shards)
+
+    def _version(self) -> int | None:
+        known = [v for v in self.newest if v is not None]
+        return min(known) if len(known) == len(self.newest) else None
 
     def _thumbnails(self):
         from models.index import Thumbnails
 
         if self.thumbnails is None and (self.index / "manifest.json").is_file():
             self.thumbnails = Thumbnails(self.index)
+        elif self.thumbnails is not None:
+            self.thumbnails.refresh()
         return self.thumbnails
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -112,12 +122,22 @@ class Ingress:
         encoder, vqa, *shards = await asyncio.gather(ask(self.encoder), ask(self.vqa),
                                                      *(ask(s) for s in self.shards))
         up = [s for s in shards if "rows" in s and not s.get("problem")]
+        for i, shard in enumerate(shards):
+            if shard.get("version") is not None:
+                self.newest[i] = shard["version"]
         manifest = read_manifest(self.index) if (self.index / "manifest.json").is_file() else {}
         ready = encoder.get("loaded") and vqa.get("loaded") and len(up) == len(shards)
+        served = {s.get("version") for s in up}
         return {
             "status": "ok" if ready else "degraded",
-            "search": {**encoder, "index": str(self.index), "index_size": manifest.get("count", 0),
+            "search": {**encoder, "index": str(self.index),
+                       # What the shards serve: one version once every shard holds it (else null
+                       # while they load it), and the videos in it.
+                       "index_version": served.pop() if len(served) == 1 and len(up) == len(shards) else None,
+                       "index_size": sum(s["rows"] for s in up),
+                       "index_on_disk": {"version": manifest.get("version"), "count": manifest.get("count", 0)},
                        "shards": len(self.shards), "shards_up": len(up), "shard_rows": [s.get("rows", 0) for s in shards],
+                       "shard_versions": [s.get("versions", []) for s in shards],
                        "shard_nodes": [s.get("node") for s in shards],
                        "problems": sorted({s["problem"] for s in shards if s.get("problem")})},
             "vqa": vqa,
@@ -134,9 +154,13 @@ class Ingress:
         # The encoder's response goes to the shards as it is: each shard's replica fetches
         # the query itself, which saves a round trip through this replica.
         query = self.encoder.encode.remote(request.text)
+        version = self._version()
         answers = await asyncio.gather(
-            *(asyncio.wait_for(shard.search.remote(query, request.top_k, request.exact), self.timeout_s)
+            *(asyncio.wait_for(shard.search.remote(query, request.top_k, request.exact, version), self.timeout_s)
               for shard in self.shards), return_exceptions=True)
+        for i, answer in enumerate(answers):
+            if isinstance(answer, dict) and "newest" in answer:
+                self.newest[i] = answer["newest"]
         bugs = [a for a in answers if isinstance(a, BaseException) and not _unavailable(a)]
         if bugs:
             return _bug("/search", bugs[0])
@@ -152,6 +176,7 @@ class Ingress:
         hits = merge([a["hits"] for a in live], request.top_k)
         return SearchResponse(results=[Hit(video_id=v, score=s) for v, s in hits], partial=len(live) < len(answers),
                               missing_shards=len(answers) - len(live), exact=request.exact,
+                              index_version=min(a["version"] for a in live),
                               took_ms=round(1000 * (time.perf_counter() - started), 2))
 
     @api.post("/vqa", response_model=VQAResponse,

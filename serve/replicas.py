@@ -1,9 +1,9 @@
 """The model replicas behind the ingress, one class per kind of work:
 
 - ``QueryEncoder``: batched text encoding (``@serve.batch``, ``models.encode``);
-- ``IndexShard`` x N: one contiguous slice of the index each (on its own GPU when there are
-  GPUs, else on a CPU of its own), answering its top-k, two-stage (``models.search``) unless
-  asked ``exact``;
+- ``IndexShard`` x N: part of every storage shard of the index each (on its own GPU when
+  there are GPUs, else on a CPU of its own), answering its top-k, two-stage
+  (``models.search``) unless asked ``exact``, and following the index's new versions;
 - ``VQAModel``: batched PitVQANet with image decoding, preprocessing and tokenization.
 
 What a replica cannot do *by design* (its checkpoint or index is missing) it answers as
@@ -80,63 +80,124 @@ class QueryEncoder(_CheckpointReplica):
         return [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
 
 
+POLL_S = 2.0  # how often a shard looks for a new version of the index
+
+
+class ShardView:
+    """One version of a shard's rows on its device, sorted by inverted list."""
+
+    def __init__(self, version: int, rows, centroids, device: str, candidates: int | None):
+        from models.search import InvertedLists
+
+        self.version, self.candidates, self.lists = version, candidates, None
+        self.rows = len(rows) if rows is not None else 0
+        if not self.rows:
+            return
+        if centroids is not None and rows.lists is not None:
+            order, self.lists = InvertedLists.sort(rows.lists, centroids)
+            rows = rows.take(order)
+        dtype = torch.float16 if device == "cuda" else torch.float32  # the CPU has no fast fp16 matmul
+        self.ids = rows.video_ids
+        self.frames = torch.from_numpy(rows.frames).to(device, dtype)
+        self.weights = torch.from_numpy(rows.weights).to(device)
+        self.pooled = torch.from_numpy(rows.pooled).to(device, dtype)
+        self.probe = self.run_probe()  # what the health check must get again
+
+    def search(self, tokens, weights, pooled, top_k: int, exact: bool) -> list[tuple[str, float]]:
+        from models.search import search
+
+        if not self.rows:
+            return []
+        scores, rows = search(tokens, weights, pooled, self.frames, self.weights, self.pooled, top_k, exact,
+                              self.candidates, self.lists)
+        return [(self.ids[r], s) for r, s in zip(rows[0].tolist(), scores[0].float().tolist())]
+
+    def run_probe(self) -> list[tuple[str, float]]:
+        """A real query on these rows: the first video's frames as the query tokens."""
+        return self.search(self.frames[:1].float(), self.weights[:1], self.pooled[:1].float(), 5, False)
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30)
 class IndexShard:
-    """One contiguous slice of the index; answers its own top-k."""
+    """Part of every storage shard of the index (``models.index.serving_parts``); answers its
+    own top-k. It follows the index as it changes: every ``POLL_S`` seconds it looks for a new
+    version, loads it beside the one it serves (reading only new storage shards) and keeps the
+    last two, so that the ingress can ask every shard for the same version while they move."""
 
     def __init__(self, index: str, shard: int, num_shards: int, candidates: int | None = None):
-        from models.index import load_rows, read_manifest, slice_bounds
+        import threading
+
+        from models.index import IndexReader
 
         self.device, self.index, self.shard, self.candidates = _setup_torch(), Path(index), shard, candidates
-        self.rows = self.problem = None
+        self.reader = IndexReader(self.index, shard, num_shards)
+        self.views: dict[int, ShardView] = {}
+        self.problem = None
+        self.refresh()
+        threading.Thread(target=self._follow, name="follow-index", daemon=True).start()
+
+    def refresh(self) -> None:
+        """Load the index's current version if this shard does not hold it yet."""
+        import numpy as np
+
+        from models.index import read_manifest
+
         try:
             manifest = read_manifest(self.index)
         except FileNotFoundError:
-            self.problem = _missing("retrieval index", self.index, f"{TRAIN_RETRIEVER} (or python jobs/index.py)")
+            if not self.views:
+                self.problem = _missing("retrieval index", self.index, f"{TRAIN_RETRIEVER} (or python jobs/index.py)")
             return
-        first, last = slice_bounds(manifest["count"], num_shards)[shard]
-        if last <= first:
-            return  # more shards than videos: this one holds nothing
-        rows = load_rows(self.index, first, last)
-        dtype = torch.float16 if self.device == "cuda" else torch.float32  # the CPU has no fast fp16 matmul
-        self.ids = rows.video_ids
-        self.frames = torch.from_numpy(rows.frames).to(self.device, dtype)
-        self.weights = torch.from_numpy(rows.weights).to(self.device)
-        self.pooled = torch.from_numpy(rows.pooled).to(self.device, dtype)
-        self.rows = len(rows)
-        self.probe = self._probe()  # what the health check must get again
+        if manifest["version"] in self.views:
+            return
+        centroids = np.load(self.index / manifest["centroids"]) if manifest.get("centroids") else None
+        view = ShardView(manifest["version"], self.reader.rows(manifest), centroids, self.device, self.candidates)
+        kept = sorted(self.views)[-1:]
+        self.views = {**{v: self.views[v] for v in kept}, view.version: view}  # one assignment: readers see old or new
+        self.problem = None
 
-    def _probe(self) -> tuple[list[int], torch.Tensor]:
-        """A real query on this slice: its first video's frames as the query tokens."""
-        from models.search import search
+    def _follow(self) -> None:
+        import logging
+        import time
 
-        scores, rows = search(self.frames[:1].float(), self.weights[:1], self.pooled[:1].float(), self.frames,
-                              self.weights, self.pooled, top_k=5, candidates=self.candidates)
-        return rows[0].tolist(), scores[0].float().cpu()
+        while True:
+            time.sleep(POLL_S)
+            try:
+                self.refresh()
+            except Exception:  # a version half-deleted under us, a bad file: keep serving, try again
+                logging.getLogger("ray.serve").exception("index shard %d: loading the new index version failed",
+                                                         self.shard)
+
+    def _view(self, version: int | None = None) -> ShardView | None:
+        views = self.views
+        if not views:
+            return None
+        return views.get(version) or views[max(views)]
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
-        if self.rows:
-            rows, scores = self._probe()
-            if rows != self.probe[0] or not torch.allclose(scores, self.probe[1], atol=1e-4):
-                raise RuntimeError(f"index shard {self.shard}: the probe query answers {rows} {scores.tolist()}, "
-                                   f"not {self.probe[0]} {self.probe[1].tolist()}")
+        view = self._view()
+        if view is not None and view.rows:
+            got = view.run_probe()
+            if [v for v, _ in got] != [v for v, _ in view.probe] or \
+                    not torch.allclose(torch.tensor([s for _, s in got]), torch.tensor([s for _, s in view.probe]),
+                                       atol=1e-4):
+                raise RuntimeError(f"index shard {self.shard}: the probe query answers {got}, not {view.probe}")
 
     def info(self) -> dict:
-        return {"shard": self.shard, "rows": self.rows or 0, "device": self.device, "node": _node(),
-                "problem": self.problem}
+        view = self._view()
+        return {"shard": self.shard, "rows": view.rows if view else 0, "version": view.version if view else None,
+                "versions": sorted(self.views), "device": self.device, "node": _node(), "problem": self.problem}
 
-    def search(self, query: dict, top_k: int, exact: bool) -> dict:
+    def search(self, query: dict, top_k: int, exact: bool, version: int | None = None) -> dict:
+        """The best ``top_k`` of this shard in ``version`` (None or a version it no longer
+        holds: its newest), and which version answered."""
         if self.problem or "problem" in query:  # no index here, or no model at the encoder
             return {"problem": self.problem or query["problem"]}
-        if not self.rows:
-            return {"hits": []}
-        from models.search import search
-
+        view = self._view(version)
         as_tensor = lambda name: torch.as_tensor(query[name], device=self.device).unsqueeze(0)  # noqa: E731
-        scores, rows = search(as_tensor("tokens"), as_tensor("weights"), as_tensor("pooled"), self.frames,
-                              self.weights, self.pooled, top_k, exact, self.candidates)
-        return {"hits": [(self.ids[r], s) for r, s in zip(rows[0].tolist(), scores[0].float().tolist())]}
+        hits = view.search(as_tensor("tokens"), as_tensor("weights"), as_tensor("pooled"), top_k, exact)
+        return {"hits": hits, "version": view.version, "newest": max(self.views)}
 
 
 class BadImage(ValueError):

@@ -37,6 +37,8 @@ class SearchResponse(BaseModel):
     partial: bool = Field(description="true when some index shards did not answer")
     missing_shards: int
     exact: bool
+    index_version: int | None = Field(None, description="the index version that answered (the oldest, in the "
+                                      "moment a shard has moved on to the next)")
     took_ms: float
 
 

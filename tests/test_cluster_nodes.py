@@ -13,7 +13,7 @@ from test_train_job import history, retriever_args
 pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
 
-RESUME_BOUND_S = 420  # the 3 epochs left take ~1-2 min; the evaluation ~30 s
+RESUME_BOUND_S = 420  # the 2 epochs left take ~1 min; the evaluation ~30 s
 
 
 def ray_state() -> str:
@@ -63,13 +63,14 @@ def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, m
 
 def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_dir, tmp_path):
     curves = {}
-    for strategy in ("STRICT_PACK", "STRICT_SPREAD"):
+    # One epoch on one node is the reference; two epochs on two nodes show that it goes on learning.
+    for strategy, epochs in (("STRICT_PACK", 1), ("STRICT_SPREAD", 2)):
         out = tmp_path / strategy
-        args = retriever_args(synthetic_dir, out, "--epochs", "2", "--num_workers", "2",
+        args = retriever_args(synthetic_dir, out, "--epochs", str(epochs), "--num_workers", "2",
                               "--placement_strategy", strategy, "--no-index")
         assert train.main(args) == 0
         rows = history(out)
-        assert [row["epoch"] for row in rows] == [1, 2]
+        assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
         nodes = {len(set(row["worker_nodes"])) for row in rows}
         assert nodes == ({1} if strategy == "STRICT_PACK" else {2}), rows
         # Each worker holds 4 pairs a step; the loss saw the 8 pairs of both.
@@ -81,10 +82,9 @@ def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_d
     # Same seeds, model and global batch size; what differs is which rows each worker's
     # shard gets, which Ray Data decides while it runs (so batches differ, as they do
     # between two runs on one node). The first epoch starts from the same weights on the
-    # same data; after it, the tolerance covers that run-to-run spread on 80 rows.
+    # same data: the tolerance covers that run-to-run spread on 80 rows.
     assert two[0] == pytest.approx(one[0], rel=0.05)
-    assert sum(two) / 2 == pytest.approx(sum(one) / 2, rel=0.15)
-    assert two[-1] < two[0] and one[-1] < one[0]
+    assert two[1] < two[0]
 
 
 def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, worker_nodes, synthetic_dir,
@@ -92,7 +92,7 @@ def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, 
     import ray
 
     out = tmp_path / "run"
-    args = retriever_args(synthetic_dir, out, "--epochs", "4", "--num_workers", "2",
+    args = retriever_args(synthetic_dir, out, "--epochs", "3", "--num_workers", "2",
                           "--placement_strategy", "STRICT_SPREAD", "--max_failures", "2", "--index", "0")
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", train.main(args)))
@@ -108,7 +108,7 @@ def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, 
     lost = next(n for n in worker_nodes if n.node_id in kept[-1]["worker_nodes"] and n.node_id != head)
     ray_cluster.remove_node(lost)
     removed = time.time()
-    assert len(kept) < 4, "training finished before the node was removed"
+    assert len(kept) < 3, "training finished before the node was removed"
 
     runner.join(timeout=RESUME_BOUND_S)
     assert not runner.is_alive(), (f"no finished run {RESUME_BOUND_S} s after the node was lost; epochs so far: "
@@ -116,10 +116,10 @@ def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, 
                                    f"{ray_state()}")
     assert result["code"] == 0
     rows = history(out)
-    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:len(kept)] == kept  # the committed epochs were kept, not trained again
     after = [r for r in rows if lost.node_id not in r["worker_nodes"]]
-    assert after and after[-1]["epoch"] == 4 and len(set(after[-1]["worker_nodes"])) == 2
+    assert after and after[-1]["epoch"] == 3 and len(set(after[-1]["worker_nodes"])) == 2
     resumed = rows[len(kept)]
     print(f"node lost after epoch {len(kept)}; epochs {[r['epoch'] for r in after]} ran without it; "
           f"training again {resumed['time'] - resumed['seconds'] - removed:.1f} s after the loss, "

@@ -69,10 +69,10 @@ def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers
 
     from models import load_checkpoint, token_wise_scores
     from models.encode import encode_texts
-    from models.index import load_rows
+    from models.index import load_index
 
     model, tokenizer = load_checkpoint(trained_retriever)
-    rows = load_rows(rendered_index, 0, INDEX_VIDEOS)
+    rows = load_index(rendered_index)
     frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
     column = {video_id: i for i, video_id in enumerate(rows.video_ids)}
     for text in QUERIES[:4]:

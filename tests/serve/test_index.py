@@ -9,8 +9,9 @@ import torch
 import yaml
 
 from models import Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint, token_wise_topk
-from models.index import IndexRows, IndexWriter, Thumbnails, load_rows, read_manifest, slice_bounds
-from models.search import merge, search, trim_padding
+from models.index import (IndexReader, IndexRows, IndexWriter, Thumbnails, load_index, nearest_centroid, num_lists,
+                          read_manifest, remove_videos, serving_parts, slice_bounds, train_centroids)
+from models.search import InvertedLists, merge, search, trim_padding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,20 +23,105 @@ def random_rows(n, first=0, frames=3, dim=8, seed=0):
                      rng.standard_normal((n, dim)).astype(np.float32))
 
 
-def test_writer_rolls_over_and_rows_read_back_across_shards(tmp_path):
-    writer = IndexWriter(tmp_path, rows_per_shard=7, info={"checkpoint": "x"})
-    parts = [random_rows(5, 0, seed=1), random_rows(9, 5, seed=2), random_rows(3, 14, seed=3)]
+def written(folder, parts, rows_per_shard=7, append=False):
+    writer = IndexWriter(folder, rows_per_shard=rows_per_shard, info={"checkpoint": "x"}, append=append)
     for part in parts:
         writer.add(part, [f"jpeg{v}".encode() for v in part.video_ids])
-    manifest = writer.close()
+    return writer.close()
+
+
+def test_writer_rolls_over_and_rows_read_back_across_shards(tmp_path):
+    parts = [random_rows(5, 0, seed=1), random_rows(9, 5, seed=2), random_rows(3, 14, seed=3)]
+    manifest = written(tmp_path, parts)
     assert manifest["count"] == 17 and [s["rows"] for s in manifest["shards"]] == [7, 7, 3]
+    assert manifest["version"] == 1 and manifest["lists"] == num_lists(17)
     assert read_manifest(tmp_path)["checkpoint"] == "x"
-    every = np.concatenate([p.frames for p in parts])
-    middle = load_rows(tmp_path, 4, 15)  # spans all three storage shards
-    assert middle.video_ids == [f"v{i}" for i in range(4, 15)]
-    np.testing.assert_array_equal(middle.frames, every[4:15])
+    rows = load_index(tmp_path)
+    assert rows.video_ids == [f"v{i}" for i in range(17)]
+    np.testing.assert_array_equal(rows.frames, np.concatenate([p.frames for p in parts]))
+    # Each row's list is its nearest centroid.
+    centroids = np.load(tmp_path / manifest["centroids"])
+    np.testing.assert_array_equal(rows.lists, (rows.pooled @ centroids.T).argmax(1))
     thumbnails = Thumbnails(tmp_path)
     assert thumbnails.get("v16") == b"jpegv16" and thumbnails.get("../manifest.json") is None
+
+
+def test_append_adds_and_replaces_remove_takes_out_each_a_new_version(tmp_path):
+    written(tmp_path, [random_rows(10, 0, seed=1)])
+    old = load_index(tmp_path)
+    # v3 and v4 again (new features) and v10..v12 new.
+    update = random_rows(5, 8, seed=9)
+    update.video_ids = ["v3", "v4", "v10", "v11", "v12"]
+    manifest = written(tmp_path, [update], append=True)
+    assert manifest["version"] == 2 and manifest["count"] == 13
+    rows = load_index(tmp_path)
+    assert sorted(rows.video_ids) == sorted(f"v{i}" for i in range(13))  # nothing twice
+    at = {v: i for i, v in enumerate(rows.video_ids)}
+    np.testing.assert_array_equal(rows.frames[at["v3"]], update.frames[0])  # the new row, not the old
+    np.testing.assert_array_equal(rows.frames[at["v5"]], old.frames[5])
+    assert manifest["centroids"] == read_manifest(tmp_path)["centroids"]  # an append keeps the lists' centroids
+
+    manifest, missing = remove_videos(tmp_path, ["v0", "v11", "nope"])
+    assert manifest["version"] == 3 and manifest["count"] == 11 and missing == ["nope"]
+    assert "v0" not in load_index(tmp_path).video_ids and "v11" not in load_index(tmp_path).video_ids
+    assert Thumbnails(tmp_path).get("v0") is None and Thumbnails(tmp_path).get("v1") == b"jpegv1"
+    assert remove_videos(tmp_path, ["nope"])[0]["version"] == 3  # nothing to remove: no new version
+
+
+def test_a_change_that_crashes_before_its_manifest_leaves_the_previous_version(tmp_path):
+    written(tmp_path, [random_rows(10, 0, seed=1)])
+    before = read_manifest(tmp_path)
+    crashed = IndexWriter(tmp_path, rows_per_shard=4, append=True)
+    crashed.add(random_rows(9, 100, seed=2))  # two storage shards written, then the process dies
+    assert len(list(tmp_path.glob("shard_*"))) == 4
+    assert read_manifest(tmp_path) == before and len(load_index(tmp_path)) == 10
+    # The next change never reuses the stray shards' names, and deletes them.
+    manifest = written(tmp_path, [random_rows(2, 200, seed=3)], append=True)
+    assert manifest["version"] == 2 and manifest["count"] == 12
+    assert sorted(p.name for p in tmp_path.glob("shard_*")) == [s["name"] for s in manifest["shards"]]
+
+
+def test_serving_shards_split_every_storage_shard_and_keep_their_rows_as_it_grows(tmp_path):
+    written(tmp_path, [random_rows(20, 0, seed=1)], rows_per_shard=8)  # storage shards of 8, 8, 4
+    before = [serving_parts(read_manifest(tmp_path), i, 3) for i in range(3)]
+    written(tmp_path, [random_rows(5, 20, seed=2)], append=True)
+    manifest = read_manifest(tmp_path)
+    after = [serving_parts(manifest, i, 3) for i in range(3)]
+    assert all(a[: len(b)] == b for a, b in zip(after, before))  # no shard gives up or moves a row
+    sizes = [sum(hi - lo for _, lo, hi in parts) for parts in after]
+    assert sum(sizes) == 25 and max(sizes) - min(sizes) <= 3  # balanced: each storage shard split in three
+    readers = [IndexReader(tmp_path, i, 3) for i in range(3)]
+    ids = [v for r in readers for v in r.rows(manifest).video_ids]
+    assert sorted(ids) == sorted(f"v{i}" for i in range(25))
+    # A new version reads only its new parts: the ones read before are the same objects.
+    kept = dict(readers[0].parts)
+    remove_videos(tmp_path, ["v0"])
+    assert "v0" not in readers[0].rows(read_manifest(tmp_path)).video_ids
+    assert all(readers[0].parts[key] is part for key, part in kept.items())
+
+
+def test_inverted_lists_probing_every_list_is_exhaustive_and_probing_is_by_centroid():
+    torch.manual_seed(2)
+    text = torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)
+    weight = torch.softmax(torch.randn(3, 5), dim=-1)
+    frames = torch.nn.functional.normalize(torch.randn(60, 4, 8), dim=-1)
+    frame_weight = torch.softmax(torch.randn(60, 4), dim=-1)
+    pooled_t, pooled_v = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(60, 8), dim=-1)
+    centroids = train_centroids(pooled_v.numpy(), 6)
+    order, lists = InvertedLists.sort(nearest_centroid(pooled_v.numpy(), centroids), centroids)
+    frames, frame_weight, pooled_v = frames[order], frame_weight[order], pooled_v[order]
+    exact = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, exact=True)
+    every = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, candidates=59, lists=lists)
+    torch.testing.assert_close(exact[0], every[0])
+    assert torch.equal(exact[1], every[1])
+    # A small budget probes the best-scoring centroids' lists first, and only rows of those.
+    rows = lists.probe(pooled_t[0], 1)
+    best = int((lists.centroids @ pooled_t[0]).argmax())
+    if lists.offsets[best + 1] > lists.offsets[best]:
+        assert rows.tolist() == list(range(lists.offsets[best], lists.offsets[best + 1]))
+    found = search(text[:1], weight[:1], pooled_t[:1], frames, frame_weight, pooled_v, 3, candidates=10, lists=lists)
+    probed = set(lists.probe(pooled_t[0], 10).tolist())
+    assert set(found[1][0].tolist()) <= probed
 
 
 def test_slices_cover_the_index_once():
@@ -96,7 +182,7 @@ def test_index_job_on_real_videos(ray_local, synthetic_msrvtt, clip_tokenizer, t
     assert [s["rows"] for s in manifest["shards"]] == [7, 7, 4]
     assert len(manifest["checkpoint_sha256"]) == 64
     assert "broken.mp4" in (tmp_path / "index" / "skipped.jsonl").read_text()
-    rows = load_rows(tmp_path / "index", 0, 18)
+    rows = load_index(tmp_path / "index")
     assert sorted(rows.video_ids) == sorted(f"video{i}" for i in range(18))
     np.testing.assert_allclose(np.linalg.norm(rows.frames.astype(np.float32), axis=-1), 1, atol=2e-3)
     np.testing.assert_allclose(rows.weights.sum(-1), 1, atol=1e-5)
@@ -135,9 +221,10 @@ def test_a_shards_health_check_runs_a_real_query_and_can_fail(rendered_index):
     threads = torch.get_num_threads()  # a CPU replica sets one thread for its process
     try:
         shard = IndexShard.func_or_class(str(rendered_index), 0, 2, candidates=96)
-        assert shard.rows == 300
+        assert shard.info()["rows"] == 300
         shard.check_health()
-        shard.frames[:, :, :] = shard.frames.flip(0)  # the slice's memory corrupted
+        view = shard.views[max(shard.views)]
+        view.frames[:, :, :] = view.frames.flip(0)  # the slice's memory corrupted
         with pytest.raises(RuntimeError, match="probe query"):
             shard.check_health()
     finally:
