@@ -2,7 +2,7 @@
 on the same vectors in one run.
 
     python bench/search.py                                   # 1M videos, runs/wti/checkpoint
-    python bench/search.py --videos 10000 --queries 100 --probe 500,1000 --nprobe 4,8
+    python bench/search.py --videos 10000 --queries 100 --probe 4,8 --nprobe 4,8
 
 The index holds features from a trained synthetic model, not random noise: clips like the
 synthetic corpus's (random shape, colour, size, direction and background noise) are
@@ -14,7 +14,7 @@ shard does:
 
 - exhaustive: ``token_wise_topk`` over every video (the reference);
 - this project: ``models.search.search`` with the index's inverted lists (the best lists
-  until ``--probe`` videos, all of them scored exactly);
+  until they hold ``--probe`` lists' worth of videos, all of them scored exactly);
 - the old first stage (``--pooled``): every pooled vector scanned, the best re-scored;
 - the peer: FAISS IVF-Flat (``faiss-cpu``, installed on first use) over the same pooled
   vectors with as many lists, its ``--peer_candidates`` best re-scored by the same exact WTI.
@@ -45,7 +45,7 @@ from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
 from models import load_checkpoint, token_wise_scores, token_wise_topk  # noqa: E402
 from models.encode import encode_texts  # noqa: E402
 from models.index import IndexWriter, load_index, nearest_centroid, read_manifest, train_centroids  # noqa: E402
-from models.search import PROBE_ROWS, InvertedLists, search, trim_padding  # noqa: E402
+from models.search import PROBE_LISTS, InvertedLists, search, trim_padding  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
@@ -158,11 +158,13 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
 
     print(f"\n{'method':<34} {'setting':<26} {'ms/query':>9} {'speed-up':>9} {'overlap@10':>11} {'identical top-10':>17}")
     # This project: the inverted lists' centroids, then exact WTI on every video of the best lists.
-    for rows_probed in probes:
-        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=rows_probed,
+    per_list = int(np.ceil(len(rows) / len(centroids)))
+    for probe in probes:  # lists' worth of videos, as models.search.candidate_count counts them
+        count = probe * per_list
+        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=count,
                                                 lists=lists)[1])
-        report("this project: inverted lists + WTI", f"{rows_probed} videos probed", seconds, found,
-               candidates=rows_probed)
+        report("this project: inverted lists + WTI", f"{probe} lists ({count} videos)", seconds, found,
+               probe_lists=probe, candidates=count)
     # Before: every pooled vector scanned (fp32), the best re-scored exactly.
     for count in pooled:
         seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=count)[1])
@@ -215,7 +217,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
         if good:
             best = min(good, key=lambda r: r["ms"])
             print(f"fastest at >= 99% identical top-10, {method}: {best['setting']}, {best['ms']:.2f} ms/query")
-    return {**results, "default_probe_rows": PROBE_ROWS}
+    return {**results, "default_probe_lists": PROBE_LISTS}
 
 
 def ints(text: str) -> list[int]:
@@ -228,7 +230,8 @@ def main(argv=None) -> int:
     parser.add_argument("--videos", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--probe", default="4096,8192,16384,32768", help="this project: videos probed per query")
+    parser.add_argument("--probe", default="8,16,32,64", help="this project: lists probed per query (their "
+                        "average size each)")
     parser.add_argument("--pooled", default="", help="the old pooled scan: candidates to try (e.g. 30000)")
     parser.add_argument("--nprobe", default="16,32,64", help="the peer: lists probed")
     parser.add_argument("--peer_candidates", default="2000,8000", help="the peer: candidates re-scored")

@@ -70,11 +70,12 @@ def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concu
     each; ``concurrency`` defaults to the cluster's CPUs).
     """
     rows = [{"video_id": vid, "path": str(path)} for vid, path in videos.items()]
-    workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = max(1, min(workers, len(rows)))
     # One batch per block: clips stream out as soon as they are decoded and the actors
     # stay evenly loaded (bench/decode.py measured this against 4 and 16 batches a block).
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
+    blocks = max(1, -(-len(rows) // batch_size))
+    workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    workers = max(1, min(workers, blocks))  # no more actors than blocks to give them
+    ds = ray.data.from_items(rows, override_num_blocks=blocks)
     return ds.map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"spec": spec, "collector": collector},

@@ -5,15 +5,15 @@ Exact scoring of one query against V videos costs ``L x F x D`` multiply-adds pe
 vectors (the query's tokens averaged by their WTI weights against each video's frames
 averaged by theirs): the index's k-means centroids (``models.index``) split the videos into
 about sqrt(N) lists; a query ranks the centroids (``K x D``) and takes the best lists until
-they hold ``candidates`` videos, which are re-scored exactly with the same kernel as
-training and evaluation (``models.token_wise_scores``). The scores returned are always the
-exact WTI scores; only which videos get scored is approximate, and the work per query is
-fixed by ``candidates``, not by the shard's size. A slice is held sorted by list
-(``ListedRows``), so each probed list is one contiguous run of rows.
+they hold ``candidates`` videos (default: as many as ``PROBE_LISTS`` lists hold on
+average), which are re-scored exactly with the same kernel as training and evaluation
+(``models.token_wise_scores``). The scores returned are always the exact WTI scores; only
+which videos get scored is approximate. A slice is held sorted by list (``InvertedLists``),
+so each probed list is one contiguous run of rows.
 
 Without lists (an index written before them) the first stage scans every pooled vector.
 ``bench/search.py`` measures how many candidates keep the top-10 identical to exhaustive
-search (``PROBE_ROWS``).
+search (``PROBE_LISTS``).
 """
 from __future__ import annotations
 
@@ -25,16 +25,20 @@ import torch
 
 from .wti import token_wise_scores, token_wise_topk
 
-# Videos re-scored exactly per query and shard (inverted lists): bench/search.py chose it on
-# the synthetic 1M index (BENCHMARKS.md).
-PROBE_ROWS = 16_384
+# Lists probed per query (inverted lists): the videos re-scored exactly are those of about
+# PROBE_LISTS lists, so they grow as sqrt(N) with about sqrt(N) lists, never as a fixed share
+# of the shard. bench/search.py chose it on the synthetic 1M index (BENCHMARKS.md).
+PROBE_LISTS = 32
 # Without lists: at least MIN_CANDIDATES, and CANDIDATE_FRACTION of the shard (100k index).
 MIN_CANDIDATES = 256
 CANDIDATE_FRACTION = 0.03
 
 
-def candidate_count(shard_size: int, top_k: int) -> int:
-    """Candidates of the pooled scan (an index without lists)."""
+def candidate_count(shard_size: int, top_k: int, lists: "InvertedLists | None" = None) -> int:
+    """Videos re-scored exactly by default: those of ``PROBE_LISTS`` lists of average size
+    (with lists), else the pooled scan's best ``max(MIN_CANDIDATES, CANDIDATE_FRACTION)``."""
+    if lists is not None:
+        return max(top_k, PROBE_LISTS * math.ceil(shard_size / len(lists.centroids)))
     return max(MIN_CANDIDATES, top_k, math.ceil(CANDIDATE_FRACTION * shard_size))
 
 
@@ -96,7 +100,7 @@ def search(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Ten
     """
     V = frames.shape[0]
     top_k = min(top_k, V)
-    candidates = candidates or (PROBE_ROWS if lists is not None else candidate_count(V, top_k))
+    candidates = candidates or candidate_count(V, top_k, lists)
     text, text_weight = trim_padding(text, text_weight)
     if exact or candidates >= V:
         return token_wise_topk(text, text_weight, frames, frame_weight, top_k, dtype=frames.dtype)
