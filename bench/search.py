@@ -45,7 +45,7 @@ from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
 from models import load_checkpoint, token_wise_scores, token_wise_topk  # noqa: E402
 from models.encode import encode_texts  # noqa: E402
 from models.index import IndexWriter, load_index, nearest_centroid, read_manifest, train_centroids  # noqa: E402
-from models.search import PROBE_LISTS, InvertedLists, search, trim_padding  # noqa: E402
+from models.search import PROBE_LISTS, InvertedLists, search, search_lists, trim_padding  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
@@ -130,8 +130,9 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
     manifest = read_manifest(folder)
     rows = load_index(folder)
     centroids = np.load(folder / manifest["centroids"])
-    order, lists = InvertedLists.sort(rows.lists, centroids)  # as a serving shard holds it
-    rows = rows.take(order)
+    frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
+    order, lists = InvertedLists.build(rows.lists, centroids, frames, weights)  # as a serving shard holds it
+    rows = rows.take(order)  # every method sees the rows in list order, so row numbers agree
     frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
     video_pooled = torch.from_numpy(rows.pooled)
     text, text_weight, text_pooled = encode_queries(checkpoint, synthetic_queries(num_queries))
@@ -161,8 +162,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
     per_list = int(np.ceil(len(rows) / len(centroids)))
     for probe in probes:  # lists' worth of videos, as models.search.candidate_count counts them
         count = probe * per_list
-        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=count,
-                                                lists=lists)[1])
+        seconds, found = timed(lambda a: search_lists(*one(a), lists, top_k, candidates=count)[1])
         report("this project: inverted lists + WTI", f"{probe} lists ({count} videos)", seconds, found,
                probe_lists=probe, candidates=count)
     # Before: every pooled vector scanned (fp32), the best re-scored exactly.
@@ -203,7 +203,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
     n = len(rows)
     results["first_stage"] = {
         "this_project": {"build_s": ours_build_s, "lists": len(centroids),
-                         "bytes_per_video": 4 + centroids.nbytes / n},  # a list id; the centroids shared
+                         "bytes_per_video": 4 + centroids.nbytes / n},  # a list id on disk; the centroids shared
         "peer": {"build_s": peer_build_s, "lists": len(centroids), "bytes_per_video": 4 * D + 8},  # vector + id
     }
     results["exact_stage_bytes_per_video"] = {"disk": F * D * 2 + F * 4 + F + D * 4 + 4, "cpu_memory": F * D * 4 + F * 4}

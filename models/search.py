@@ -6,14 +6,14 @@ vectors (the query's tokens averaged by their WTI weights against each video's f
 averaged by theirs): the index's k-means centroids (``models.index``) split the videos into
 about sqrt(N) lists; a query ranks the centroids (``K x D``) and takes the best lists until
 they hold ``candidates`` videos (default: as many as ``PROBE_LISTS`` lists hold on
-average), which are re-scored exactly with the same kernel as training and evaluation
-(``models.token_wise_scores``). The scores returned are always the exact WTI scores; only
-which videos get scored is approximate. A slice is held sorted by list (``InvertedLists``),
-so each probed list is one contiguous run of rows.
+average), all of which are scored exactly with the kernel of training and evaluation
+(``models.wti``). The scores returned are always the exact WTI scores; only which videos get
+scored is approximate (``search_lists``). A slice holds each list's frames as one
+frame-major slab (``InvertedLists``), which the kernel reads with no gather or transpose.
 
-Without lists (an index written before them) the first stage scans every pooled vector.
-``bench/search.py`` measures how many candidates keep the top-10 identical to exhaustive
-search (``PROBE_LISTS``).
+``search`` is the first stage the lists replaced: every pooled vector scanned, the best
+re-scored (kept for ``bench/search.py``, which measures both and the peer, and chose
+``PROBE_LISTS``).
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .wti import token_wise_scores, token_wise_topk
+from .wti import frame_major_scores, token_wise_scores, token_wise_topk
 
 # Lists probed per query (inverted lists): the videos re-scored exactly are those of about
 # PROBE_LISTS lists, so they grow as sqrt(N) with about sqrt(N) lists, never as a fixed share
 # of the shard. bench/search.py chose it on the synthetic 1M index (BENCHMARKS.md).
 PROBE_LISTS = 32
-# Without lists: at least MIN_CANDIDATES, and CANDIDATE_FRACTION of the shard (100k index).
+# The pooled scan: at least MIN_CANDIDATES, and CANDIDATE_FRACTION of the shard (100k index).
 MIN_CANDIDATES = 256
 CANDIDATE_FRACTION = 0.03
 
@@ -44,26 +44,78 @@ def candidate_count(shard_size: int, top_k: int, lists: "InvertedLists | None" =
 
 @dataclass
 class InvertedLists:
-    """A slice's rows sorted by list: list ``k`` is rows ``offsets[k]:offsets[k + 1]``."""
+    """A slice's videos grouped by inverted list, each list's frames frame-major.
+
+    List ``k`` holds rows ``offsets[k]:offsets[k + 1]`` (of the slice sorted by list); its
+    frames are one contiguous ``[F, n_k, D]`` slab of ``slabs``, which the exact kernel reads
+    as it is (no gather, no transpose per query).
+    """
 
     centroids: torch.Tensor  # [K, D]
     offsets: np.ndarray  # [K + 1] int64
+    slabs: torch.Tensor  # [V * F * D]: list after list, each [F, n_k, D]
+    weights: torch.Tensor  # [V, F], rows in list order
+    shape: tuple[int, int]  # (F, D)
 
     @staticmethod
-    def sort(lists: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, "InvertedLists"]:
-        """(the row order that groups ``lists``, the lists over rows in that order)."""
+    def build(lists: np.ndarray, centroids: np.ndarray, frames: torch.Tensor,
+              weights: torch.Tensor) -> tuple[np.ndarray, "InvertedLists"]:
+        """(the row order that groups ``lists``, the lists of ``frames [V, F, D]`` in that order)."""
         order = np.argsort(lists, kind="stable")
         counts = np.bincount(lists, minlength=len(centroids))
-        return order, InvertedLists(torch.from_numpy(np.asarray(centroids, np.float32)),
-                                    np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        V, F, D = frames.shape
+        slabs = torch.empty(V * F * D, dtype=frames.dtype, device=frames.device)
+        rows = torch.from_numpy(order).to(frames.device)
+        for k in np.flatnonzero(counts):
+            lo, hi = offsets[k], offsets[k + 1]
+            slabs[lo * F * D : hi * F * D].view(F, hi - lo, D).copy_(frames[rows[lo:hi]].transpose(0, 1))
+        c = torch.from_numpy(np.asarray(centroids, np.float32)).to(frames.device)
+        return order, InvertedLists(c, offsets, slabs, weights[rows], (F, D))
 
-    def probe(self, query_pooled: torch.Tensor, rows: int) -> torch.Tensor:
-        """Row numbers of the best lists for one query (``[D]``), at least ``rows`` of them."""
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def slab(self, k: int) -> torch.Tensor:
+        (F, D), lo, hi = self.shape, self.offsets[k], self.offsets[k + 1]
+        return self.slabs[lo * F * D : hi * F * D].view(F, hi - lo, D)
+
+    def probe(self, query_pooled: torch.Tensor, rows: int) -> np.ndarray:
+        """The best lists for one query (``[D]``), until they hold at least ``rows`` videos."""
         sizes = np.diff(self.offsets)
-        ranked = torch.argsort(self.centroids @ query_pooled.float().cpu(), descending=True).numpy()
+        ranked = torch.argsort(self.centroids @ query_pooled.to(self.centroids), descending=True).cpu().numpy()
         ranked = ranked[sizes[ranked] > 0]
-        take = ranked[: int(np.searchsorted(np.cumsum(sizes[ranked]), rows)) + 1]
-        return torch.from_numpy(np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in take]))
+        return ranked[: int(np.searchsorted(np.cumsum(sizes[ranked]), rows)) + 1]
+
+    def rows(self, lists: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in lists]))
+
+    def scores(self, text: torch.Tensor, text_weight: torch.Tensor, lists: np.ndarray) -> torch.Tensor:
+        """Exact scores ``[A, n]`` of the videos of ``lists``, in ``rows(lists)`` order."""
+        dtype = self.slabs.dtype
+        text = text.to(self.slabs.device, dtype)
+        text_weight = text_weight.to(self.slabs.device)
+        return torch.cat([frame_major_scores(text, text_weight, self.slab(k),
+                                             self.weights[self.offsets[k] : self.offsets[k + 1]]) for k in lists], 1)
+
+
+@torch.no_grad()
+def search_lists(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Tensor, lists: InvertedLists,
+                 top_k: int, exact: bool = False, candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``search`` over a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
+    list order), best first. ``exact`` scores every list."""
+    top_k = min(top_k, len(lists))
+    candidates = max(top_k, candidates or candidate_count(len(lists), top_k, lists))
+    text, text_weight = trim_padding(text, text_weight)
+    every = np.flatnonzero(np.diff(lists.offsets))
+    best, found = [], []
+    for a in range(text.shape[0]):
+        probed = every if exact or candidates >= len(lists) else lists.probe(text_pooled[a], candidates)
+        scores = lists.scores(text[a : a + 1], text_weight[a : a + 1], probed)[0]
+        top = scores.topk(top_k)
+        best.append(top.values)
+        found.append(lists.rows(probed).to(top.indices.device)[top.indices])
+    return torch.stack(best), torch.stack(found)
 
 
 def trim_padding(text: torch.Tensor, text_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,28 +143,27 @@ def top_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
 @torch.no_grad()
 def search(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Tensor, frames: torch.Tensor,
            frame_weight: torch.Tensor, frame_pooled: torch.Tensor, top_k: int, exact: bool = False,
-           candidates: int | None = None, lists: InvertedLists | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``top_k`` rows for each query, best first: (scores ``[A, k]``, row indices ``[A, k]``).
+           candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best ``top_k`` rows for each query, best first: (scores ``[A, k]``, row indices ``[A, k]``),
+    with the pooled scan as the first stage (``search_lists`` is the inverted-list one).
 
     text ``[A, L, D]``/``[A, L]``/``[A, D]`` and the slice's frames ``[V, F, D]``/``[V, F]``/
-    ``[V, D]``, all prepared (``models.encode``); ``lists``: the slice's inverted lists (its
-    rows sorted by list), else the first stage scans ``frame_pooled``. ``exact`` scores every row.
+    ``[V, D]``, all prepared (``models.encode``). ``exact`` scores every row.
     """
     V = frames.shape[0]
     top_k = min(top_k, V)
-    candidates = candidates or candidate_count(V, top_k, lists)
+    candidates = candidates or candidate_count(V, top_k)
     text, text_weight = trim_padding(text, text_weight)
     if exact or candidates >= V:
         return token_wise_topk(text, text_weight, frames, frame_weight, top_k, dtype=frames.dtype)
-    coarse = None if lists is not None else text_pooled.to(frame_pooled.dtype) @ frame_pooled.T  # (A, V)
+    coarse = text_pooled.to(frame_pooled.dtype) @ frame_pooled.T  # (A, V)
     best, found = [], []
     for a in range(text.shape[0]):
-        rows = lists.probe(text_pooled[a], max(candidates, top_k)) if lists is not None else top_rows(coarse[a], candidates)
-        rows = rows.to(frames.device)
+        rows = top_rows(coarse[a], max(candidates, top_k))
         scores = token_wise_scores(text[a : a + 1], text_weight[a : a + 1], frames[rows], frame_weight[rows])[0]
-        top = scores.topk(min(top_k, len(rows)))
+        top = scores.topk(top_k)
         best.append(top.values)
-        found.append(rows[top.indices])
+        found.append(rows.to(frames.device)[top.indices])
     return torch.stack(best), torch.stack(found)
 
 

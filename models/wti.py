@@ -64,6 +64,14 @@ def _block_scores(
     return (t2v + v2t) / 2
 
 
+def frame_major_scores(text: torch.Tensor, text_weight: torch.Tensor, frames: torch.Tensor,
+                       frame_weight: torch.Tensor) -> torch.Tensor:
+    """The exact scores of ``text`` against videos held frame-major (``[F, v, D]``, as an
+    index shard keeps each inverted list): the kernel of ``token_wise_scores`` without its
+    per-block transpose. ``[a, v]`` in fp32."""
+    return _block_scores(text, text_weight, frames, frame_weight)
+
+
 def _block_sizes(num_tokens: int, num_frames: int, device: torch.device, block_elements: int | None):
     budget = block_elements or (GPU_BLOCK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS)
     texts = max(1, min(32 if device.type != "cuda" else 256, budget // (num_tokens * num_frames)))

@@ -84,37 +84,41 @@ POLL_S = 2.0  # how often a shard looks for a new version of the index
 
 
 class ShardView:
-    """One version of a shard's rows on its device, sorted by inverted list."""
+    """One version of a shard's rows on its device, as inverted lists (``models.search``)."""
 
     def __init__(self, version: int, rows, centroids, device: str, candidates: int | None):
+        import numpy as np
+
+        from models.index import nearest_centroid, num_lists, train_centroids
         from models.search import InvertedLists
 
-        self.version, self.candidates, self.lists = version, candidates, None
+        self.version, self.candidates = version, candidates
         self.rows = len(rows) if rows is not None else 0
         if not self.rows:
             return
-        if centroids is not None and rows.lists is not None:
-            order, self.lists = InvertedLists.sort(rows.lists, centroids)
-            rows = rows.take(order)
+        if centroids is None or rows.lists is None:  # an index written before the lists: make them here
+            centroids = train_centroids(rows.pooled, num_lists(len(rows)))
+            rows.lists = nearest_centroid(rows.pooled, centroids)
         dtype = torch.float16 if device == "cuda" else torch.float32  # the CPU has no fast fp16 matmul
-        self.ids = rows.video_ids
-        self.frames = torch.from_numpy(rows.frames).to(device, dtype)
-        self.weights = torch.from_numpy(rows.weights).to(device)
-        self.pooled = torch.from_numpy(rows.pooled).to(device, dtype)
+        order, self.lists = InvertedLists.build(rows.lists, centroids, torch.from_numpy(rows.frames).to(device, dtype),
+                                                torch.from_numpy(rows.weights).to(device))
+        self.ids = [rows.video_ids[i] for i in order]
+        first = int(np.flatnonzero(np.diff(self.lists.offsets))[0])
+        self.probe_query = (self.lists.slab(first)[:, :1].transpose(0, 1).float(),  # a video's frames as the query
+                            self.lists.weights[:1], torch.from_numpy(np.asarray(centroids[first], np.float32))[None])
         self.probe = self.run_probe()  # what the health check must get again
 
     def search(self, tokens, weights, pooled, top_k: int, exact: bool) -> list[tuple[str, float]]:
-        from models.search import search
+        from models.search import search_lists
 
         if not self.rows:
             return []
-        scores, rows = search(tokens, weights, pooled, self.frames, self.weights, self.pooled, top_k, exact,
-                              self.candidates, self.lists)
+        scores, rows = search_lists(tokens, weights, pooled, self.lists, top_k, exact, self.candidates)
         return [(self.ids[r], s) for r, s in zip(rows[0].tolist(), scores[0].float().tolist())]
 
     def run_probe(self) -> list[tuple[str, float]]:
-        """A real query on these rows: the first video's frames as the query tokens."""
-        return self.search(self.frames[:1].float(), self.weights[:1], self.pooled[:1].float(), 5, False)
+        """A real query on these rows: a video's frames as the query tokens."""
+        return self.search(*self.probe_query, 5, False)
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30)

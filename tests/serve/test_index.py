@@ -11,7 +11,7 @@ import yaml
 from models import Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint, token_wise_topk
 from models.index import (IndexReader, IndexRows, IndexWriter, Thumbnails, load_index, nearest_centroid, num_lists,
                           read_manifest, remove_videos, serving_parts, slice_bounds, train_centroids)
-from models.search import InvertedLists, merge, search, trim_padding
+from models.search import InvertedLists, merge, search, search_lists, trim_padding
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -108,20 +108,18 @@ def test_inverted_lists_probing_every_list_is_exhaustive_and_probing_is_by_centr
     frame_weight = torch.softmax(torch.randn(60, 4), dim=-1)
     pooled_t, pooled_v = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(60, 8), dim=-1)
     centroids = train_centroids(pooled_v.numpy(), 6)
-    order, lists = InvertedLists.sort(nearest_centroid(pooled_v.numpy(), centroids), centroids)
-    frames, frame_weight, pooled_v = frames[order], frame_weight[order], pooled_v[order]
-    exact = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, exact=True)
-    every = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, candidates=59, lists=lists)
-    torch.testing.assert_close(exact[0], every[0])
-    assert torch.equal(exact[1], every[1])
-    # A small budget probes the best-scoring centroids' lists first, and only rows of those.
-    rows = lists.probe(pooled_t[0], 1)
+    order, lists = InvertedLists.build(nearest_centroid(pooled_v.numpy(), centroids), centroids, frames, frame_weight)
+    exact = search(text, weight, pooled_t, frames[order], frame_weight[order], pooled_v[order], 5, exact=True)
+    for every in (search_lists(text, weight, pooled_t, lists, 5, candidates=60),
+                  search_lists(text, weight, pooled_t, lists, 5, exact=True)):
+        torch.testing.assert_close(exact[0], every[0])
+        assert torch.equal(exact[1], every[1])
+    # A small budget probes the best-scoring centroid's list first, and only rows of the lists probed.
     best = int((lists.centroids @ pooled_t[0]).argmax())
-    if lists.offsets[best + 1] > lists.offsets[best]:
-        assert rows.tolist() == list(range(lists.offsets[best], lists.offsets[best + 1]))
-    found = search(text[:1], weight[:1], pooled_t[:1], frames, frame_weight, pooled_v, 3, candidates=10, lists=lists)
-    probed = set(lists.probe(pooled_t[0], 10).tolist())
-    assert set(found[1][0].tolist()) <= probed
+    probed = lists.probe(pooled_t[0], 1)
+    assert probed.tolist() == [best] or lists.offsets[best + 1] == lists.offsets[best]
+    found = search_lists(text[:1], weight[:1], pooled_t[:1], lists, 3, candidates=10)
+    assert set(found[1][0].tolist()) <= set(lists.rows(lists.probe(pooled_t[0], 10)).tolist())
 
 
 def test_slices_cover_the_index_once():
@@ -224,7 +222,7 @@ def test_a_shards_health_check_runs_a_real_query_and_can_fail(rendered_index):
         assert shard.info()["rows"] == 300
         shard.check_health()
         view = shard.views[max(shard.views)]
-        view.frames[:, :, :] = view.frames.flip(0)  # the slice's memory corrupted
+        view.lists.slabs[:] = view.lists.slabs.flip(0)  # the slice's memory corrupted
         with pytest.raises(RuntimeError, match="probe query"):
             shard.check_health()
     finally:
