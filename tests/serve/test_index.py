@@ -194,6 +194,33 @@ def test_index_job_bad_input_is_one_line_and_exit_2(tmp_path):
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
+def test_append_with_another_checkpoint_and_bad_removals_are_one_line_and_exit_2(clip_tokenizer, tmp_path, capsys):
+    from jobs import index
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "checkpoint", Retriever(RetrieverConfig.tiny(
+        vocab_size=len(clip_tokenizer), max_frames=4)), clip_tokenizer)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    (videos / "new.mp4").write_bytes(b"")
+    folder = tmp_path / "index"
+    written(folder, [random_rows(4)])  # built with another model ("checkpoint_sha256" absent)
+    cases = [
+        (["--checkpoint", str(checkpoint), "--features_path", str(videos), "--output_dir", str(folder), "--append"],
+         "was built with a checkpoint of sha256"),
+        (["--checkpoint", str(checkpoint), "--features_path", str(videos), "--output_dir", str(tmp_path / "none"),
+          "--append"], "no index at"),
+        (["--output_dir", str(folder), "--remove", "nope"], "holds none of nope"),
+        (["--output_dir", str(tmp_path / "none"), "--remove", "v1"], "not a finished index"),
+        (["--output_dir", str(folder), "--remove", "v1", "--append"], "one change at a time"),
+    ]
+    for argv, message in cases:
+        assert index.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert read_manifest(folder)["version"] == 1  # nothing changed
+
+
 def test_importing_serve_starts_nothing_and_the_config_is_valid():
     code = ("import ray, serve; app = serve.app; from ray.serve import Application; "
             "assert isinstance(app, Application); assert not ray.is_initialized(); print('ok')")
