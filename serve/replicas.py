@@ -70,7 +70,7 @@ class QueryEncoder(_CheckpointReplica):
     def __init__(self, checkpoint: str):
         super().__init__(checkpoint, "retriever checkpoint", TRAIN_RETRIEVER)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # opportunistic: what queued while the last batch ran
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def encode(self, texts: list[str]) -> list[dict]:
         if self.model is None:
             return [{"problem": self.problem}] * len(texts)
@@ -247,7 +247,7 @@ class VQAModel(_CheckpointReplica):
         if self.model is not None:
             self.labels = read_config(self.checkpoint).get("labels") or _labels_for(self.model.config.num_classes)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # opportunistic: what queued while the last batch ran
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def answer(self, items: list[tuple[str, str]]) -> list[dict]:
         if self.model is None:
             return [{"problem": self.problem}] * len(items)
