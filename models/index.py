@@ -253,10 +253,10 @@ def _mark_removed(folder: Path, shards: list[dict], video_ids: set[str]) -> set[
     """Mark the live rows of ``video_ids`` removed in ``shards`` (in place); returns the ids found."""
     found = set()
     for shard in shards:
-        removed = set(shard["removed"])
-        rows = [r for r, v in enumerate(_ids(folder / shard["name"])) if v in video_ids and r not in removed]
+        removed, ids = set(shard["removed"]), _ids(folder / shard["name"])
+        rows = [r for r, v in enumerate(ids) if v in video_ids and r not in removed]
         if rows:
-            found |= {_ids(folder / shard["name"])[r] for r in rows}
+            found |= {ids[r] for r in rows}
             shard["removed"] = sorted(removed | set(rows))
     return found
 

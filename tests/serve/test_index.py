@@ -100,13 +100,20 @@ def test_serving_shards_split_every_storage_shard_and_keep_their_rows_as_it_grow
     assert all(readers[0].parts[key] is part for key, part in kept.items())
 
 
-def test_inverted_lists_probing_every_list_is_exhaustive_and_probing_is_by_centroid():
-    torch.manual_seed(2)
-    text = torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)
+def random_features(seed, videos, dim=8):
+    """Prepared features of 3 queries (5 tokens) and ``videos`` videos (4 frames): tokens,
+    weights and pooled vectors of each side."""
+    torch.manual_seed(seed)
+    text = torch.nn.functional.normalize(torch.randn(3, 5, dim), dim=-1)
     weight = torch.softmax(torch.randn(3, 5), dim=-1)
-    frames = torch.nn.functional.normalize(torch.randn(60, 4, 8), dim=-1)
-    frame_weight = torch.softmax(torch.randn(60, 4), dim=-1)
-    pooled_t, pooled_v = torch.randn(3, 8), torch.nn.functional.normalize(torch.randn(60, 8), dim=-1)
+    frames = torch.nn.functional.normalize(torch.randn(videos, 4, dim), dim=-1)
+    frame_weight = torch.softmax(torch.randn(videos, 4), dim=-1)
+    return text, weight, torch.randn(3, dim), frames, frame_weight, torch.randn(videos, dim)
+
+
+def test_inverted_lists_probing_every_list_is_exhaustive_and_probing_is_by_centroid():
+    text, weight, pooled_t, frames, frame_weight, pooled_v = random_features(2, 60)
+    pooled_v = torch.nn.functional.normalize(pooled_v, dim=-1)
     centroids = train_centroids(pooled_v.numpy(), 6)
     order, lists = InvertedLists.build(nearest_centroid(pooled_v.numpy(), centroids), centroids, frames, frame_weight)
     exact = search(text, weight, pooled_t, frames[order], frame_weight[order], pooled_v[order], 5, exact=True)
@@ -145,12 +152,7 @@ def test_trimming_the_padding_keeps_every_score():
 
 
 def test_two_stage_with_every_candidate_is_exhaustive_and_merge_is_global():
-    torch.manual_seed(1)
-    text = torch.nn.functional.normalize(torch.randn(3, 5, 8), dim=-1)
-    weight = torch.softmax(torch.randn(3, 5), dim=-1)
-    frames = torch.nn.functional.normalize(torch.randn(40, 4, 8), dim=-1)
-    frame_weight = torch.softmax(torch.randn(40, 4), dim=-1)
-    pooled_t, pooled_v = torch.randn(3, 8), torch.randn(40, 8)
+    text, weight, pooled_t, frames, frame_weight, pooled_v = random_features(1, 40)
     exact = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, exact=True)
     every = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, candidates=39)
     torch.testing.assert_close(exact[0], every[0])
