@@ -91,6 +91,12 @@ class Ingress:
         # new version (each keeps its last two): one version per answer.
         self.newest: list[int | None] = [None] * len(shards)
 
+    def _saw(self, shard: int, version: int) -> None:
+        # Versions only grow (a rebuild is the next version too). An answer computed before a
+        # shard loaded its new version can arrive after /healthz saw that version: it must not
+        # send the next queries back to the old one.
+        self.newest[shard] = max(version, self.newest[shard] or 0)
+
     def _version(self) -> int | None:
         known = [v for v in self.newest if v is not None]
         return min(known) if len(known) == len(self.newest) else None
@@ -124,7 +130,7 @@ class Ingress:
         up = [s for s in shards if "rows" in s and not s.get("problem")]
         for i, shard in enumerate(shards):
             if shard.get("version") is not None:
-                self.newest[i] = shard["version"]
+                self._saw(i, shard["version"])
         manifest = read_manifest(self.index) if (self.index / "manifest.json").is_file() else {}
         ready = encoder.get("loaded") and vqa.get("loaded") and len(up) == len(shards)
         served = {s.get("version") for s in up}
@@ -160,7 +166,7 @@ class Ingress:
               for shard in self.shards), return_exceptions=True)
         for i, answer in enumerate(answers):
             if isinstance(answer, dict) and "newest" in answer:
-                self.newest[i] = answer["newest"]
+                self._saw(i, answer["newest"])
         bugs = [a for a in answers if isinstance(a, BaseException) and not _unavailable(a)]
         if bugs:
             return _bug("/search", bugs[0])
