@@ -61,60 +61,70 @@ def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, m
     assert sorted(r["video_id"] for r in read_clips(tmp_path / "out").take_all()) == sorted(videos)
 
 
-def test_two_workers_on_two_nodes_learn_as_on_one_node(worker_nodes, synthetic_dir, tmp_path):
-    curves = {}
-    # One epoch on one node is the reference; two epochs on two nodes show that it goes on learning.
-    for strategy, epochs in (("STRICT_PACK", 1), ("STRICT_SPREAD", 2)):
-        out = tmp_path / strategy
-        args = retriever_args(synthetic_dir, out, "--epochs", str(epochs), "--num_workers", "2",
-                              "--placement_strategy", strategy, "--no-index")
-        assert train.main(args) == 0
-        rows = history(out)
-        assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
-        nodes = {len(set(row["worker_nodes"])) for row in rows}
-        assert nodes == ({1} if strategy == "STRICT_PACK" else {2}), rows
-        # Each worker holds 4 pairs a step; the loss saw the 8 pairs of both.
-        assert all(row["global_batch"] == 8 and row["steps"] == 80 // 8 for row in rows)
-        assert (out / "checkpoint" / "model.safetensors").is_file()
-        curves[strategy] = [row["train_loss"] for row in rows]
-    print("train loss per epoch, one node vs two:", curves)
-    one, two = curves["STRICT_PACK"], curves["STRICT_SPREAD"]
-    # Same seeds, model and global batch size; what differs is which rows each worker's
-    # shard gets, which Ray Data decides while it runs (so batches differ, as they do
-    # between two runs on one node). The first epoch starts from the same weights on the
-    # same data: the tolerance covers that run-to-run spread on 80 rows.
-    assert two[0] == pytest.approx(one[0], rel=0.05)
-    assert two[1] < two[0]
-
-
-def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(ray_cluster, worker_nodes, synthetic_dir,
-                                                                   tmp_path):
+@pytest.fixture(scope="module")
+def lost_node_run(ray_cluster, synthetic_dir, tmp_path_factory):
+    """One 3-epoch run of 2 workers spread over 2 worker nodes, which loses one of them once
+    an epoch is committed; both tests below read it (one run of Ray Train, not two)."""
     import ray
 
-    out = tmp_path / "run"
+    nodes = [ray_cluster.add_node(num_cpus=1, object_store_memory=512 * 1024**2) for _ in range(2)]
+    ray_cluster.wait_for_nodes()
+    out = tmp_path_factory.mktemp("lost_node") / "run"
     args = retriever_args(synthetic_dir, out, "--epochs", "3", "--num_workers", "2",
                           "--placement_strategy", "STRICT_SPREAD", "--max_failures", "2", "--index", "0")
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", train.main(args)))
-    runner.start()
-    # Wait until Ray Train has committed an epoch checkpoint, then take away a node that
-    # holds a worker (not the head, where the driver and Train's controller live).
-    deadline, kept = time.time() + 300, []
-    while runner.is_alive() and time.time() < deadline and not kept:
-        kept = committed_epochs(out)
-        time.sleep(0.1)
-    assert kept, f"no epoch was committed; {ray_state()}"
-    head = ray.get_runtime_context().get_node_id()
-    lost = next(n for n in worker_nodes if n.node_id in kept[-1]["worker_nodes"] and n.node_id != head)
-    ray_cluster.remove_node(lost)
-    removed = time.time()
-    assert len(kept) < 3, "training finished before the node was removed"
+    try:
+        runner.start()
+        # Wait until Ray Train has committed an epoch checkpoint, then take away a node that
+        # holds a worker (not the head, where the driver and Train's controller live).
+        deadline, kept = time.time() + 300, []
+        while runner.is_alive() and time.time() < deadline and not kept:
+            kept = committed_epochs(out)
+            time.sleep(0.1)
+        assert kept, f"no epoch was committed; {ray_state()}"
+        head = ray.get_runtime_context().get_node_id()
+        lost = next(n for n in nodes if n.node_id in kept[-1]["worker_nodes"] and n.node_id != head)
+        ray_cluster.remove_node(lost)
+        removed = time.time()
+        runner.join(timeout=RESUME_BOUND_S)
+        yield {"out": out, "kept": kept, "lost": lost, "removed": removed, "code": result.get("code"),
+               "finished": not runner.is_alive()}
+    finally:
+        for node in nodes:
+            if node in ray_cluster.worker_nodes:
+                ray_cluster.remove_node(node)
 
-    runner.join(timeout=RESUME_BOUND_S)
-    assert not runner.is_alive(), (f"no finished run {RESUME_BOUND_S} s after the node was lost; epochs so far: "
-                                   f"{[r['epoch'] for r in committed_epochs(out)]}; "
-                                   f"{ray_state()}")
-    assert result["code"] == 0
+
+def test_two_workers_on_two_nodes_learn_as_on_one_node(ray_local, lost_node_run, synthetic_dir, tmp_path):
+    # The reference: one epoch of the same 2 workers packed on one node (the head).
+    out = tmp_path / "one_node"
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--num_workers", "2",
+                                     "--placement_strategy", "STRICT_PACK", "--no-index")) == 0
+    one, spread = history(out), history(lost_node_run["out"])
+    assert len(set(one[0]["worker_nodes"])) == 1
+    # Before the loss (epoch 1) and after it, the run's two workers were on two nodes.
+    assert all(len(set(row["worker_nodes"])) == 2 for row in spread), spread
+    # Each worker holds 4 pairs a step; the loss saw the 8 pairs of both.
+    assert all(row["global_batch"] == 8 and row["steps"] == 80 // 8 for row in one + spread)
+    assert (out / "checkpoint" / "model.safetensors").is_file()
+    curve = [row["train_loss"] for row in spread]
+    print("train loss per epoch, one node vs two:", one[0]["train_loss"], curve)
+    # Same seeds, model and global batch size; what differs is which rows each worker's
+    # shard gets, which Ray Data decides while it runs (so batches differ, as they do
+    # between two runs on one node). The first epoch starts from the same weights on the
+    # same data: the tolerance covers that run-to-run spread on 80 rows.
+    assert curve[0] == pytest.approx(one[0]["train_loss"], rel=0.05)
+    assert curve[-1] < curve[0]
+
+
+def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(lost_node_run):
+    run = lost_node_run
+    out, kept, lost, removed = run["out"], run["kept"], run["lost"], run["removed"]
+    assert len(kept) < 3, "training finished before the node was removed"
+    assert run["finished"], (f"no finished run {RESUME_BOUND_S} s after the node was lost; epochs so far: "
+                             f"{[r['epoch'] for r in committed_epochs(out)]}; {ray_state()}")
+    assert run["code"] == 0
     rows = history(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[:len(kept)] == kept  # the committed epochs were kept, not trained again

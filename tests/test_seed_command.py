@@ -5,18 +5,23 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
+
+from test_train_job import VQA_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # 60 epochs of a whole job
-def test_the_seeds_pitvqa_command_runs_as_printed(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def seed_run(ray_local, tmp_path_factory):
     """``python jobs/train.py --dataset=pit24 --data_root=DIR --epochs=60 --batch_size=64
-    --lr=0.00002``, word for word, from a folder laid out like the repository root."""
+    --lr=0.00002``, word for word, from a folder laid out like the repository root: the run
+    that the tests below read."""
     from ingest.synthetic import make_pit24
 
+    tmp_path = tmp_path_factory.mktemp("seed")
     data_root = make_pit24(tmp_path / "pit24", seconds=1)  # 25 videos, one frame each
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo" / "jobs").symlink_to(ROOT / "jobs")  # so that runs/ lands in tmp_path
@@ -27,14 +32,47 @@ def test_the_seeds_pitvqa_command_runs_as_printed(ray_local, tmp_path):
                           # 60-epoch run this small; the command itself is as printed.
                           env={"PATH": f"{python}:/usr/bin:/bin", "HOME": str(tmp_path),
                                "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"})
+    return done, data_root, tmp_path / "repo" / "runs" / "pitvqa"
+
+
+@pytest.mark.slow  # 60 epochs of a whole job
+def test_the_seeds_pitvqa_command_runs_as_printed(seed_run):
+    done, _, run = seed_run
     assert done.returncode == 0, done.stderr[-3000:]
     assert "training pitvqa (tiny) on pit24" in done.stdout
-    run = tmp_path / "repo" / "runs" / "pitvqa"
     history = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in history] == list(range(1, 61))
     config = json.loads((run / "checkpoint" / "config.json").read_text())
     assert config["model"] == "pitvqa" and config["config"]["num_classes"] == 59
-    assert json.loads((run / "metrics.json").read_text())["num_classes"] == 59
+    assert len(config["labels"]) == 59  # for serving
+
+
+@pytest.mark.slow  # reads the seed command's run
+def test_pitvqa_trains_and_evaluates(seed_run):
+    from jobs import train
+
+    done, data_root, run = seed_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    best = max(rows, key=lambda row: row["val_score"])
+    metrics = json.loads((run / "metrics.json").read_text())
+    jsonschema.validate(metrics, VQA_SCHEMA)
+    assert metrics["num_classes"] == 59
+    # The evaluation of the copied checkpoint agrees with the validation of its epoch.
+    assert metrics["f1"] == pytest.approx(best["f1"])
+    assert metrics["acc"] == pytest.approx(best["acc"])
+    assert (run / "confusion.png").stat().st_size > 1000
+    assert set(metrics["per_type"]) == {"phase", "step", "instrument", "count", "position"}
+    assert sum(t["num_questions"] for t in metrics["per_type"].values()) == metrics["num_questions"]
+
+    # --do_train 0 (CLIP4Clip's --do_eval): the checkpoint of this --output_dir, evaluated again.
+    (run / "metrics.json").unlink()
+    assert train.main(["--dataset=pit24", f"--data_root={data_root}", "--output_dir", str(run), "--n_display", "0",
+                       "--do_train", "0"]) == 0
+    again = json.loads((run / "metrics.json").read_text())
+    assert again["acc"] == metrics["acc"] and again["per_type"] == metrics["per_type"]
+    assert [row["epoch"] for row in rows] == list(range(1, 61))  # nothing was trained
+    assert (run / "history.jsonl").read_text().count("\n") == 60
 
 
 def test_the_dataset_names_the_model():

@@ -90,33 +90,6 @@ def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(ray_local, 
     assert metrics["t2v"] == trained["t2v"] and metrics["v2t"] == trained["v2t"]
 
 
-def test_pitvqa_trains_and_evaluates(ray_local, synthetic_dir, tmp_path):
-    out = tmp_path / "vqa"
-    args = ["--model", "pitvqa", "--synthetic_dir", str(synthetic_dir), "--synthetic_videos", "3", "--epochs", "2",
-            "--batch_size", "16", "--output_dir", str(out), "--n_display", "0", "--image_size", "32"]
-    assert train.main(args) == 0
-    rows = history(out)
-    assert [row["epoch"] for row in rows] == [1, 2]
-    best = max(rows, key=lambda row: row["val_score"])
-    metrics = json.loads((out / "metrics.json").read_text())
-    jsonschema.validate(metrics, VQA_SCHEMA)
-    assert metrics["num_classes"] == 59
-    assert len(json.loads((out / "checkpoint" / "config.json").read_text())["labels"]) == 59  # for serving
-    # The evaluation of the copied checkpoint agrees with the validation of its epoch.
-    assert metrics["f1"] == pytest.approx(best["f1"])
-    assert metrics["acc"] == pytest.approx(best["acc"])
-    assert (out / "confusion.png").stat().st_size > 1000
-    assert set(metrics["per_type"]) == {"phase", "step", "instrument", "count", "position"}
-    assert sum(t["num_questions"] for t in metrics["per_type"].values()) == metrics["num_questions"]
-
-    # --do_train 0 (CLIP4Clip's --do_eval): the checkpoint of this --output_dir, evaluated again.
-    (out / "metrics.json").unlink()
-    assert train.main(args + ["--do_train", "0"]) == 0
-    again = json.loads((out / "metrics.json").read_text())
-    assert again["acc"] == metrics["acc"] and again["per_type"] == metrics["per_type"]
-    assert [row["epoch"] for row in history(out)] == [1, 2]  # nothing was trained
-
-
 @pytest.mark.slow
 def test_endo18_trains_and_evaluates_end_to_end(ray_local, tmp_path):
     """The EndoVis18-VQA layout from disk (``seq_N/left_fr`` + ``vqa/Classification``) through
