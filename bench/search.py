@@ -45,7 +45,7 @@ from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
 from models import load_checkpoint, token_wise_scores, token_wise_topk  # noqa: E402
 from models.encode import encode_texts  # noqa: E402
 from models.index import IndexWriter, load_index, nearest_centroid, read_manifest, train_centroids  # noqa: E402
-from models.search import PROBE_LISTS, InvertedLists, search, search_lists, trim_padding  # noqa: E402
+from models.search import InvertedLists, probe_lists, search, search_lists, trim_padding  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
@@ -217,7 +217,7 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
         if good:
             best = min(good, key=lambda r: r["ms"])
             print(f"fastest at >= 99% identical top-10, {method}: {best['setting']}, {best['ms']:.2f} ms/query")
-    return {**results, "default_probe_lists": PROBE_LISTS}
+    return {**results, "default_probe_lists": probe_lists(len(centroids))}
 
 
 def ints(text: str) -> list[int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ray.serve import Application
 
 from .ingress import Ingress
-from .replicas import IndexShard, QueryEncoder, VQAModel
+from .replicas import IndexShard, VQAModel
 from .schemas import AppArgs
 
 
@@ -33,5 +33,5 @@ def build_app(args: AppArgs | dict) -> Application:
     shard_options = {"num_cpus": shard_cpus, **({"num_gpus": 1} if use_gpu else {})}
     shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options)
               .bind(path(args.index), i, num_shards, args.candidates) for i in range(num_shards)]
-    return Ingress.bind(QueryEncoder.bind(path(args.checkpoint)), shards, VQAModel.bind(path(args.vqa_checkpoint)),
+    return Ingress.bind(path(args.checkpoint), shards, VQAModel.bind(path(args.vqa_checkpoint)),
                         path(args.index), args.timeout_s)

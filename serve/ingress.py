@@ -81,8 +81,11 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, encoder, shards: list, vqa, index: str, timeout_s: float = 15.0):
-        self.encoder, self.shards, self.vqa, self.index = encoder, shards, vqa, Path(index)
+    def __init__(self, checkpoint: str, shards: list, vqa, index: str, timeout_s: float = 15.0):
+        from .replicas import QueryEncoder
+
+        # The query encoder lives here: a query costs one replica call fewer (BENCHMARKS.md).
+        self.encoder, self.shards, self.vqa, self.index = QueryEncoder(checkpoint), shards, vqa, Path(index)
         self.timeout_s = timeout_s  # AppArgs.timeout_s
         self.html = Path(__file__).with_name("page.html").read_text()
         self.thumbnails = None
@@ -125,8 +128,8 @@ class Ingress:
             except Exception as err:  # a dead or stuck replica: report it, do not fail the probe
                 return {"problem": f"not answering ({type(err).__name__})"}
 
-        encoder, vqa, *shards = await asyncio.gather(ask(self.encoder), ask(self.vqa),
-                                                     *(ask(s) for s in self.shards))
+        encoder = self.encoder.info()
+        vqa, *shards = await asyncio.gather(ask(self.vqa), *(ask(s) for s in self.shards))
         up = [s for s in shards if "rows" in s and not s.get("problem")]
         for i, shard in enumerate(shards):
             if shard.get("version") is not None:
@@ -157,9 +160,12 @@ class Ingress:
         from models.search import merge
 
         started = time.perf_counter()
-        # The encoder's response goes to the shards as it is: each shard's replica fetches
-        # the query itself, which saves a round trip through this replica.
-        query = self.encoder.encode.remote(request.text)
+        try:
+            query = self.encoder.encode([request.text])[0]
+        except Exception as exc:  # the text model raised: a bug
+            return _bug("/search", exc)
+        if "problem" in query:  # no retriever checkpoint
+            return error(503, query["problem"])
         version = self._version()
         answers = await asyncio.gather(
             *(asyncio.wait_for(shard.search.remote(query, request.top_k, request.exact, version), self.timeout_s)
@@ -175,7 +181,7 @@ class Ingress:
             return error(503, sorted(problems)[0])
         live = [a for a in answers if isinstance(a, dict) and "hits" in a]
         if not live:
-            return error(503, f"the query encoder or all {len(self.shards)} index shards are not answering; try again")
+            return error(503, f"all {len(self.shards)} index shards are not answering; try again")
         for answer in answers:
             if isinstance(answer, BaseException):
                 log.warning("an index shard did not answer: %r", answer)

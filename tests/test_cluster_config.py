@@ -73,7 +73,6 @@ def test_the_serve_cluster_config_is_valid_and_gives_each_shard_a_gpu():
         assert entry.name in deployments
     scaled = {d.name: d.autoscaling_config for d in app_config.deployments}
     assert scaled["Ingress"]["max_replicas"] > scaled["Ingress"]["min_replicas"] >= 1
-    assert scaled["QueryEncoder"]["max_replicas"] > 1
 
 
 def test_the_job_runtime_env_ships_the_code_and_not_the_data(tmp_path):
