@@ -80,3 +80,20 @@ def synthetic_msrvtt(tmp_path_factory):
     from ingest.synthetic import make_msrvtt
 
     return make_msrvtt(tmp_path_factory.mktemp("msrvtt"), num_train=12, num_test=6, seconds=4, fps=8)
+
+
+@pytest.fixture(scope="session")
+def packed_run(ray_local, synthetic_dir, tmp_path_factory):
+    """One training run that two tests read: 2 Ray Train workers packed on one node (the
+    head), 2 epochs of CLIP4Clip's meanP + dot product, one worker killed at step 15 (in
+    epoch 2) and recovered, no index. ``test_train_job.py`` checks the recovery and the
+    evaluate CLI on it; ``test_cluster_nodes.py`` compares its first epoch with the same 2
+    workers spread over two nodes."""
+    from jobs import train
+    from test_train_job import PACKED_MODEL, retriever_args
+
+    out = tmp_path_factory.mktemp("packed") / "run"
+    code = train.main(retriever_args(synthetic_dir, out, "--epochs", "2", "--num_workers", "2",
+                                     "--placement_strategy", "STRICT_PACK", "--inject_failure", "15",
+                                     "--max_failures", "1", *PACKED_MODEL, "--no-index"))
+    return code, out

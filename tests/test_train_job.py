@@ -29,6 +29,9 @@ def retriever_args(synthetic_dir, output_dir, *extra):
             "--output_dir", str(output_dir), "--batch_size", "8", "--n_display", "0", *extra]
 
 
+PACKED_MODEL = ("--interaction", "dp", "--sim_header", "meanP")  # conftest's packed run and the spread run
+
+
 def history(output_dir):
     return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
 
@@ -36,8 +39,10 @@ def history(output_dir):
 def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_dir, tmp_path, capsys):
     out = tmp_path / "run"
     # CDCR variant 3 (DRL's weighted one) through the real objective, every step of both runs.
-    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--cdcr", "3")) == 0
+    # The first run indexes nothing (the second run's index is the one checked below).
+    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--cdcr", "3", "--no-index")) == 0
     first = history(out)
+    assert not (out / "index").exists()
     assert [row["epoch"] for row in first] == [1]
     assert (out / "train" / "epoch_001" / "model" / "model.safetensors").is_file()
     assert (out / "train" / "epoch_001" / "train_state.pt").is_file()
@@ -66,14 +71,12 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
 
 
 @pytest.mark.slow
-def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(ray_local, synthetic_dir, tmp_path):
+def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(packed_run, synthetic_dir, tmp_path):
     """One run, two checks: Ray Train recovers a worker lost at step 15 (every epoch is
     recorded), and ``jobs/evaluate.py`` rebuilds the best checkpoint from its folder alone
     and gives the training run's own numbers (sharded evaluation: tests/test_similarity.py)."""
-    out = tmp_path / "run"
-    args = retriever_args(synthetic_dir, out, "--epochs", "2", "--inject_failure", "15", "--max_failures", "1",
-                          "--interaction", "dp", "--sim_header", "meanP", "--no-index")
-    assert train.main(args) == 0
+    code, out = packed_run  # 2 workers, --inject_failure 15 --max_failures 1 --no-index
+    assert code == 0
     assert (out / ".injected_failure").exists()  # the failure really happened (step 15 is in epoch 2)
     assert [row["epoch"] for row in history(out)] == [1, 2]
     assert not (out / "index").exists()

@@ -5,7 +5,9 @@ Each reference side is computed the way the reference repositories compute it (O
 modules from open_clip, CLIP4Clip's seqTransf with ``nn.MultiheadAttention`` and its -1e6
 mask, DRL's einsum WTI), from the very weights that were written to the file.
 """
+import contextlib
 import functools
+import io
 import os
 import subprocess
 import sys
@@ -25,9 +27,23 @@ ROOT = Path(__file__).resolve().parents[2]
 TEXTS = ["a red circle moves to the left", "Two DOGS, playing!  in   the park's grass", "x-ray 123 café"]
 
 
-def run_import(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "jobs/import_checkpoint.py", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+def run_import(*args, cli: bool = False) -> subprocess.CompletedProcess:
+    """``jobs/import_checkpoint.py ARGS``: as its own process with ``cli=True`` (what a user
+    runs, a few seconds of imports), else its ``main`` in this process with the same exit
+    code and output; an exception escapes and fails the test (the CLI would print a traceback)."""
+    args = [str(a) for a in args]
+    if cli:
+        return subprocess.run([sys.executable, "jobs/import_checkpoint.py", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    from jobs import import_checkpoint
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = import_checkpoint.main(args)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +236,8 @@ def test_reference_state_dict_imports_exactly(oc, bpe_path, tmp_path, kind, sim_
     reference = ReferenceRetriever(tiny_openai_clip(oc), sim_header, interaction, wti_arch).eval()
     save_reference(reference, tmp_path / "pytorch_model.bin.4")
     result = run_import(kind, tmp_path / "pytorch_model.bin.4", "--output_dir", tmp_path / "ck",
-                        "--tokenizer_path", bpe_path, "--max_frames", 6)
+                        "--tokenizer_path", bpe_path, "--max_frames", 6, cli=kind == "drl" and wti_arch == 2
+                        and sim_header == "seqTransf" and interaction == "wti")
     assert result.returncode == 0, result.stderr
     model, tokenizer = load_checkpoint(tmp_path / "ck")
     assert (model.config.sim_header, model.config.interaction) == (sim_header, interaction)
@@ -357,7 +374,8 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, func):
     marker = tmp_path / "ran"
     payload = f"touch {marker}" if func is not eval else f"open({str(marker)!r}, 'w')"
     torch.save({"epoch": 1, "model": RunsCode(func, payload)}, tmp_path / "evil.pth.tar")
-    result = run_import("pitvqa", tmp_path / "evil.pth.tar", "--output_dir", tmp_path / "ck")
+    # As a user runs it (its own process) once; the payload would run in this process too.
+    result = run_import("pitvqa", tmp_path / "evil.pth.tar", "--output_dir", tmp_path / "ck", cli=func is os.system)
     assert result.returncode == 2, result.stderr
     assert "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists() and not (tmp_path / "ck").exists()
