@@ -173,11 +173,16 @@ def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: in
                                           "question": "what is the surgical phase"})
             vqa_s = time.time() - t0
         finally:
+            # Ctrl-C, as a user stops it; what it started on the shared Ray goes with that Ray
+            # at the end, so a slow graceful shutdown (up to a minute seen) is not waited for.
+            stopping = time.time()
             os.killpg(process.pid, signal.SIGINT)
             try:
-                process.wait(timeout=60)
+                process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=30)
+            print(f"serve run stopped in {time.time() - stopping:.1f} s", flush=True)
     print(f"search: {found['results'][:2]}\nvqa: {answer['answer']} ({answer['confidence']:.3f})", flush=True)
     results["serve"] = {"seconds_to_ready": round(up, 1), "search_seconds": round(search_s, 2),
                         "vqa_seconds": round(vqa_s, 2), "peak_memory_gb": round(memory.gb, 2)}

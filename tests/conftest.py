@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Ray Train's controller polls its workers this often (jobs/train.py: 0.25 s unless set); a
+# worker's next report waits for the poll, which is most of an epoch of the tests' tiny runs.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
 
 from models import build_bpe_tokenizer
 
