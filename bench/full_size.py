@@ -136,6 +136,18 @@ def http(url: str, body=None, timeout=300):
         return json.loads(response.read())
 
 
+def stop_serve_run(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Ctrl-C to a ``serve run`` started with ``start_new_session=True``, as a user stops it,
+    then SIGKILL to its process group after ``grace_s``: its graceful shutdown took a whole
+    minute after another ``serve run`` on the same machine, and nothing of it is reused."""
+    os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: int = 8000) -> None:
     """``serve run serve:build_app ...``: wait for /healthz, then one /search and one /vqa."""
     import numpy as np
@@ -173,15 +185,8 @@ def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: in
                                           "question": "what is the surgical phase"})
             vqa_s = time.time() - t0
         finally:
-            # Ctrl-C, as a user stops it; what it started on the shared Ray goes with that Ray
-            # at the end, so a slow graceful shutdown (up to a minute seen) is not waited for.
             stopping = time.time()
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
+            stop_serve_run(process)  # what it started on the shared Ray goes with that Ray at the end
             print(f"serve run stopped in {time.time() - stopping:.1f} s", flush=True)
     print(f"search: {found['results'][:2]}\nvqa: {answer['answer']} ({answer['confidence']:.3f})", flush=True)
     results["serve"] = {"seconds_to_ready": round(up, 1), "search_seconds": round(search_s, 2),

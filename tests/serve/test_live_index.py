@@ -3,7 +3,6 @@
 without a failed or partial answer while it does; a removed video is never returned after
 that, and the added ones are found."""
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.full_size import stop_serve_run
 from serve_helpers import call
 
 pytestmark = pytest.mark.slow  # a `serve run` on a Ray of its own
@@ -132,12 +132,4 @@ def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained
         assert call(f"{base}/thumbnail/video3")[0] == 404
     finally:
         stop.set()
-        # Ctrl-C as a user stops it; its graceful shutdown took the whole minute in the full
-        # suite (after the full-size bench's own `serve run`), so the group (serve run and the
-        # Ray it started) is killed after a few seconds: nothing of it is reused.
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+        stop_serve_run(server)  # serve run and the Ray it started
