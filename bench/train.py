@@ -11,6 +11,7 @@ Each side times its steps after a warm-up epoch, with the same number of torch t
 (the worker is given that many CPUs, which is what Ray sizes its thread pool by). Prints
 a table and ends with one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,34 +29,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models import ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig  # noqa: E402
 
 
-def make_rows(model: str, num_rows: int, frames: int, size: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_rows(
+    model: str, num_rows: int, frames: int, size: int, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Random model-ready columns (the pipeline's output format)."""
     rng = np.random.default_rng(seed)
     tokens = rng.integers(2, 200, (num_rows, 16))
     mask = np.ones((num_rows, 16), np.int64)
     if model == "retriever":
-        return {"input_ids": tokens, "attention_mask": mask,
-                "pixel_values": rng.standard_normal((num_rows, frames, 3, size, size), np.float32),
-                "frame_mask": np.ones((num_rows, frames), np.int64)}
-    return {"input_ids": tokens, "attention_mask": mask, "label": rng.integers(0, 59, num_rows),
-            "pixel_values": rng.random((num_rows, 3, size, size), np.float32)}
+        return {
+            "input_ids": tokens,
+            "attention_mask": mask,
+            "pixel_values": rng.standard_normal((num_rows, frames, 3, size, size), np.float32),
+            "frame_mask": np.ones((num_rows, frames), np.int64),
+        }
+    return {
+        "input_ids": tokens,
+        "attention_mask": mask,
+        "label": rng.integers(0, 59, num_rows),
+        "pixel_values": rng.random((num_rows, 3, size, size), np.float32),
+    }
 
 
 def build(model: str, size: int, frames: int):
     """(module to train, step function batch -> loss), seeded so both sides start equal."""
     torch.manual_seed(0)
     if model == "retriever":
-        objective = ContrastiveObjective(Retriever(RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames)))
+        objective = ContrastiveObjective(
+            Retriever(RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames))
+        )
 
         def loss_of(net, batch):
-            return net(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])["loss"]
+            return net(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
+                batch["frame_mask"],
+            )["loss"]
 
         return objective, loss_of
     net = PitVQANet(PitVQAConfig.tiny(vocab_size=256, image_size=size))
     criterion = torch.nn.CrossEntropyLoss()
 
     def loss_of(net, batch):
-        return criterion(net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"])
+        return criterion(
+            net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"]
+        )
 
     return net, loss_of
 
@@ -107,7 +126,9 @@ def ray_worker(config: dict) -> None:
 
     rate = timed_epochs(net, loss_of, batches, config["epochs"])
     # Train V2 keeps metrics only with checkpoints; the figure goes to a file beside them.
-    (Path(config["storage"]) / "worker.json").write_text(json.dumps({"samples_per_s": rate, "threads": torch.get_num_threads()}))
+    (Path(config["storage"]) / "worker.json").write_text(
+        json.dumps({"samples_per_s": rate, "threads": torch.get_num_threads()})
+    )
     ray.train.report({"samples_per_s": rate})
 
 
@@ -120,12 +141,20 @@ def ray_train(config: dict) -> tuple[float, int, float]:
     from jobs.data import ROWS_PER_BLOCK
 
     num_rows = len(config["rows"]["input_ids"])
-    dataset = ray.data.from_items([{k: v[i] for k, v in config["rows"].items()} for i in range(num_rows)])
-    dataset = dataset.repartition(max(1, num_rows // ROWS_PER_BLOCK)).materialize()  # as jobs/data.py does
+    dataset = ray.data.from_items(
+        [{k: v[i] for k, v in config["rows"].items()} for i in range(num_rows)]
+    )
+    dataset = dataset.repartition(
+        max(1, num_rows // ROWS_PER_BLOCK)
+    ).materialize()  # as jobs/data.py does
     worker_config = {k: v for k, v in config.items() if k != "rows"}
     trainer = TorchTrainer(
-        ray_worker, train_loop_config=worker_config, datasets={"train": dataset},
-        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": config["threads"]}),
+        ray_worker,
+        train_loop_config=worker_config,
+        datasets={"train": dataset},
+        scaling_config=ScalingConfig(
+            num_workers=1, resources_per_worker={"CPU": config["threads"]}
+        ),
         run_config=RunConfig(storage_path=config["storage"], name="bench_train"),
     )
     started = time.perf_counter()
@@ -136,14 +165,18 @@ def ray_train(config: dict) -> tuple[float, int, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", choices=("retriever", "pitvqa"), default="retriever")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="the first is a warm-up")
     parser.add_argument("--frames", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on both sides")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="torch threads on both sides"
+    )
     args = parser.parse_args(argv)
 
     import tempfile
@@ -151,24 +184,51 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     rows = make_rows(args.model, args.batch * args.steps, args.frames, args.size)
-    config = {"model": args.model, "batch": args.batch, "epochs": args.epochs, "frames": args.frames,
-              "size": args.size, "threads": args.threads, "rows": rows}
+    config = {
+        "model": args.model,
+        "batch": args.batch,
+        "epochs": args.epochs,
+        "frames": args.frames,
+        "size": args.size,
+        "threads": args.threads,
+        "rows": rows,
+    }
     plain_before = plain_loop(config)
     if not ray.is_initialized():
-        ray.init(address="local", num_cpus=max(args.threads, os.cpu_count()), include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local",
+            num_cpus=max(args.threads, os.cpu_count()),
+            include_dashboard=False,
+            log_to_driver=False,
+        )
     with tempfile.TemporaryDirectory() as storage:
         ray_rate, ray_threads, wall = ray_train({**config, "storage": storage})
     plain = max(plain_before, plain_loop(config))  # once before and once after Ray, the better
     ratio = ray_rate / plain
-    print(f"{args.model}: batch {args.batch}, {args.steps} steps an epoch, best of {args.epochs - 1} timed epochs, "
-          f"{args.threads} threads, {platform.processor() or platform.machine()}")
+    print(
+        f"{args.model}: batch {args.batch}, {args.steps} steps an epoch, best of {args.epochs - 1} timed epochs, "
+        f"{args.threads} threads, {platform.processor() or platform.machine()}"
+    )
     print(f"{'loop':<24}{'samples/s':>12}")
     print(f"{'plain PyTorch':<24}{plain:>12.1f}")
     print(f"{'Ray Train (1 worker)':<24}{ray_rate:>12.1f}   ratio {ratio:.2f}x (target >= 0.9x)")
-    print(f"Ray Train fit() took {wall:.1f} s in all (worker start-up, dataset split, {args.epochs} epochs)")
-    print(json.dumps({"bench": "train", "model": args.model, "batch": args.batch, "threads": args.threads,
-                      "ray_worker_threads": ray_threads, "samples_per_s": {"plain": plain, "ray_train": ray_rate},
-                      "ratio": ratio, "ray_fit_seconds": wall}))
+    print(
+        f"Ray Train fit() took {wall:.1f} s in all (worker start-up, dataset split, {args.epochs} epochs)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "model": args.model,
+                "batch": args.batch,
+                "threads": args.threads,
+                "ray_worker_threads": ray_threads,
+                "samples_per_s": {"plain": plain, "ray_train": ray_rate},
+                "ratio": ratio,
+                "ray_fit_seconds": wall,
+            }
+        )
+    )
     return 0
 
 

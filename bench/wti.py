@@ -9,6 +9,7 @@ separately), ``WTIHead`` (this project), and the bare matrix product
 ``[A*L, D] x [D, V*F]`` (the machine's limit). Checks that the two matrices agree, prints a
 table, and ends with one JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def drl_eval_loop(head, text_feat, video_feat, text_mask, video_mask, mini_batch
     """DRL's ``_run_on_single_gpu``: every 32 x 32 block, rows concatenated."""
     rows = []
     for t_feat, t_mask in zip(text_feat.split(mini_batch), text_mask.split(mini_batch)):
-        row = [drl_wti_interaction(head, t_feat, v_feat, t_mask, v_mask).cpu()
-               for v_feat, v_mask in zip(video_feat.split(mini_batch), video_mask.split(mini_batch))]
+        row = [
+            drl_wti_interaction(head, t_feat, v_feat, t_mask, v_mask).cpu()
+            for v_feat, v_mask in zip(video_feat.split(mini_batch), video_mask.split(mini_batch))
+        ]
         rows.append(torch.cat(row, dim=-1))
     return torch.cat(rows)
 
@@ -61,7 +64,9 @@ def bare_product(text_feat, video_feat, block_elements=None):
     V, num_frames, _ = video_feat.shape
     texts, videos = _block_sizes(L, num_frames, text_feat.device, block_elements)
     frames = video_feat.transpose(0, 1)  # (F, V, D)
-    out = torch.empty(texts * L, videos * num_frames, device=text_feat.device, dtype=text_feat.dtype)
+    out = torch.empty(
+        texts * L, videos * num_frames, device=text_feat.device, dtype=text_feat.dtype
+    )
     for j in range(0, V, videos):
         block = frames[:, j : j + videos].reshape(-1, D)
         for i in range(0, A, texts):
@@ -113,7 +118,9 @@ class Peak:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--texts", type=int, default=1000)
     parser.add_argument("--videos", type=int, default=1000)
     parser.add_argument("--tokens", type=int, default=32)
@@ -160,23 +167,47 @@ def main(argv=None):
             fp16_top10_same = (top_half == top_full).all(dim=1).float().mean().item()
 
     max_diff = (scores.cpu() - reference).abs().max().item()
-    top10_same = (scores.cpu().topk(10, dim=1).indices == reference.topk(10, dim=1).indices).all(dim=1).float().mean().item()
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"WTI score matrix {args.texts} x {args.videos}, L={args.tokens}, F={args.frames}, D={args.dim} on {name}")
+    top10_same = (
+        (scores.cpu().topk(10, dim=1).indices == reference.topk(10, dim=1).indices)
+        .all(dim=1)
+        .float()
+        .mean()
+        .item()
+    )
+    name = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"WTI score matrix {args.texts} x {args.videos}, L={args.tokens}, F={args.frames}, D={args.dim} on {name}"
+    )
     print(f"{'path':<16}{'seconds':>10}{'peak MB':>10}{'vs reference':>14}")
     for key, r in results.items():
-        print(f"{key:<16}{r.seconds:>10.3f}{r.bytes / 2**20:>10.1f}{results['reference'].seconds / r.seconds:>13.2f}x")
+        print(
+            f"{key:<16}{r.seconds:>10.3f}{r.bytes / 2**20:>10.1f}{results['reference'].seconds / r.seconds:>13.2f}x"
+        )
     speedup = results["reference"].seconds / results["wti_head"].seconds
     over_bare = results["wti_head"].seconds / results["bare_matmul"].seconds
     print(f"max |ours - reference| = {max_diff:.2e}   identical top-10: {top10_same:.1%}")
-    print(f"speed-up over the reference: {speedup:.2f}x   time over the bare matrix product: {over_bare:.2f}x")
+    print(
+        f"speed-up over the reference: {speedup:.2f}x   time over the bare matrix product: {over_bare:.2f}x"
+    )
     summary = {
-        "bench": "wti", "device": name, "texts": args.texts, "videos": args.videos, "tokens": args.tokens,
-        "frames": args.frames, "dim": args.dim,
+        "bench": "wti",
+        "device": name,
+        "texts": args.texts,
+        "videos": args.videos,
+        "tokens": args.tokens,
+        "frames": args.frames,
+        "dim": args.dim,
         "seconds": {k: round(r.seconds, 4) for k, r in results.items()},
         "peak_mb": {k: round(r.bytes / 2**20, 1) for k, r in results.items()},
-        "speedup_vs_reference": round(speedup, 3), "ratio_vs_bare_matmul": round(over_bare, 3),
-        "max_abs_diff": max_diff, "top10_identical": top10_same, "fp16_top10_identical": fp16_top10_same,
+        "speedup_vs_reference": round(speedup, 3),
+        "ratio_vs_bare_matmul": round(over_bare, 3),
+        "max_abs_diff": max_diff,
+        "top10_identical": top10_same,
+        "fp16_top10_identical": fp16_top10_same,
     }
     print(json.dumps(summary))
     return 0 if max_diff <= 1e-5 or device.type == "cuda" else 1

@@ -4,9 +4,25 @@
 The cluster definitions live beside this package: ``ray_cluster.yaml`` (AWS, at the
 repository root), ``cluster/onprem.yaml`` (your own machines) and ``cluster/serve.yaml``
 (``serve deploy``)."""
+
 from .connect import connect
-from .resources import cluster_gpus, index_shards, per_gpu, training_scale, use_gpus, wait_until_released
+from .resources import (
+    cluster_gpus,
+    index_shards,
+    per_gpu,
+    training_scale,
+    use_gpus,
+    wait_until_released,
+)
 from .runtime_env import runtime_env
 
-__all__ = ["cluster_gpus", "connect", "index_shards", "per_gpu", "runtime_env", "training_scale", "use_gpus",
-           "wait_until_released"]
+__all__ = [
+    "cluster_gpus",
+    "connect",
+    "index_shards",
+    "per_gpu",
+    "runtime_env",
+    "training_scale",
+    "use_gpus",
+    "wait_until_released",
+]

@@ -1,5 +1,6 @@
 """Connecting a job to Ray: the cluster in ``RAY_ADDRESS`` (or the one ``ray job submit``
 runs it on, or a ``ray start`` cluster on this machine), else a fresh local instance."""
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Sizing by the cluster's GPUs: training workers, encoding actors, similarity and index
 shards. One rule everywhere: one per GPU when the cluster has GPUs, else a CPU default."""
+
 from __future__ import annotations
 
 
@@ -72,6 +73,9 @@ def wait_until_released(timeout_s: float = 20.0) -> None:
     while _free_at_start and time.time() < deadline:
         free, total = ray.available_resources(), ray.cluster_resources()
         # A node lost since the start takes its CPUs with it: wait for what is still there.
-        if all(free.get(kind, 0.0) >= min(need, total.get(kind, 0.0)) for kind, need in _free_at_start.items()):
+        if all(
+            free.get(kind, 0.0) >= min(need, total.get(kind, 0.0))
+            for kind, need in _free_at_start.items()
+        ):
             return
         time.sleep(0.2)

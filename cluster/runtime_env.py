@@ -1,6 +1,7 @@
 """The job ``runtime_env``: this repository as the working directory, minus data, run
 outputs and virtual environments. ``runtime_env.yaml`` is the one list, read by both
 ``ray job submit --runtime-env cluster/runtime_env.yaml`` and ``runtime_env()``."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -6,6 +6,7 @@ reads decoded frames and never decodes twice. Bad videos are skipped and reporte
 small log actor, so the report is complete on a multi-node cluster too; it also
 counts the videos each node decoded.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,13 +58,24 @@ class ClipDecoder:
             ids.append(video_id)
             frames.append(clip)
             masks.append(mask)
-        ray.get(self.collector.add.remote(skipped, ray.get_runtime_context().get_node_id(), len(ids)))
+        ray.get(
+            self.collector.add.remote(skipped, ray.get_runtime_context().get_node_id(), len(ids))
+        )
         if ids:
-            yield {"video_id": np.array(ids, dtype=object), "frames": np.stack(frames), "frame_mask": np.stack(masks)}
+            yield {
+                "video_id": np.array(ids, dtype=object),
+                "frames": np.stack(frames),
+                "frame_mask": np.stack(masks),
+            }
 
 
-def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concurrency: int | None = None,
-                 batch_size: int = 4) -> ray.data.Dataset:
+def clip_dataset(
+    videos: dict[str, str | Path],
+    spec: ClipSpec,
+    collector,
+    concurrency: int | None = None,
+    batch_size: int = 4,
+) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded clips: ``video_id``, ``frames [F,S,S,3] uint8``, ``frame_mask [F]``.
 
     ``videos`` maps video id to path. Decoding runs on a bounded pool of actors (one CPU
@@ -85,9 +97,15 @@ def clip_dataset(videos: dict[str, str | Path], spec: ClipSpec, collector, concu
     )
 
 
-def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
-                concurrency: int | None = None, rows_per_file: int = 256, progress_every: int = 100,
-                prefix: str = "part") -> tuple[int, Report]:
+def write_clips(
+    videos: dict[str, str | Path],
+    out_dir: str | Path,
+    spec: ClipSpec,
+    concurrency: int | None = None,
+    rows_per_file: int = 256,
+    progress_every: int = 100,
+    prefix: str = "part",
+) -> tuple[int, Report]:
     """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
 
     The decoding actors stream their clips to this process, which writes the files (so a
@@ -112,9 +130,13 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
         nonlocal files
         batch = {k: np.concatenate([p[k] for p in pending]) for k in pending[0]}
         # Ray's tensor columns, as ``Dataset.write_parquet`` stores them: read_clips gets arrays back.
-        table = pa.table({"video_id": pa.array(batch["video_id"].tolist(), pa.string()),
-                          "frames": ArrowTensorArray.from_numpy(batch["frames"]),
-                          "frame_mask": ArrowTensorArray.from_numpy(batch["frame_mask"])})
+        table = pa.table(
+            {
+                "video_id": pa.array(batch["video_id"].tolist(), pa.string()),
+                "frames": ArrowTensorArray.from_numpy(batch["frames"]),
+                "frame_mask": ArrowTensorArray.from_numpy(batch["frame_mask"]),
+            }
+        )
         pq.write_table(table, out_dir / "clips" / f"{prefix}_{files:05d}.parquet")
         files += 1
         pending.clear()
@@ -126,7 +148,10 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
             flush()
         if written - shown >= progress_every:
             shown = written
-            print(f"  decoded {written}/{len(videos)} videos ({written / (time.time() - started):.1f}/s)", flush=True)
+            print(
+                f"  decoded {written}/{len(videos)} videos ({written / (time.time() - started):.1f}/s)",
+                flush=True,
+            )
     if pending:
         flush()
     report = ray.get(collector.report.remote())
@@ -137,7 +162,9 @@ def write_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSp
 
 # --- the decode cache: decode each video once, re-decode only what changed ------------------
 
-MANIFEST = "videos.json"  # video id -> the file it was decoded from (path, size, mtime) and where it went
+MANIFEST = (
+    "videos.json"  # video id -> the file it was decoded from (path, size, mtime) and where it went
+)
 
 
 def _source(path: str | Path) -> dict | None:
@@ -167,12 +194,18 @@ class CacheUpdate:
     skipped: int
 
     def summary(self) -> str:
-        return f"reused {self.reused} decoded clips, decoded {self.decoded} new or changed videos; " \
-               f"{self.report.summary('decode')}"
+        return (
+            f"reused {self.reused} decoded clips, decoded {self.decoded} new or changed videos; "
+            f"{self.report.summary('decode')}"
+        )
 
 
-def update_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipSpec,
-                 concurrency: int | None = None) -> CacheUpdate:
+def update_clips(
+    videos: dict[str, str | Path],
+    out_dir: str | Path,
+    spec: ClipSpec,
+    concurrency: int | None = None,
+) -> CacheUpdate:
     """Bring the decoded clips in ``out_dir`` up to date with ``videos`` (id -> path).
 
     A video whose file (path, size, mtime) is the one decoded before is reused; a new or
@@ -184,7 +217,9 @@ def update_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipS
     """
     out_dir = Path(out_dir)
     manifest = _read_manifest(out_dir)
-    if not manifest and out_dir.exists():  # a cache without a manifest (older, or interrupted): start over
+    if (
+        not manifest and out_dir.exists()
+    ):  # a cache without a manifest (older, or interrupted): start over
         shutil.rmtree(out_dir)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     referenced = {entry["file"] for entry in manifest.values() if entry.get("file")}
@@ -192,14 +227,20 @@ def update_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipS
         if part.name not in referenced:
             part.unlink()  # written by a run that did not finish
     sources = {vid: _source(path) for vid, path in videos.items()}
-    todo = {vid: path for vid, path in videos.items()
-            if sources[vid] is None or manifest.get(vid, {}).get("source") != sources[vid]}
+    todo = {
+        vid: path
+        for vid, path in videos.items()
+        if sources[vid] is None or manifest.get(vid, {}).get("source") != sources[vid]
+    }
     decoded = 0
     if todo:
         run = 1 + max([int(name.split("_")[0][4:]) for name in referenced] or [0])
         prefix = f"part{run:05d}"
-        print(f"decoding {len(todo)} new or changed videos with Ray Data into {out_dir} "
-              f"({len(videos) - len(todo)} reused)", flush=True)
+        print(
+            f"decoding {len(todo)} new or changed videos with Ray Data into {out_dir} "
+            f"({len(videos) - len(todo)} reused)",
+            flush=True,
+        )
         decoded, report = write_clips(todo, out_dir, spec, concurrency, prefix=prefix)
         by_path = {str(path): vid for vid, path in todo.items()}
         skipped = {vid: [] for vid in todo}
@@ -207,16 +248,26 @@ def update_clips(videos: dict[str, str | Path], out_dir: str | Path, spec: ClipS
             skipped.setdefault(by_path.get(record.path, record.path), []).append(asdict(record))
         written = {}
         for part in sorted((out_dir / "clips").glob(f"{prefix}_*.parquet")):
-            written.update(dict.fromkeys(pq.read_table(part, columns=["video_id"]).column("video_id").to_pylist(),
-                                         part.name))
+            written.update(
+                dict.fromkeys(
+                    pq.read_table(part, columns=["video_id"]).column("video_id").to_pylist(),
+                    part.name,
+                )
+            )
         for vid in todo:
-            manifest[vid] = {"source": sources[vid], "file": written.get(vid), "skipped": skipped.get(vid, [])}
+            manifest[vid] = {
+                "source": sources[vid],
+                "file": written.get(vid),
+                "skipped": skipped.get(vid, []),
+            }
         staged = out_dir / f"{MANIFEST}.tmp"
         staged.write_text(json.dumps(manifest))
         staged.replace(out_dir / MANIFEST)
     report = Report([Skipped(**record) for vid in videos for record in manifest[vid]["skipped"]])
     report.write(out_dir / "skipped.jsonl")
-    return CacheUpdate(report, reused=len(videos) - len(todo), decoded=decoded, skipped=len(report.records))
+    return CacheUpdate(
+        report, reused=len(videos) - len(todo), decoded=decoded, skipped=len(report.records)
+    )
 
 
 def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
@@ -228,18 +279,30 @@ def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
     if not manifest:
         return ray.data.read_parquet(str(out_dir / "clips"))
     wanted = set(video_ids) if video_ids is not None else None
-    current = {vid: entry["file"] for vid, entry in manifest.items()
-               if entry.get("file") and (wanted is None or vid in wanted)}
+    current = {
+        vid: entry["file"]
+        for vid, entry in manifest.items()
+        if entry.get("file") and (wanted is None or vid in wanted)
+    }
     files = sorted({str(out_dir / "clips" / name) for name in current.values()})
     if not files:
         raise FileNotFoundError(f"{out_dir}: no decoded clips for the videos asked for")
 
-    def current_rows(batch):  # a video decoded again lives in a newer file: the older row is dropped
-        keep = np.array([current.get(vid) == Path(path).name for vid, path in zip(batch["video_id"], batch["path"])],
-                        dtype=bool)
+    def current_rows(
+        batch,
+    ):  # a video decoded again lives in a newer file: the older row is dropped
+        keep = np.array(
+            [
+                current.get(vid) == Path(path).name
+                for vid, path in zip(batch["video_id"], batch["path"])
+            ],
+            dtype=bool,
+        )
         return {k: v[keep] for k, v in batch.items() if k != "path"}
 
-    return ray.data.read_parquet(files, include_paths=True).map_batches(current_rows, batch_format="numpy")
+    return ray.data.read_parquet(files, include_paths=True).map_batches(
+        current_rows, batch_format="numpy"
+    )
 
 
 def clip_ids(out_dir: str | Path, video_ids=None) -> list[str]:
@@ -249,7 +312,11 @@ def clip_ids(out_dir: str | Path, video_ids=None) -> list[str]:
     manifest = _read_manifest(out_dir)
     if manifest:
         wanted = set(video_ids) if video_ids is not None else None
-        return [vid for vid, entry in manifest.items() if entry.get("file") and (wanted is None or vid in wanted)]
+        return [
+            vid
+            for vid, entry in manifest.items()
+            if entry.get("file") and (wanted is None or vid in wanted)
+        ]
     folder = out_dir / "clips"
     if not folder.is_dir():
         return []

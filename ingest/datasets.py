@@ -5,6 +5,7 @@ Ray workers), never inside the models. The tokenizer comes in as a function, ``t
 {"input_ids", "attention_mask"}`` (``jobs.data`` passes ``models.tokenize`` bound to the
 model's tokenizer), so that this layer does not depend on the models.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,11 +14,14 @@ import numpy as np
 import ray
 from PIL import Image
 
-Tokenize = Callable[[list[str]], dict]  # texts -> input_ids / attention_mask [N, L] (tensors or arrays)
+Tokenize = Callable[
+    [list[str]], dict
+]  # texts -> input_ids / attention_mask [N, L] (tensors or arrays)
 
 
 def _arrays(tokens: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(tokens["input_ids"]), np.asarray(tokens["attention_mask"])
+
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
@@ -47,18 +51,27 @@ class QABatcher:
         self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = image_pixels([Image.open(path) for path in batch["image"]], self.image_size, self.mean, self.std)
+        pixels = image_pixels(
+            [Image.open(path) for path in batch["image"]], self.image_size, self.mean, self.std
+        )
         input_ids, attention_mask = _arrays(self.tokenize(list(batch["question"])))
-        return {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": attention_mask,
-                "label": batch["label"].astype(np.int64)}
+        return {
+            "pixel_values": pixels,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "label": batch["label"].astype(np.int64),
+        }
 
 
-def qa_dataset(rows: list[dict], tokenize: Tokenize, image_size: int, mean=None, std=None,
-               batch_size: int = 64) -> ray.data.Dataset:
+def qa_dataset(
+    rows: list[dict], tokenize: Tokenize, image_size: int, mean=None, std=None, batch_size: int = 64
+) -> ray.data.Dataset:
     """VQA rows (from ``ingest.qa.read_qa``) as model-ready tensors."""
     return ray.data.from_items(rows).map_batches(
-        QABatcher, fn_constructor_kwargs=dict(tokenize=tokenize, image_size=image_size, mean=mean, std=std),
-        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+        QABatcher,
+        fn_constructor_kwargs=dict(tokenize=tokenize, image_size=image_size, mean=mean, std=std),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
     )
 
 
@@ -67,7 +80,11 @@ def caption_dataset(pairs: list[tuple[str, str]], tokenize: Tokenize) -> ray.dat
 
     def encode(batch):
         input_ids, attention_mask = _arrays(tokenize(list(batch["caption"])))
-        return {"video_id": batch["video_id"], "input_ids": input_ids, "attention_mask": attention_mask}
+        return {
+            "video_id": batch["video_id"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+        }
 
     items = [{"video_id": v, "caption": c} for v, c in pairs]
     return ray.data.from_items(items).map_batches(encode, batch_size=256)
@@ -83,7 +100,9 @@ def normalize_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     import torch
 
     frames = torch.from_numpy(batch["frames"]).permute(0, 1, 4, 2, 3).float() / 255.0
-    pixels = (frames - torch.from_numpy(CLIP_MEAN).view(3, 1, 1)) / torch.from_numpy(CLIP_STD).view(3, 1, 1)
+    pixels = (frames - torch.from_numpy(CLIP_MEAN).view(3, 1, 1)) / torch.from_numpy(CLIP_STD).view(
+        3, 1, 1
+    )
     out = {k: v for k, v in batch.items() if k != "frames"}
     out["pixel_values"] = pixels.contiguous().numpy()
     return out
@@ -99,7 +118,11 @@ class CaptionExpander:
     def __call__(self, batch: dict[str, np.ndarray]):
         # A generator: a batch of clips without captions (say, test videos while building
         # the training rows) yields no rows rather than empty arrays.
-        owners = [i for i, video_id in enumerate(batch["video_id"]) for _ in self.captions.get(video_id, [])]
+        owners = [
+            i
+            for i, video_id in enumerate(batch["video_id"])
+            for _ in self.captions.get(video_id, [])
+        ]
         if not owners:
             return
         texts = [c for video_id in batch["video_id"] for c in self.captions.get(video_id, [])]
@@ -114,8 +137,13 @@ class CaptionExpander:
         }
 
 
-def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, tokenize: Tokenize,
-                         report=None, decoded: set[str] | None = None) -> ray.data.Dataset:
+def caption_clip_dataset(
+    pairs: list[tuple[str, str]],
+    clips: ray.data.Dataset,
+    tokenize: Tokenize,
+    report=None,
+    decoded: set[str] | None = None,
+) -> ray.data.Dataset:
     """One row per caption with its video's decoded clip: ``input_ids``, ``attention_mask``,
     ``pixel_values [F,3,S,S]`` (CLIP-normalised) and ``frame_mask``.
 
@@ -131,6 +159,10 @@ def caption_clip_dataset(pairs: list[tuple[str, str]], clips: ray.data.Dataset, 
             decoded = set(clips.select_columns(["video_id"]).to_pandas()["video_id"])
         for video_id, caption in pairs:
             if video_id not in decoded:
-                report.add("caption_without_video", video_id, f"no decoded clip for caption {caption[:60]!r}")
+                report.add(
+                    "caption_without_video",
+                    video_id,
+                    f"no decoded clip for caption {caption[:60]!r}",
+                )
     expand = CaptionExpander(captions, tokenize)
     return clips.map_batches(expand, batch_size=1).map_batches(normalize_clips)

@@ -7,6 +7,7 @@
 Videos that do not open are skipped and reported before the job starts, so one bad file
 never stops the others.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,7 @@ def probe_fps(videos: dict[str, Path], report: Report) -> dict[str, float]:
     import decord
 
     fps = {}
-    for name, path in videos.items():
+    for path in videos.values():
         try:
             reader = decord.VideoReader(str(path), num_threads=1)
             if len(reader) == 0 or reader.get_avg_fps() <= 0:
@@ -41,7 +42,9 @@ def probe_fps(videos: dict[str, Path], report: Report) -> dict[str, float]:
             fps[str(Path(path))] = reader.get_avg_fps()
         except Exception as err:
             kind = "missing_video" if not Path(path).is_file() else "bad_video"
-            report.add(kind, str(path), str(err).splitlines()[0][:200] if str(err) else "cannot open")
+            report.add(
+                kind, str(path), str(err).splitlines()[0][:200] if str(err) else "cannot open"
+            )
     return fps
 
 
@@ -65,7 +68,9 @@ class FrameWriter:
         return {"image": np.array(written, dtype=object)}
 
 
-def extract_frames(videos: dict[str, str | Path], out_root: str | Path, report: Report) -> list[str]:
+def extract_frames(
+    videos: dict[str, str | Path], out_root: str | Path, report: Report
+) -> list[str]:
     """Write the 1 fps, preprocessed frames of ``videos`` (``"video_01" -> path``) under ``out_root``.
 
     Returns the written image paths. Uses ``ray.data.read_videos`` (one row per frame).
@@ -74,9 +79,14 @@ def extract_frames(videos: dict[str, str | Path], out_root: str | Path, report: 
     fps_of = probe_fps(videos, report)
     if not fps_of:
         return []
-    folder_of = {str(Path(path)): name for name, path in videos.items() if str(Path(path)) in fps_of}
+    folder_of = {
+        str(Path(path)): name for name, path in videos.items() if str(Path(path)) in fps_of
+    }
     ds = ray.data.read_videos(list(fps_of), include_paths=True)
-    ds = ds.map_batches(FrameWriter, fn_constructor_kwargs={"out_root": str(out_root), "folder_of": folder_of,
-                                                            "fps_of": fps_of},
-                        batch_size=16, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2))
+    ds = ds.map_batches(
+        FrameWriter,
+        fn_constructor_kwargs={"out_root": str(out_root), "folder_of": folder_of, "fps_of": fps_of},
+        batch_size=16,
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+    )
     return sorted(row["image"] for row in ds.take_all())

@@ -5,6 +5,7 @@ Two json layouts exist in the wild and both load:
 - Frozen-in-Time's ``{"annotations": [{"image_id", "caption"}, ...], "images": [...]}``
   (DRL's README has users rename it, and DRL's loader then dies with KeyError 'sentences').
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,7 +35,9 @@ def read_captions(json_path: str | Path) -> dict[str, list[str]]:
             captions: dict[str, list[str]] = {}
             for item in data[list_key]:
                 if not isinstance(item, dict) or id_key not in item or "caption" not in item:
-                    raise DatasetError(f"{json_path}: an entry of '{list_key}' lacks '{id_key}' or 'caption': {item!r:.200}")
+                    raise DatasetError(
+                        f"{json_path}: an entry of '{list_key}' lacks '{id_key}' or 'caption': {item!r:.200}"
+                    )
                 captions.setdefault(str(item[id_key]), []).append(str(item["caption"]))
             return captions
     raise DatasetError(

@@ -5,6 +5,7 @@ pit24: ``<root>/QA/video_XX/NAME.txt`` (``question|answer`` lines) with the fram
 with ``<root>/seq_N/left_fr/<NAME before the first '_'>.png``. Bad lines and missing images
 are skipped and reported; nothing is relabelled.
 """
+
 from __future__ import annotations
 
 from importlib import resources
@@ -26,7 +27,14 @@ DROPPED_ANSWERS = {"pit24": {"no_visible_instrument", "no_secondary_instrument"}
 # of question, EndoVis18-VQA's three. Per-type accuracy is reported against each type's own
 # majority baseline.
 ANSWER_TYPES = {
-    "pit24": (("step", 15), ("phase", 4), ("instrument", 18), ("count", 3), ("position", 5), ("operation", 14)),
+    "pit24": (
+        ("step", 15),
+        ("phase", 4),
+        ("instrument", 18),
+        ("count", 3),
+        ("position", 5),
+        ("operation", 14),
+    ),
     "endo18": (("organ", 1), ("action", 13), ("position", 4)),
 }
 
@@ -78,7 +86,19 @@ def read_qa(dataset: str, root: str | Path, split: str, report: Report) -> list[
             if answer in DROPPED_ANSWERS[dataset]:
                 continue  # the reference loader drops these on purpose
             if answer not in labels:
-                report.add("unknown_answer", str(qa_file), f"answer {answer[:80]!r} is not a {dataset} label", number)
+                report.add(
+                    "unknown_answer",
+                    str(qa_file),
+                    f"answer {answer[:80]!r} is not a {dataset} label",
+                    number,
+                )
                 continue
-            rows.append({"image": str(image), "question": question, "answer": answer, "label": labels[answer]})
+            rows.append(
+                {
+                    "image": str(image),
+                    "question": question,
+                    "answer": answer,
+                    "label": labels[answer],
+                }
+            )
     return rows

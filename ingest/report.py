@@ -1,4 +1,5 @@
 """Bad input is skipped, never silently: every skip becomes a record in a report."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ class Report:
         return path
 
     @classmethod
-    def read(cls, path: str | Path) -> "Report":
+    def read(cls, path: str | Path) -> Report:
         lines = Path(path).read_text().splitlines()
         return cls([Skipped(**json.loads(line)) for line in lines if line.strip()])
 

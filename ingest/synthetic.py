@@ -5,6 +5,7 @@ direction, with several captions per video that say which shape, colour, size an
 direction. A retriever that reads both the frames (colour, shape, size) and their order
 (direction) can find the right clip; one that ignores the video cannot.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,7 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 80, 230), "yellow": (230, 210, 40)}
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 210, 40),
+}
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "big")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -38,13 +44,22 @@ class Clip:
     direction: str
 
     def captions(self) -> list[str]:
-        where = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[self.direction]
-        return [t.format(color=self.color, shape=self.shape, size=self.size, where=where) for t in TEMPLATES]
+        where = {"left": "to the left", "right": "to the right", "up": "up", "down": "down"}[
+            self.direction
+        ]
+        return [
+            t.format(color=self.color, shape=self.shape, size=self.size, where=where)
+            for t in TEMPLATES
+        ]
 
 
-def draw_frame(clip: Clip, t: float, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def draw_frame(
+    clip: Clip, t: float, width: int, height: int, rng: np.random.Generator
+) -> np.ndarray:
     """One RGB frame at time ``t`` in [0, 1]: grey noisy background, the shape on its path."""
-    frame = np.full((height, width, 3), 90, dtype=np.int16) + rng.integers(-12, 13, (height, width, 1))
+    frame = np.full((height, width, 3), 90, dtype=np.int16) + rng.integers(
+        -12, 13, (height, width, 1)
+    )
     radius = (0.16 if clip.size == "big" else 0.09) * min(width, height)
     dx, dy = DIRECTIONS[clip.direction]
     cx = width / 2 + dx * (t - 0.5) * (width - 2.5 * radius)
@@ -55,13 +70,22 @@ def draw_frame(clip: Clip, t: float, width: int, height: int, rng: np.random.Gen
     elif clip.shape == "square":
         inside = (abs(xx - cx) <= radius * 0.85) & (abs(yy - cy) <= radius * 0.85)
     else:  # triangle pointing up
-        inside = (yy >= cy - radius) & (yy <= cy + radius) & (abs(xx - cx) <= (yy - (cy - radius)) / 2)
+        inside = (
+            (yy >= cy - radius) & (yy <= cy + radius) & (abs(xx - cx) <= (yy - (cy - radius)) / 2)
+        )
     frame[inside] = COLORS[clip.color]
     return frame.clip(0, 255).astype(np.uint8)
 
 
-def render_clips(num_clips: int, max_frames: int, image_size: int, seed: int = 0, seconds: int = 4, fps: int = 8,
-                 source_size: int = 80) -> tuple[list[Clip], np.ndarray]:
+def render_clips(
+    num_clips: int,
+    max_frames: int,
+    image_size: int,
+    seed: int = 0,
+    seconds: int = 4,
+    fps: int = 8,
+    source_size: int = 80,
+) -> tuple[list[Clip], np.ndarray]:
     """Clips like ``make_msrvtt``'s, rendered straight to the frames a 1 fps clip job keeps
     (no video file): random attributes, ``uint8 [n, max_frames, S, S, 3]``. For large
     synthetic indexes (``bench/search.py``), where encoding and decoding files would dominate."""
@@ -81,7 +105,9 @@ def render_clips(num_clips: int, max_frames: int, image_size: int, seed: int = 0
     return clips, frames
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4", gop: int | None = None) -> None:
+def write_video(
+    path: Path, frames: list[np.ndarray], fps: int, codec: str = "mpeg4", gop: int | None = None
+) -> None:
     """Encode RGB frames; a key frame every ``gop`` frames (default: every second)."""
     import av
 
@@ -100,9 +126,18 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int, codec: str = "mp
         container.mux(stream.encode())
 
 
-def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seconds: int = 4, fps: int = 8,
-                width: int = 80, height: int = 80, seed: int = 0, gop: int | None = None,
-                codec: str = "mpeg4") -> Path:
+def make_msrvtt(
+    root: str | Path,
+    num_train: int = 240,
+    num_test: int = 48,
+    seconds: int = 4,
+    fps: int = 8,
+    width: int = 80,
+    height: int = 80,
+    seed: int = 0,
+    gop: int | None = None,
+    codec: str = "mpeg4",
+) -> Path:
     """Write an MSR-VTT-layout corpus under ``root``; returns ``root``.
 
     ``videos/videoN.mp4``, ``MSRVTT_train.9k.csv``, ``MSRVTT_JSFUSION_test.csv`` and
@@ -121,18 +156,31 @@ def make_msrvtt(root: str | Path, num_train: int = 240, num_test: int = 48, seco
     for i, clip in enumerate(clips):
         noise = np.random.default_rng(seed * 100003 + i)
         n = seconds * fps
-        write_video(root / "videos" / f"{clip.video_id}.mp4",
-                    [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)], fps, codec=codec, gop=gop)
+        write_video(
+            root / "videos" / f"{clip.video_id}.mp4",
+            [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)],
+            fps,
+            codec=codec,
+            gop=gop,
+        )
     train, test = clips[:num_train], clips[num_train:]
     with (root / "MSRVTT_train.9k.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["video_id"]] + [[c.video_id] for c in train])
     with (root / "MSRVTT_JSFUSION_test.csv").open("w", newline="") as f:
         rows = [["key", "vid_key", "video_id", "sentence"]]
-        rows += [[f"ret{i}", f"msr{c.video_id[5:]}", c.video_id, rng.choice(c.captions())] for i, c in enumerate(test)]
+        rows += [
+            [f"ret{i}", f"msr{c.video_id[5:]}", c.video_id, rng.choice(c.captions())]
+            for i, c in enumerate(test)
+        ]
         csv.writer(f).writerows(rows)
-    sentences = [{"video_id": c.video_id, "caption": cap, "sen_id": k}
-                 for k, (c, cap) in enumerate((c, cap) for c in train for cap in c.captions())]
-    videos = [{"video_id": c.video_id, "split": "train" if i < num_train else "test", "id": i} for i, c in enumerate(clips)]
+    sentences = [
+        {"video_id": c.video_id, "caption": cap, "sen_id": k}
+        for k, (c, cap) in enumerate((c, cap) for c in train for cap in c.captions())
+    ]
+    videos = [
+        {"video_id": c.video_id, "split": "train" if i < num_train else "test", "id": i}
+        for i, c in enumerate(clips)
+    ]
     (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences, "videos": videos}))
     (root / "attributes.json").write_text(json.dumps({c.video_id: c.__dict__ for c in clips}))
     return root
@@ -161,8 +209,13 @@ INSTRUMENTS = {  # instrument -> (shape, colour)
     "kerrisons": ("square", (250, 140, 20)),
     "cottle": ("triangle", (30, 200, 60)),
 }
-PLACES = {"top-left": (455, 210), "top-right": (775, 210), "centre": (615, 370),
-          "bottom-left": (455, 530), "bottom-right": (775, 530)}
+PLACES = {
+    "top-left": (455, 210),
+    "top-right": (775, 210),
+    "centre": (615, 370),
+    "bottom-left": (455, 530),
+    "bottom-right": (775, 530),
+}
 COUNTS = ("zero", "one", "two")
 RADII = (90, 50)  # the first instrument (in use), the second
 
@@ -201,17 +254,25 @@ def scene_qa(scene: dict) -> list[tuple[str, str]]:
     instrument is the large one (in use), the second the small one."""
     phase = STEPS[scene["step"]][0]
     tools = scene["tools"]
-    qa = [("What is the surgical phase?", phase), ("What is the surgical step?", scene["step"]),
-          ("How many instruments are there?", COUNTS[len(tools)]),
-          ("What is the first instrument?", tools[0][0] if tools else "no_visible_instrument"),
-          ("What is the second instrument?", tools[1][0] if len(tools) > 1 else "no_secondary_instrument")]
+    qa = [
+        ("What is the surgical phase?", phase),
+        ("What is the surgical step?", scene["step"]),
+        ("How many instruments are there?", COUNTS[len(tools)]),
+        ("What is the first instrument?", tools[0][0] if tools else "no_visible_instrument"),
+        (
+            "What is the second instrument?",
+            tools[1][0] if len(tools) > 1 else "no_secondary_instrument",
+        ),
+    ]
     for ordinal, (tool, place) in zip(("first", "second"), tools):
         qa.append((f"Where is the {ordinal} instrument?", place))
         qa.append((f"Where is the {tool.replace('_', ' ')}?", place))
     return qa
 
 
-def make_pit24_raw(root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0) -> dict[str, Path]:
+def make_pit24_raw(
+    root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0
+) -> dict[str, Path]:
     """Raw 1280x720 videos ``root/raw/video_XX.mp4``; returns ``{"video_XX": path}``."""
     raw = Path(root) / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -238,7 +299,9 @@ def write_pit24_qa(root: str | Path, seed: int = 0) -> int:
     return written
 
 
-def make_pit24(root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0) -> Path:
+def make_pit24(
+    root: str | Path, videos: int = 25, seconds: int = 24, fps: int = 2, seed: int = 0
+) -> Path:
     """A PitVQA-layout tree under ``root``: raw videos, then the Ray Data extraction job
     (``ingest.extract``) writes ``images/``, then one QA file per image. Needs Ray."""
     from .extract import extract_frames
@@ -257,10 +320,24 @@ def make_pit24(root: str | Path, videos: int = 25, seconds: int = 24, fps: int =
 # Frames of a "robotic nephrectomy": up to two tools, each a shape (which tool) in a colour
 # (what it is doing) in one quadrant (where it is). The organ is always the kidney.
 
-ENDO18_TOOLS = {"bipolar_forceps": "circle", "prograsp_forceps": "square", "monopolar_curved_scissors": "triangle"}
-ENDO18_ACTIONS = {"Idle": (230, 230, 230), "Grasping": (230, 200, 30), "Retraction": (40, 200, 230),
-                  "Cutting": (230, 40, 40), "Suction": (60, 210, 80)}
-ENDO18_PLACES = {"left-top": (40, 40), "right-top": (120, 40), "left-bottom": (40, 120), "right-bottom": (120, 120)}
+ENDO18_TOOLS = {
+    "bipolar_forceps": "circle",
+    "prograsp_forceps": "square",
+    "monopolar_curved_scissors": "triangle",
+}
+ENDO18_ACTIONS = {
+    "Idle": (230, 230, 230),
+    "Grasping": (230, 200, 30),
+    "Retraction": (40, 200, 230),
+    "Cutting": (230, 40, 40),
+    "Suction": (60, 210, 80),
+}
+ENDO18_PLACES = {
+    "left-top": (40, 40),
+    "right-top": (120, 40),
+    "left-bottom": (40, 120),
+    "right-bottom": (120, 120),
+}
 ENDO18_SEQUENCES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16)
 
 
@@ -276,7 +353,9 @@ def make_endo18(root: str | Path, frames: int = 6, size: int = 160, seed: int = 
         for k in range(frames):
             rng = random.Random(seed * 7919 + seq * 101 + k)
             noise = np.random.default_rng(seed * 7919 + seq * 101 + k)
-            frame = np.full((size, size, 3), (150, 60, 60), np.int16) + noise.integers(-10, 11, (size, size, 1))
+            frame = np.full((size, size, 3), (150, 60, 60), np.int16) + noise.integers(
+                -10, 11, (size, size, 1)
+            )
             tools = rng.sample(list(ENDO18_TOOLS), rng.choice((1, 2)))
             lines = ["What organ is being operated?|kidney"]
             for tool, place in zip(tools, rng.sample(list(ENDO18_PLACES), len(tools))):
@@ -289,10 +368,19 @@ def make_endo18(root: str | Path, frames: int = 6, size: int = 160, seed: int = 
                 elif shape == "square":
                     inside = (abs(xx - cx) <= 24) & (abs(yy - cy) <= 24)
                 else:
-                    inside = (yy >= cy - 28) & (yy <= cy + 28) & (abs(xx - cx) <= (yy - (cy - 28)) / 2)
+                    inside = (
+                        (yy >= cy - 28) & (yy <= cy + 28) & (abs(xx - cx) <= (yy - (cy - 28)) / 2)
+                    )
                 frame[inside] = ENDO18_ACTIONS[action]
-                lines += [f"What is the state of {tool}?|{action}", f"Where is {tool} located?|{place}"]
+                lines += [
+                    f"What is the state of {tool}?|{action}",
+                    f"Where is {tool} located?|{place}",
+                ]
             name = f"frame{k:03d}"
-            Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(root / f"seq_{seq}" / "left_fr" / f"{name}.png")
-            (root / f"seq_{seq}" / "vqa" / "Classification" / f"{name}_QA.txt").write_text("\n".join(lines) + "\n")
+            Image.fromarray(frame.clip(0, 255).astype(np.uint8)).save(
+                root / f"seq_{seq}" / "left_fr" / f"{name}.png"
+            )
+            (root / f"seq_{seq}" / "vqa" / "Classification" / f"{name}_QA.txt").write_text(
+                "\n".join(lines) + "\n"
+            )
     return root

@@ -5,6 +5,7 @@ Frames are taken at ``feature_framerate`` per second; when there are more than
 spread (2, the default). Only the kept frames are decoded (``get_batch`` seeks). The short
 side is resized and the centre cropped; short clips are padded and the mask says so.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -92,8 +93,11 @@ def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarra
     try:
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except Exception as err:
-        raise BadVideo("short_video", f"header says {num_frames} frames; decoding frames {indices.tolist()} "
-                                      f"failed: {str(err).splitlines()[0][:160]}") from None
+        raise BadVideo(
+            "short_video",
+            f"header says {num_frames} frames; decoding frames {indices.tolist()} "
+            f"failed: {str(err).splitlines()[0][:160]}",
+        ) from None
     finally:
         # decord's decoding thread reads ahead until its reader is freed: left alive through
         # the resize, it decodes frames nobody asked for (7% more CPU, bench/decode.py).
@@ -109,5 +113,6 @@ def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarra
 
 def find_videos(folder: str | Path) -> dict[str, Path]:
     """``video_id -> path`` for every video file directly in ``folder`` (any common extension)."""
-    return {p.stem: p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS}
-
+    return {
+        p.stem: p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS
+    }

@@ -2,6 +2,7 @@
 
 A checkpoint carries both, so evaluation, indexing and serving never come here.
 """
+
 from __future__ import annotations
 
 from models import build_bpe_tokenizer, load_tokenizer
@@ -14,7 +15,9 @@ def build_tokenizer(args, train_texts: list[str]):
     path = args.tokenizer_path or weights
     if path:
         return load_tokenizer(path)
-    return build_bpe_tokenizer(train_texts, vocab_size=1000, style="clip" if args.kind == "retriever" else "gpt2")
+    return build_bpe_tokenizer(
+        train_texts, vocab_size=1000, style="clip" if args.kind == "retriever" else "gpt2"
+    )
 
 
 def build_model_config(args, tokenizer):
@@ -22,8 +25,13 @@ def build_model_config(args, tokenizer):
     if args.kind == "retriever":
         from models import RetrieverConfig
 
-        common = dict(sim_header=args.sim_header, interaction=args.interaction, max_words=args.max_words,
-                      max_frames=args.max_frames, temporal_layers=args.cross_num_hidden_layers)
+        common = dict(
+            sim_header=args.sim_header,
+            interaction=args.interaction,
+            max_words=args.max_words,
+            max_frames=args.max_frames,
+            temporal_layers=args.cross_num_hidden_layers,
+        )
         if args.preset == "base":
             return RetrieverConfig.base(args.clip_path, **common)
         return RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
@@ -31,6 +39,12 @@ def build_model_config(args, tokenizer):
 
     common = dict(num_classes=NUM_CLASSES[args.dataset], max_length=args.max_length)
     if args.preset == "base":
-        return PitVQAConfig.base(args.vit_path, args.blip_path, args.gpt2_path, vocab_size=len(tokenizer),
-                                 text_encoder_init=args.text_encoder_init, **common)
+        return PitVQAConfig.base(
+            args.vit_path,
+            args.blip_path,
+            args.gpt2_path,
+            vocab_size=len(tokenizer),
+            text_encoder_init=args.text_encoder_init,
+            **common,
+        )
     return PitVQAConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)

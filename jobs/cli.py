@@ -1,4 +1,5 @@
 """Command-line plumbing shared by the jobs: one clear line and exit code 2 on bad input."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,15 @@ def _with_spellings(add_argument):
     help texts end with their default."""
 
     def add(*names, **kwargs):
-        spellings = list(names) + [n.replace("_", "-") for n in names if n.startswith("--") and "_" in n]
+        spellings = list(names) + [
+            n.replace("_", "-") for n in names if n.startswith("--") and "_" in n
+        ]
         help_text = kwargs.get("help")
-        if "default" in kwargs and help_text not in (None, argparse.SUPPRESS) and "default" not in help_text:
+        if (
+            "default" in kwargs
+            and help_text not in (None, argparse.SUPPRESS)
+            and "default" not in help_text
+        ):
             kwargs["help"] = help_text + " (default: %(default)s)"
         return add_argument(*spellings, **kwargs)
 
@@ -44,12 +51,20 @@ class Switch(argparse.Action):
     ``--do_train``) say the same. Declare it with its positive names only."""
 
     def __init__(self, option_strings, dest, default=None, help=None, **kwargs):
-        negatives = list(dict.fromkeys(
-            spelling for name in option_strings
-            for spelling in ("--no-" + name[2:], "--no-" + name[2:].replace("_", "-"), "--no_" + name[2:].replace("-", "_"))
-        ))
-        super().__init__(option_strings + negatives, dest, nargs="?", default=default, help=help,
-                         metavar="0|1")
+        negatives = list(
+            dict.fromkeys(
+                spelling
+                for name in option_strings
+                for spelling in (
+                    "--no-" + name[2:],
+                    "--no-" + name[2:].replace("_", "-"),
+                    "--no_" + name[2:].replace("-", "_"),
+                )
+            )
+        )
+        super().__init__(
+            option_strings + negatives, dest, nargs="?", default=default, help=help, metavar="0|1"
+        )
 
     def __call__(self, parser, namespace, values, option_string=None):
         if option_string.startswith("--no"):

@@ -7,6 +7,7 @@ generates the built-in synthetic data, in the real layouts, under ``--synthetic_
 ``load_data`` decodes the videos once and builds the datasets. The same readers run on the
 synthetic sets as on the real ones.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -66,7 +67,9 @@ def msrvtt_files(args) -> MsrvttFiles:
     given = [args.train_csv, args.val_csv, args.data_path, args.features_path]
     if any(given):
         if not all(given):
-            raise DataError("MSR-VTT needs all of --train_csv, --val_csv, --data_path and --features_path")
+            raise DataError(
+                "MSR-VTT needs all of --train_csv, --val_csv, --data_path and --features_path"
+            )
         for path in given:
             if not Path(path).exists():
                 raise DataError(f"{path}: no such file or folder")
@@ -75,15 +78,25 @@ def msrvtt_files(args) -> MsrvttFiles:
     if not (root / COMPLETE).is_file():
         from ingest.synthetic import make_msrvtt
 
-        print(f"generating the synthetic MSR-VTT-layout corpus under {root} "
-              f"({args.synthetic_train} train + {args.synthetic_test} test videos, once)", flush=True)
+        print(
+            f"generating the synthetic MSR-VTT-layout corpus under {root} "
+            f"({args.synthetic_train} train + {args.synthetic_test} test videos, once)",
+            flush=True,
+        )
         make_msrvtt(root, num_train=args.synthetic_train, num_test=args.synthetic_test)
         (root / COMPLETE).touch()
-    return MsrvttFiles(root / "MSRVTT_train.9k.csv", root / "MSRVTT_JSFUSION_test.csv", root / "MSRVTT_data.json",
-                       root / "videos", cache_dir=root)
+    return MsrvttFiles(
+        root / "MSRVTT_train.9k.csv",
+        root / "MSRVTT_JSFUSION_test.csv",
+        root / "MSRVTT_data.json",
+        root / "videos",
+        cache_dir=root,
+    )
 
 
-def decoded_clips(video_ids: list[str], features_path: Path, spec: ClipSpec, cache_dir: Path) -> tuple[Path, Report]:
+def decoded_clips(
+    video_ids: list[str], features_path: Path, spec: ClipSpec, cache_dir: Path
+) -> tuple[Path, Report]:
     """Decode each video once with the Ray Data clip job: the cache folder (one per sampling
     setting) keeps every clip with the file it came from, and a later run decodes only the
     videos that are new or changed (``ingest.clips.update_clips``)."""
@@ -111,8 +124,12 @@ class RetrievalSource:
 
 @dataclass
 class RetrievalData:
-    train: ray.data.Dataset | None  # one row per training caption with its clip (None: evaluation only)
-    val: ray.data.Dataset | None  # one row per test caption with its clip and ``video_index`` (per-epoch validation)
+    train: (
+        ray.data.Dataset | None
+    )  # one row per training caption with its clip (None: evaluation only)
+    val: (
+        ray.data.Dataset | None
+    )  # one row per test caption with its clip and ``video_index`` (per-epoch validation)
     test_pairs: list[tuple[str, str]]  # (video_id, caption) of the decoded test videos
     test_video_ids: list[str]  # ``video_index`` -> video id
     test_clips: ray.data.Dataset  # the decoded test videos (the clip job's rows)
@@ -121,18 +138,23 @@ class RetrievalData:
     report: Report
 
 
-def retrieval_data(source: RetrievalSource, spec: ClipSpec, tokenizer, max_words: int,
-                   training: bool = True) -> RetrievalData:
+def retrieval_data(
+    source: RetrievalSource, spec: ClipSpec, tokenizer, max_words: int, training: bool = True
+) -> RetrievalData:
     """Decode (once) and build the datasets; without ``training`` only the test side."""
     files, train, test = source.files, source.train, source.test
-    video_ids = train.video_ids + test.video_ids if training else test.video_ids  # evaluation: the test videos
+    video_ids = (
+        train.video_ids + test.video_ids if training else test.video_ids
+    )  # evaluation: the test videos
     clips_dir, report = decoded_clips(video_ids, files.features_path, spec, files.cache_dir)
     decoded = set(clip_ids(clips_dir, video_ids))
     train_rows = [pair for pair in train.pairs if pair[0] in decoded]
     test_pairs = [pair for pair in test.pairs if pair[0] in decoded]
     if not test_pairs or (training and not train_rows):
-        raise DataError(f"no decodable videos for the {'test' if not test_pairs else 'training'} captions; "
-                        f"see {clips_dir / 'skipped.jsonl'}")
+        raise DataError(
+            f"no decodable videos for the {'test' if not test_pairs else 'training'} captions; "
+            f"see {clips_dir / 'skipped.jsonl'}"
+        )
     clips = read_clips(clips_dir, video_ids)
     test_video_ids = list(dict.fromkeys(video_id for video_id, _ in test_pairs))
     video_index = {video_id: i for i, video_id in enumerate(test_video_ids)}
@@ -156,9 +178,16 @@ def retrieval_data(source: RetrievalSource, spec: ClipSpec, tokenizer, max_words
         val_ds = caption_clip_dataset(test.pairs, clips, tokens, report, decoded)
         train_ds = _keep_if_small(train_ds.map_batches(tensors_only), len(train_rows), row_bytes)
         val_ds = _keep_if_small(val_ds.map_batches(with_video_index), len(test_pairs), row_bytes)
-    return RetrievalData(train=train_ds, val=val_ds, test_pairs=test_pairs, test_video_ids=test_video_ids,
-                         test_clips=clips.map_batches(test_clips_only), clips=clips,
-                         num_train_rows=len(train_rows), report=report)
+    return RetrievalData(
+        train=train_ds,
+        val=val_ds,
+        test_pairs=test_pairs,
+        test_video_ids=test_video_ids,
+        test_clips=clips.map_batches(test_clips_only),
+        clips=clips,
+        num_train_rows=len(train_rows),
+        report=report,
+    )
 
 
 # --- PitVQA layouts (VQA) ---------------------------------------------------------------
@@ -172,13 +201,19 @@ def vqa_root(args) -> Path:
             raise DataError(f"{root}: no such dataset folder")
         return root
     if args.dataset != "pit24":
-        raise DataError(f"--dataset {args.dataset} needs --data_root (only pit24 has built-in synthetic data)")
-    root = Path(args.synthetic_dir) / f"pit24_v2_{args.synthetic_videos}"  # v2: first = the large instrument
+        raise DataError(
+            f"--dataset {args.dataset} needs --data_root (only pit24 has built-in synthetic data)"
+        )
+    root = (
+        Path(args.synthetic_dir) / f"pit24_v2_{args.synthetic_videos}"
+    )  # v2: first = the large instrument
     if not (root / COMPLETE).is_file():
         from ingest.synthetic import make_pit24
 
-        print(f"generating the synthetic PitVQA-layout tree under {root} ({args.synthetic_videos} videos, once)",
-              flush=True)
+        print(
+            f"generating the synthetic PitVQA-layout tree under {root} ({args.synthetic_videos} videos, once)",
+            flush=True,
+        )
         make_pit24(root, videos=args.synthetic_videos)
         (root / COMPLETE).touch()
     return root
@@ -187,14 +222,22 @@ def vqa_root(args) -> Path:
 def vqa_questions(args, root: Path) -> tuple[list[dict], list[dict], Report]:
     """(train rows, validation rows, report of skipped lines and images)."""
     report = Report()
-    train, val = read_qa(args.dataset, root, "train", report), read_qa(args.dataset, root, "val", report)
+    train, val = (
+        read_qa(args.dataset, root, "train", report),
+        read_qa(args.dataset, root, "val", report),
+    )
     if report.records:
         report.write(Path(args.output_dir) / "skipped_qa.jsonl")
-    print(f"{args.dataset}: {len(train)} training and {len(val)} validation questions; "
-          f"{report.summary('read')}", flush=True)
+    print(
+        f"{args.dataset}: {len(train)} training and {len(val)} validation questions; "
+        f"{report.summary('read')}",
+        flush=True,
+    )
     if not train or not val:
-        raise DataError(f"{root}: no usable {'training' if not train else 'validation'} questions "
-                        f"for {args.dataset} (expected layout: see the README)")
+        raise DataError(
+            f"{root}: no usable {'training' if not train else 'validation'} questions "
+            f"for {args.dataset} (expected layout: see the README)"
+        )
     return train, val, report
 
 
@@ -221,16 +264,30 @@ class VQAData:
     class_types: list[str]  # the question type of each answer class (per-type accuracy)
 
 
-def vqa_data(dataset: str, source: VQASource, tokenizer, image_size: int, max_length: int,
-             training: bool = True) -> VQAData:
+def vqa_data(
+    dataset: str,
+    source: VQASource,
+    tokenizer,
+    image_size: int,
+    max_length: int,
+    training: bool = True,
+) -> VQAData:
     tokens = partial(tokenize, tokenizer, max_length=max_length)
 
     def rows_dataset(rows):
-        return _keep_if_small(qa_dataset(rows, tokens, image_size), len(rows), 4 * 3 * image_size**2)
+        return _keep_if_small(
+            qa_dataset(rows, tokens, image_size), len(rows), 4 * 3 * image_size**2
+        )
 
-    return VQAData(train=rows_dataset(source.train_rows) if training else None, val=rows_dataset(source.val_rows),
-                   labels=load_labels(dataset), train_labels=np.array([row["label"] for row in source.train_rows]),
-                   num_train_rows=len(source.train_rows), report=source.report, class_types=answer_types(dataset))
+    return VQAData(
+        train=rows_dataset(source.train_rows) if training else None,
+        val=rows_dataset(source.val_rows),
+        labels=load_labels(dataset),
+        train_labels=np.array([row["label"] for row in source.train_rows]),
+        num_train_rows=len(source.train_rows),
+        report=source.report,
+        class_types=answer_types(dataset),
+    )
 
 
 # --- both --------------------------------------------------------------------------------
@@ -240,14 +297,25 @@ def read_source(args) -> RetrievalSource | VQASource:
     """The annotations of ``args.dataset`` (generating the synthetic data if no data flags)."""
     if args.kind == "retriever":
         files = msrvtt_files(args)
-        return RetrievalSource(files, read_train(files.train_csv, files.data_path), read_test(files.val_csv))
+        return RetrievalSource(
+            files, read_train(files.train_csv, files.data_path), read_test(files.val_csv)
+        )
     root = vqa_root(args)
     return VQASource(root, *vqa_questions(args, root))
 
 
-def load_data(args, source, tokenizer, model_config, training: bool = True) -> RetrievalData | VQAData:
+def load_data(
+    args, source, tokenizer, model_config, training: bool = True
+) -> RetrievalData | VQAData:
     """Model-ready datasets for ``source`` (``read_source``), tokenized and sized for the model."""
     if args.kind == "retriever":
-        spec = ClipSpec(args.feature_framerate, model_config.max_frames, args.slice_framepos, model_config.image_size)
+        spec = ClipSpec(
+            args.feature_framerate,
+            model_config.max_frames,
+            args.slice_framepos,
+            model_config.image_size,
+        )
         return retrieval_data(source, spec, tokenizer, model_config.max_words, training)
-    return vqa_data(args.dataset, source, tokenizer, model_config.image_size, model_config.max_length, training)
+    return vqa_data(
+        args.dataset, source, tokenizer, model_config.image_size, model_config.max_length, training
+    )

@@ -9,6 +9,7 @@ then preprocess": one frame per second, cropped and resized to 224x224, under
 ``ROOT/images/video_XX/``. Both skip bad videos, list them in a report and print the count.
 Ray comes from ``RAY_ADDRESS`` or starts locally.
 """
+
 from __future__ import annotations
 
 import sys
@@ -28,13 +29,28 @@ def parse_args(argv):
     clips.add_argument("--features_path", required=True, help="folder of videos")
     clips.add_argument("--output_dir", required=True, help="clips/ and skipped.jsonl go here")
     clips.add_argument("--max_frames", type=positive_int, default=12, help="frames per clip")
-    clips.add_argument("--feature_framerate", type=positive_float, default=1.0, help="frames per second sampled")
-    clips.add_argument("--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform")
-    clips.add_argument("--image_size", type=positive_int, default=224, help="side of the square frames")
-    clips.add_argument("--workers", type=positive_int, default=None, help="decoding actors (default: the cluster's CPUs)")
-    frames = sub.add_parser("pitvqa-frames", help="raw PitVQA videos -> 1 fps, preprocessed PNG frames")
+    clips.add_argument(
+        "--feature_framerate", type=positive_float, default=1.0, help="frames per second sampled"
+    )
+    clips.add_argument(
+        "--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform"
+    )
+    clips.add_argument(
+        "--image_size", type=positive_int, default=224, help="side of the square frames"
+    )
+    clips.add_argument(
+        "--workers",
+        type=positive_int,
+        default=None,
+        help="decoding actors (default: the cluster's CPUs)",
+    )
+    frames = sub.add_parser(
+        "pitvqa-frames", help="raw PitVQA videos -> 1 fps, preprocessed PNG frames"
+    )
     frames.add_argument("--videos", required=True, help="folder of video_XX.mp4 files")
-    frames.add_argument("--data_root", required=True, help="the dataset root: images/video_XX/ go here")
+    frames.add_argument(
+        "--data_root", required=True, help="the dataset root: images/video_XX/ go here"
+    )
     return parser.parse_args(argv)
 
 
@@ -57,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         from ingest.clips import write_clips
 
         try:
-            spec = ClipSpec(args.feature_framerate, args.max_frames, args.slice_framepos, args.image_size)
+            spec = ClipSpec(
+                args.feature_framerate, args.max_frames, args.slice_framepos, args.image_size
+            )
         except ValueError as err:
             return fail(PROG, str(err))
         written, report = write_clips(videos, args.output_dir, spec, args.workers)
@@ -70,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         images = extract_frames(videos, args.data_root, report)
         report.write(Path(args.data_root) / "skipped_videos.jsonl")
         print(f"wrote {len(images)} frames under {Path(args.data_root) / 'images'}")
-        print(report.summary("extract") + f"; report: {Path(args.data_root) / 'skipped_videos.jsonl'}")
+        print(
+            report.summary("extract") + f"; report: {Path(args.data_root) / 'skipped_videos.jsonl'}"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ when the cluster has GPUs) and run ``models.encode`` or PitVQANet over a dataset
 Evaluation, indexing and the benchmarks all encode through here; the service encodes its
 queries with the same ``models.encode`` functions.
 """
+
 from __future__ import annotations
 
 import io
@@ -34,7 +35,10 @@ class TextEncoder(CheckpointActor):
     """Rows ``row``/``caption`` -> ``row`` and the caption's encoding."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {"row": batch["row"], **encode_texts(self.model, self.tokenizer, list(batch["caption"])).numpy()}
+        return {
+            "row": batch["row"],
+            **encode_texts(self.model, self.tokenizer, list(batch["caption"])).numpy(),
+        }
 
 
 def jpeg_bytes(frame: np.ndarray, quality: int = 85) -> bytes:
@@ -52,8 +56,13 @@ class ClipEncoder(CheckpointActor):
     of the middle real frame."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        middle = [frames[max(0, int(mask.sum()) // 2 - 1)] for frames, mask in zip(batch["frames"], batch["frame_mask"])]
-        encoded = encode_videos(self.model, normalize_clips(batch)["pixel_values"], batch["frame_mask"]).numpy()
+        middle = [
+            frames[max(0, int(mask.sum()) // 2 - 1)]
+            for frames, mask in zip(batch["frames"], batch["frame_mask"])
+        ]
+        encoded = encode_videos(
+            self.model, normalize_clips(batch)["pixel_values"], batch["frame_mask"]
+        ).numpy()
         return {
             "video_id": batch["video_id"],
             "tokens": encoded["tokens"],
@@ -69,19 +78,36 @@ class VQAPredictor(CheckpointActor):
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        logits = self.model(*(torch.as_tensor(batch[k], device=self.device)
-                              for k in ("pixel_values", "input_ids", "attention_mask")))
+        logits = self.model(
+            *(
+                torch.as_tensor(batch[k], device=self.device)
+                for k in ("pixel_values", "input_ids", "attention_mask")
+            )
+        )
         probs = logits.softmax(-1)
-        return {"label": batch["label"], "pred": probs.argmax(-1).cpu().numpy(),
-                "confidence": probs.max(-1).values.cpu().numpy()}
+        return {
+            "label": batch["label"],
+            "pred": probs.argmax(-1).cpu().numpy(),
+            "confidence": probs.max(-1).values.cpu().numpy(),
+        }
 
 
-def encode(ds: ray.data.Dataset, udf: type[CheckpointActor], checkpoint, use_gpu: bool,
-           batch_size: int = 32) -> ray.data.Dataset:
+def encode(
+    ds: ray.data.Dataset,
+    udf: type[CheckpointActor],
+    checkpoint,
+    use_gpu: bool,
+    batch_size: int = 32,
+) -> ray.data.Dataset:
     """``ds`` through a pool of ``udf`` actors (one per GPU, or one on CPUs), lazily."""
-    return ds.map_batches(udf, fn_constructor_kwargs={"checkpoint": str(checkpoint)}, batch_size=batch_size,
-                          compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)),
-                          num_gpus=1 if use_gpu else 0, num_cpus=0 if use_gpu else 1)
+    return ds.map_batches(
+        udf,
+        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)),
+        num_gpus=1 if use_gpu else 0,
+        num_cpus=0 if use_gpu else 1,
+    )
 
 
 def collect(ds: ray.data.Dataset) -> dict[str, np.ndarray]:

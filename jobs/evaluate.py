@@ -11,6 +11,7 @@ returns rank counts, not scores (``jobs.similarity``), so no process ever holds 
 accuracy, macro P/R/F1, balanced accuracy, the majority-class baseline and per-type
 accuracy. Writes ``metrics.json`` and PNG plots.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 PROG = "jobs/evaluate.py"
 
 
-def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test_video_ids: list[str],
-                       videos: dict, output_dir: Path, num_shards: int | None = None, use_gpu: bool = False) -> dict:
+def evaluate_retriever(
+    checkpoint: Path,
+    test_pairs: list[tuple[str, str]],
+    test_video_ids: list[str],
+    videos: dict,
+    output_dir: Path,
+    num_shards: int | None = None,
+    use_gpu: bool = False,
+) -> dict:
     """``metrics.json`` and ``recall.png`` for the test captions against the test videos.
 
     ``videos``: the test videos' encodings (``jobs.encode.ClipEncoder`` columns, any order).
@@ -39,7 +47,9 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
     from jobs.similarity import sharded_ranks
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    captions = ray.data.from_items([{"row": i, "caption": c} for i, (_, c) in enumerate(test_pairs)])
+    captions = ray.data.from_items(
+        [{"row": i, "caption": c} for i, (_, c) in enumerate(test_pairs)]
+    )
     texts = collect(encode(captions, TextEncoder, checkpoint, use_gpu))
     text_order = np.argsort(texts["row"])
     position = {video_id: i for i, video_id in enumerate(videos["video_id"])}
@@ -48,19 +58,34 @@ def evaluate_retriever(checkpoint: Path, test_pairs: list[tuple[str, str]], test
     text_video = np.array([column[video_id] for video_id, _ in test_pairs])
     num_shards = num_shards or per_gpu(use_gpu, cpu_default=2)
     t2v, v2t, num_shards = sharded_ranks(
-        texts["tokens"][text_order], texts["weights"][text_order], videos["tokens"][video_order],
-        videos["weights"][video_order], text_video, num_shards=num_shards, use_gpu=use_gpu,
+        texts["tokens"][text_order],
+        texts["weights"][text_order],
+        videos["tokens"][video_order],
+        videos["weights"][video_order],
+        text_video,
+        num_shards=num_shards,
+        use_gpu=use_gpu,
         dtype=torch.float16 if use_gpu else None,
     )
-    metrics = {**metrics_from_ranks(t2v, v2t, len(test_video_ids)), "num_shards": num_shards,
-               "checkpoint": str(checkpoint)}
+    metrics = {
+        **metrics_from_ranks(t2v, v2t, len(test_video_ids)),
+        "num_shards": num_shards,
+        "checkpoint": str(checkpoint),
+    }
     plot_recall_curve(t2v, v2t, output_dir / "recall.png")
     _write(metrics, output_dir)
     return metrics
 
 
-def evaluate_vqa(checkpoint: Path, val, labels: list[str], train_labels, output_dir: Path,
-                 use_gpu: bool = False, class_types: list[str] | None = None) -> dict:
+def evaluate_vqa(
+    checkpoint: Path,
+    val,
+    labels: list[str],
+    train_labels,
+    output_dir: Path,
+    use_gpu: bool = False,
+    class_types: list[str] | None = None,
+) -> dict:
     """``metrics.json`` and ``confusion.png`` on the validation questions (a Ray Dataset)."""
     from jobs.encode import VQAPredictor, collect, encode
     from jobs.metrics import vqa_metrics
@@ -68,26 +93,44 @@ def evaluate_vqa(checkpoint: Path, val, labels: list[str], train_labels, output_
 
     output_dir.mkdir(parents=True, exist_ok=True)
     out = collect(encode(val, VQAPredictor, checkpoint, use_gpu, batch_size=64))
-    metrics, confusion = vqa_metrics(out["label"], out["pred"], len(labels), train_labels, class_types)
+    metrics, confusion = vqa_metrics(
+        out["label"], out["pred"], len(labels), train_labels, class_types
+    )
     metrics["checkpoint"] = str(checkpoint)
     plot_confusion(confusion, labels, output_dir / "confusion.png")
     _write(metrics, output_dir)
     return metrics
 
 
-def evaluate(args, checkpoint: Path, data, output_dir: Path, use_gpu: bool, videos: dict | None = None) -> dict:
+def evaluate(
+    args, checkpoint: Path, data, output_dir: Path, use_gpu: bool, videos: dict | None = None
+) -> dict:
     """Evaluate ``checkpoint`` on loaded data (``jobs.data.load_data``). A retriever's test
     videos are encoded here unless ``videos`` brings their encodings (``jobs/train.py``
     reuses the ones it indexed)."""
     if args.kind == "pitvqa":
-        return evaluate_vqa(checkpoint, data.val, data.labels, data.train_labels, output_dir, use_gpu,
-                            data.class_types)
+        return evaluate_vqa(
+            checkpoint,
+            data.val,
+            data.labels,
+            data.train_labels,
+            output_dir,
+            use_gpu,
+            data.class_types,
+        )
     if videos is None:
         from jobs.encode import ClipEncoder, collect, encode
 
         videos = collect(encode(data.test_clips, ClipEncoder, checkpoint, use_gpu, batch_size=16))
-    return evaluate_retriever(checkpoint, data.test_pairs, data.test_video_ids, videos, output_dir,
-                              args.num_shards, use_gpu)
+    return evaluate_retriever(
+        checkpoint,
+        data.test_pairs,
+        data.test_video_ids,
+        videos,
+        output_dir,
+        args.num_shards,
+        use_gpu,
+    )
 
 
 def evaluate_checkpoint(args, checkpoint: Path, output_dir: Path, use_gpu: bool) -> dict:
@@ -108,15 +151,21 @@ def summary(metrics: dict) -> str:
     """One line a person reads first."""
     if "t2v" in metrics:
         t2v, v2t = metrics["t2v"], metrics["v2t"]
-        return (f"test t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.0f} | "
-                f"v2t R@1 {v2t['R@1']:.1f} | chance R@1 {metrics['chance_R@1']:.1f} "
-                f"({metrics['num_texts']} texts x {metrics['num_videos']} videos)")
-    per_type = " ".join(f"{name} {100 * t['acc']:.0f}% ({100 * t['majority_acc']:.0f}%)"
-                        for name, t in metrics.get("per_type", {}).items())
+        return (
+            f"test t2v R@1 {t2v['R@1']:.1f} R@5 {t2v['R@5']:.1f} R@10 {t2v['R@10']:.1f} MdR {t2v['MdR']:.0f} | "
+            f"v2t R@1 {v2t['R@1']:.1f} | chance R@1 {metrics['chance_R@1']:.1f} "
+            f"({metrics['num_texts']} texts x {metrics['num_videos']} videos)"
+        )
+    per_type = " ".join(
+        f"{name} {100 * t['acc']:.0f}% ({100 * t['majority_acc']:.0f}%)"
+        for name, t in metrics.get("per_type", {}).items()
+    )
     per_type = f" | per type (majority): {per_type}" if per_type else ""
-    return (f"val acc {100 * metrics['acc']:.1f}% | macro-F1 {metrics['f1']:.3f} | balanced acc "
-            f"{100 * metrics['balanced_acc']:.1f}% | majority class {100 * metrics['majority_acc']:.1f}% "
-            f"({metrics['num_questions']} questions)" + per_type)
+    return (
+        f"val acc {100 * metrics['acc']:.1f}% | macro-F1 {metrics['f1']:.3f} | balanced acc "
+        f"{100 * metrics['balanced_acc']:.1f}% | majority class {100 * metrics['majority_acc']:.1f}% "
+        f"({metrics['num_questions']} questions)" + per_type
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

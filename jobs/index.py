@@ -19,6 +19,7 @@ vector and a thumbnail. The manifest records the checkpoint, the count, the dime
 the shard layout. ``serve run serve.app`` serves ``runs/wti/index`` by default. Ray comes
 from RAY_ADDRESS or starts locally.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -45,21 +46,39 @@ def index_info(checkpoint: Path) -> dict:
     from models.checkpoint import read_config
 
     config = read_config(checkpoint)["config"]
-    return {"checkpoint": str(checkpoint), "checkpoint_sha256": checkpoint_digest(checkpoint),
-            "interaction": config["interaction"], "sim_header": config["sim_header"],
-            "pooled": "normalised mean of the prepared frames weighted by the video-side WTI weights"}
+    return {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": checkpoint_digest(checkpoint),
+        "interaction": config["interaction"],
+        "sim_header": config["sim_header"],
+        "pooled": "normalised mean of the prepared frames weighted by the video-side WTI weights",
+    }
 
 
 def add_encoded(writer, batch: dict) -> None:
     """Append ``jobs.encode.ClipEncoder`` rows (a batch of columns) to a ``models.index.IndexWriter``."""
     from models.index import IndexRows
 
-    writer.add(IndexRows(list(batch["video_id"]), batch["tokens"], batch["weights"], batch["mask"], batch["pooled"]),
-               list(batch["thumbnail"]))
+    writer.add(
+        IndexRows(
+            list(batch["video_id"]),
+            batch["tokens"],
+            batch["weights"],
+            batch["mask"],
+            batch["pooled"],
+        ),
+        list(batch["thumbnail"]),
+    )
 
 
-def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows_per_shard: int = 50_000,
-                keep: set[str] | None = None, append: bool = False) -> tuple[dict | None, dict]:
+def write_index(
+    encoded,
+    output_dir: Path | None,
+    info: dict | None = None,
+    rows_per_shard: int = 50_000,
+    keep: set[str] | None = None,
+    append: bool = False,
+) -> tuple[dict | None, dict]:
     """Write ``encoded`` (``jobs.encode.ClipEncoder`` rows, a Ray Dataset) as an index under
     ``output_dir`` (None: write nothing), in one pass that also keeps the rows of the video
     ids in ``keep`` in memory (the test videos, for evaluation). Returns (manifest, kept columns).
@@ -68,17 +87,27 @@ def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows
 
     from models.index import IndexWriter
 
-    writer = IndexWriter(output_dir, rows_per_shard, info=info, append=append) if output_dir is not None else None
+    writer = (
+        IndexWriter(output_dir, rows_per_shard, info=info, append=append)
+        if output_dir is not None
+        else None
+    )
     kept, started, done = [], time.time(), 0
     for batch in encoded.iter_batches(batch_size=256, batch_format="numpy"):
         if writer is not None:
             add_encoded(writer, batch)
         if keep is not None:
             rows = np.isin(batch["video_id"], list(keep))
-            kept.append({column: values[rows] for column, values in batch.items() if column != "thumbnail"})
+            kept.append(
+                {column: values[rows] for column, values in batch.items() if column != "thumbnail"}
+            )
         done += len(batch["video_id"])
         print(f"encoded {done} videos ({done / (time.time() - started):.1f}/s)", flush=True)
-    columns = {column: np.concatenate([part[column] for part in kept]) for column in kept[0]} if kept else {}
+    columns = (
+        {column: np.concatenate([part[column] for part in kept]) for column in kept[0]}
+        if kept
+        else {}
+    )
     if writer is None:
         return None, columns
     manifest = writer.close()
@@ -86,15 +115,28 @@ def write_index(encoded, output_dir: Path | None, info: dict | None = None, rows
     return manifest, columns
 
 
-def build_index(checkpoint: Path, clips, output_dir: Path, use_gpu: bool = False, rows_per_shard: int = 50_000,
-                keep: set[str] | None = None, append: bool = False) -> tuple[dict, dict]:
+def build_index(
+    checkpoint: Path,
+    clips,
+    output_dir: Path,
+    use_gpu: bool = False,
+    rows_per_shard: int = 50_000,
+    keep: set[str] | None = None,
+    append: bool = False,
+) -> tuple[dict, dict]:
     """Encode ``clips`` (the clip job's rows) into an index under ``output_dir`` (``append``:
     into new storage shards of the index there); returns (manifest, the kept rows' encodings)
     as ``write_index``."""
     from jobs.encode import ClipEncoder, encode
 
-    return write_index(encode(clips, ClipEncoder, checkpoint, use_gpu, batch_size=16), output_dir,
-                       index_info(checkpoint), rows_per_shard, keep, append)
+    return write_index(
+        encode(clips, ClipEncoder, checkpoint, use_gpu, batch_size=16),
+        output_dir,
+        index_info(checkpoint),
+        rows_per_shard,
+        keep,
+        append,
+    )
 
 
 def parse_args(argv):
@@ -104,17 +146,43 @@ def parse_args(argv):
     parser = Parser(prog=PROG, description=__doc__)
     add = parser.add_argument
     add("--checkpoint", default="runs/wti/checkpoint", help="retriever checkpoint folder")
-    add("--features_path", default=None, help="folder of videos (default: the synthetic corpus the main job made)")
-    add("--output_dir", default=None, help="index folder (default: the checkpoint's sibling index/)")
+    add(
+        "--features_path",
+        default=None,
+        help="folder of videos (default: the synthetic corpus the main job made)",
+    )
+    add(
+        "--output_dir", default=None, help="index folder (default: the checkpoint's sibling index/)"
+    )
     add("--feature_framerate", type=float, default=1.0, help="frames per second sampled")
-    add("--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform")
+    add(
+        "--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform"
+    )
     add("--rows_per_shard", type=positive_int, default=50_000, help="videos per storage shard")
-    add("--use_gpu", action=Switch, default=None, help="encode on GPUs (default: when the cluster has them)")
-    add("--append", action="store_true", help="add the videos of --features_path to the index in --output_dir "
-        "(an id it holds is replaced); --checkpoint must be the one it was built with")
-    add("--remove", nargs="+", metavar="VIDEO_ID", default=None, help="remove these videos from the index in "
-        "--output_dir (nothing is encoded)")
-    add("--synthetic_dir", default=str(DEFAULT_SYNTHETIC_DIR), help="where the synthetic corpus lives")
+    add(
+        "--use_gpu",
+        action=Switch,
+        default=None,
+        help="encode on GPUs (default: when the cluster has them)",
+    )
+    add(
+        "--append",
+        action="store_true",
+        help="add the videos of --features_path to the index in --output_dir "
+        "(an id it holds is replaced); --checkpoint must be the one it was built with",
+    )
+    add(
+        "--remove",
+        nargs="+",
+        metavar="VIDEO_ID",
+        default=None,
+        help="remove these videos from the index in --output_dir (nothing is encoded)",
+    )
+    add(
+        "--synthetic_dir",
+        default=str(DEFAULT_SYNTHETIC_DIR),
+        help="where the synthetic corpus lives",
+    )
     return parser.parse_args(argv)
 
 
@@ -125,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.remove is not None:
         if args.append:
             return fail(PROG, "--remove and --append: one change at a time")
-        return remove(Path(args.output_dir or Path(args.checkpoint).parent / "index").resolve(), args.remove)
+        return remove(
+            Path(args.output_dir or Path(args.checkpoint).parent / "index").resolve(), args.remove
+        )
     from models.checkpoint import read_config
 
     checkpoint = Path(args.checkpoint).resolve()
@@ -134,13 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as err:
         return fail(PROG, f"--checkpoint: {err} (train one first: python jobs/train.py)")
     if saved.get("model") != "retriever":
-        return fail(PROG, f"--checkpoint: {checkpoint} holds a {saved.get('model')} model, not a retriever")
+        return fail(
+            PROG, f"--checkpoint: {checkpoint} holds a {saved.get('model')} model, not a retriever"
+        )
     if args.features_path:
         videos_dir = Path(args.features_path)
     else:  # the corpus the main job generated (the newest, if several sizes exist)
-        corpora = sorted(Path(args.synthetic_dir).expanduser().glob("msrvtt_*/videos"), key=lambda p: p.stat().st_mtime)
+        corpora = sorted(
+            Path(args.synthetic_dir).expanduser().glob("msrvtt_*/videos"),
+            key=lambda p: p.stat().st_mtime,
+        )
         if not corpora:
-            return fail(PROG, "no --features_path and no synthetic corpus yet (run: python jobs/train.py)")
+            return fail(
+                PROG, "no --features_path and no synthetic corpus yet (run: python jobs/train.py)"
+            )
         videos_dir = corpora[-1]
 
     from ingest.clips import DecodeLog, clip_dataset
@@ -155,8 +232,12 @@ def main(argv: list[str] | None = None) -> int:
         if problem:
             return fail(PROG, problem)
     config = saved["config"]
-    spec = ClipSpec(args.feature_framerate, config["max_frames"], args.slice_framepos,
-                    config["clip_config"]["vision_config"]["image_size"])
+    spec = ClipSpec(
+        args.feature_framerate,
+        config["max_frames"],
+        args.slice_framepos,
+        config["clip_config"]["vision_config"]["image_size"],
+    )
 
     from cluster import connect, use_gpus
 
@@ -166,14 +247,26 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, use_gpu)
     print(f"indexing {len(videos)} videos from {videos_dir} with {checkpoint}", flush=True)
     collector = DecodeLog.remote()
-    manifest, _ = build_index(checkpoint, clip_dataset(videos, spec, collector), output_dir, use_gpu,
-                              args.rows_per_shard, append=args.append)
+    manifest, _ = build_index(
+        checkpoint,
+        clip_dataset(videos, spec, collector),
+        output_dir,
+        use_gpu,
+        args.rows_per_shard,
+        append=args.append,
+    )
     report = ray.get(collector.report.remote())
     report.write(output_dir / "skipped.jsonl")
-    change = (f"added {len(videos) - len(report.records) - len(manifest['replaced'])} videos, replaced "
-              f"{len(manifest['replaced'])}; " if args.append else "")
-    print(f"index version {manifest['version']}: {manifest['count']} videos ({len(manifest['shards'])} storage "
-          f"shard(s), {manifest['lists']} inverted lists) in {output_dir}; {change}{report.summary('decode')}")
+    change = (
+        f"added {len(videos) - len(report.records) - len(manifest['replaced'])} videos, replaced "
+        f"{len(manifest['replaced'])}; "
+        if args.append
+        else ""
+    )
+    print(
+        f"index version {manifest['version']}: {manifest['count']} videos ({len(manifest['shards'])} storage "
+        f"shard(s), {manifest['lists']} inverted lists) in {output_dir}; {change}{report.summary('decode')}"
+    )
     return 0
 
 
@@ -187,8 +280,10 @@ def check_append(output_dir: Path, checkpoint: Path) -> str | None:
         return f"--append: no index at {output_dir} to add to (build it first, without --append)"
     built, given = manifest.get("checkpoint_sha256"), checkpoint_digest(checkpoint)
     if built != given:
-        return (f"--checkpoint: the index at {output_dir} was built with a checkpoint of sha256 {str(built)[:12]}..., "
-                f"this one is {given[:12]}...; its features would not be comparable (rebuild without --append)")
+        return (
+            f"--checkpoint: the index at {output_dir} was built with a checkpoint of sha256 {str(built)[:12]}..., "
+            f"this one is {given[:12]}...; its features would not be comparable (rebuild without --append)"
+        )
     if not manifest.get("centroids"):
         return f"--append: the index at {output_dir} predates live updates (no inverted lists); rebuild it"
     return None
@@ -207,8 +302,10 @@ def remove(output_dir: Path, video_ids: list[str]) -> int:
     if len(missing) == len(set(video_ids)):
         return fail(PROG, f"--remove: the index at {output_dir} holds none of {', '.join(missing)}")
     note = f"; not in the index (nothing to remove): {', '.join(missing)}" if missing else ""
-    print(f"index version {manifest['version']}: removed {len(set(video_ids)) - len(missing)} videos, "
-          f"{manifest['count']} left in {output_dir}{note}")
+    print(
+        f"index version {manifest['version']}: removed {len(set(video_ids)) - len(missing)} videos, "
+        f"{manifest['count']} left in {output_dir}{note}"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ schedule) and ``history.json`` (every epoch so far, which the driver turns into
 ``history.jsonl``). Checkpoints go to Ray Train's storage (a shared folder or S3), so a
 worker on any node writes them and the driver reads them back.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,15 @@ from transformers import get_cosine_schedule_with_warmup
 from jobs.metrics import metrics_from_ranks, vqa_metrics
 from jobs.similarity import best_caption_ranks
 from models import (
-    ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, clamp_logit_scale_, save_checkpoint,
-    token_wise_rank_counts, token_wise_true_scores,
+    ContrastiveObjective,
+    PitVQAConfig,
+    PitVQANet,
+    Retriever,
+    RetrieverConfig,
+    clamp_logit_scale_,
+    save_checkpoint,
+    token_wise_rank_counts,
+    token_wise_true_scores,
 )
 from models.encode import encode_tokens, encode_videos
 
@@ -42,15 +50,23 @@ HISTORY = "history.json"  # in each checkpoint: every epoch's row so far
 # --- shared pieces ----------------------------------------------------------------------
 
 
-def retriever_param_groups(model: Retriever, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+def retriever_param_groups(
+    model: Retriever, lr: float, coef_lr: float, weight_decay: float
+) -> list[dict]:
     """CLIP at ``lr * coef_lr``, the new modules at ``lr``; no weight decay on biases, norm
     weights and other 1-D parameters (CLIP's logit scale and class embedding included)."""
     groups: dict[tuple[bool, bool], list] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups.setdefault((name.startswith("clip."), param.ndim >= 2), []).append(param)
-    return [{"params": params, "lr": lr * coef_lr if is_clip else lr, "weight_decay": weight_decay if decays else 0.0}
-            for (is_clip, decays), params in groups.items()]
+    return [
+        {
+            "params": params,
+            "lr": lr * coef_lr if is_clip else lr,
+            "weight_decay": weight_decay if decays else 0.0,
+        }
+        for (is_clip, decays), params in groups.items()
+    ]
 
 
 def restore(model: nn.Module, optimizer, scheduler) -> dict:
@@ -71,7 +87,9 @@ def restore(model: nn.Module, optimizer, scheduler) -> dict:
     return state
 
 
-def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: dict, row: dict) -> None:
+def report_epoch(
+    config: dict, model, tokenizer, optimizer, scheduler, state: dict, row: dict
+) -> None:
     """Every worker reports; rank 0 also writes the checkpoint. The row records the node
     of each worker (by rank), so a run shows where it ran and where it resumed."""
     row["worker_nodes"] = gather_objects(ray.get_runtime_context().get_node_id())
@@ -83,13 +101,25 @@ def report_epoch(config: dict, model, tokenizer, optimizer, scheduler, state: di
         return
     with tempfile.TemporaryDirectory() as folder:
         (Path(folder) / HISTORY).write_text(json.dumps(state["history"]))
-        extra = {"epoch": row["epoch"], **({"labels": config["labels"]} if "labels" in config else {})}
+        extra = {
+            "epoch": row["epoch"],
+            **({"labels": config["labels"]} if "labels" in config else {}),
+        }
         save_checkpoint(Path(folder) / "model", model, tokenizer, extra=extra)
-        torch.save({"epoch": row["epoch"], "step": state["step"],
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict()}, Path(folder) / "train_state.pt")
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder),
-                         checkpoint_dir_name=f"epoch_{row['epoch']:03d}")
+        torch.save(
+            {
+                "epoch": row["epoch"],
+                "step": state["step"],
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+            },
+            Path(folder) / "train_state.pt",
+        )
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(folder),
+            checkpoint_dir_name=f"epoch_{row['epoch']:03d}",
+        )
 
 
 def maybe_fail(config: dict, step: int) -> None:
@@ -138,8 +168,12 @@ def torch_batches(shard, batch_size: int, shuffle_seed: int | None = None):
     """
     shuffle = shuffle_seed is not None
     return shard.iter_torch_batches(
-        batch_size=batch_size, drop_last=shuffle, collate_fn=ZeroCopyCollate(), device=ray.train.torch.get_device(),
-        local_shuffle_buffer_size=4 * batch_size if shuffle else None, local_shuffle_seed=shuffle_seed,
+        batch_size=batch_size,
+        drop_last=shuffle,
+        collate_fn=ZeroCopyCollate(),
+        device=ray.train.torch.get_device(),
+        local_shuffle_buffer_size=4 * batch_size if shuffle else None,
+        local_shuffle_seed=shuffle_seed,
     )
 
 
@@ -158,8 +192,13 @@ class EveryValidationRow(ray.train.DataConfig):
     shards out: with 3 workers and 49 test videos the best epoch was chosen on 48."""
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        out = super().configure({k: v for k, v in datasets.items() if k != "val"}, world_size, worker_handles,
-                                worker_node_ids, **kwargs)
+        out = super().configure(
+            {k: v for k, v in datasets.items() if k != "val"},
+            world_size,
+            worker_handles,
+            worker_node_ids,
+            **kwargs,
+        )
         if "val" in datasets:
             val = datasets["val"]
             if val.name is None:
@@ -167,7 +206,9 @@ class EveryValidationRow(ray.train.DataConfig):
             val = val.copy(val)
             val.context.execution_options = self._resolve_execution_options("val")
             hints = worker_node_ids if self._enable_shard_locality else None
-            for shard, split in zip(out, val.streaming_split(world_size, equal=False, locality_hints=hints)):
+            for shard, split in zip(
+                out, val.streaming_split(world_size, equal=False, locality_hints=hints)
+            ):
                 shard["val"] = split
         return out
 
@@ -180,7 +221,9 @@ def _all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     tensor: padded to the largest count for the collective, then trimmed."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return tensor
-    counts = [torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())]
+    counts = [
+        torch.zeros(1, dtype=torch.long, device=tensor.device) for _ in range(dist.get_world_size())
+    ]
     dist.all_gather(counts, torch.tensor([len(tensor)], device=tensor.device))
     padded = tensor.new_zeros((int(max(counts)), *tensor.shape[1:]))
     padded[: len(tensor)] = tensor
@@ -211,14 +254,32 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
     for batch in _batches(shard, config):
         text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
         video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
-        parts.append((text.tokens, text.weights, video.tokens, video.weights, batch["video_index"].to(device)))
+        parts.append(
+            (
+                text.tokens,
+                text.weights,
+                video.tokens,
+                video.weights,
+                batch["video_index"].to(device),
+            )
+        )
     # A worker whose share is empty still joins the collectives, with empty tensors of the
     # others' shapes (text tokens, frames, dim).
-    shape = torch.tensor(parts[0][0].shape[1:] + parts[0][2].shape[1:2] if parts else (0, 0, 0), device=device)
-    tokens, dim, frames = _all_reduce(shape, dist.ReduceOp.MAX if dist.is_available() else None).tolist()
-    parts = parts or [(torch.zeros(0, tokens, dim, device=device), torch.zeros(0, tokens, device=device),
-                       torch.zeros(0, frames, dim, device=device), torch.zeros(0, frames, device=device),
-                       torch.zeros(0, dtype=torch.long, device=device))]
+    shape = torch.tensor(
+        parts[0][0].shape[1:] + parts[0][2].shape[1:2] if parts else (0, 0, 0), device=device
+    )
+    tokens, dim, frames = _all_reduce(
+        shape, dist.ReduceOp.MAX if dist.is_available() else None
+    ).tolist()
+    parts = parts or [
+        (
+            torch.zeros(0, tokens, dim, device=device),
+            torch.zeros(0, tokens, device=device),
+            torch.zeros(0, frames, dim, device=device),
+            torch.zeros(0, frames, device=device),
+            torch.zeros(0, dtype=torch.long, device=device),
+        )
+    ]
     text, text_weight, video, video_weight, video_index = (torch.cat(x) for x in zip(*parts))
     rank = ray.train.get_context().get_world_rank()
     all_index = _all_gather_rows(video_index)
@@ -227,29 +288,48 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
     all_text, all_weight = _all_gather_rows(text), _all_gather_rows(text_weight)
     owner_of_row = _all_gather_rows(torch.full_like(video_index, rank))
     owner = torch.full((int(all_index.max()) + 1,), 1 << 30, dtype=torch.long, device=device)
-    owner.scatter_reduce_(0, all_index, owner_of_row, reduce="amin")  # each video: its lowest-ranked holder
+    owner.scatter_reduce_(
+        0, all_index, owner_of_row, reduce="amin"
+    )  # each video: its lowest-ranked holder
     mine = owner[video_index] == rank
     local_ids, first = np.unique(video_index[mine].cpu().numpy(), return_index=True)
     local_video, local_weight = video[mine][first], video_weight[mine][first]
     position = torch.full_like(owner, -1)
-    position[torch.as_tensor(local_ids, device=device, dtype=torch.long)] = torch.arange(len(local_ids), device=device)
+    position[torch.as_tensor(local_ids, device=device, dtype=torch.long)] = torch.arange(
+        len(local_ids), device=device
+    )
     columns = position[all_index]  # each text's video among this worker's, or -1
     true_score = token_wise_true_scores(all_text, all_weight, local_video, local_weight, columns)
     true_score = _all_reduce(torch.nan_to_num(true_score, nan=0.0))
-    higher, text_rank = token_wise_rank_counts(all_text, all_weight, local_video, local_weight, columns, true_score)
+    higher, text_rank = token_wise_rank_counts(
+        all_text, all_weight, local_video, local_weight, columns, true_score
+    )
     higher, text_rank = _all_reduce(higher), _all_reduce(text_rank)
     videos = torch.unique(all_index)
-    v2t = best_caption_ranks(text_rank.cpu().numpy(), torch.searchsorted(videos, all_index).cpu().numpy(), len(videos))
+    v2t = best_caption_ranks(
+        text_rank.cpu().numpy(), torch.searchsorted(videos, all_index).cpu().numpy(), len(videos)
+    )
     metrics = metrics_from_ranks((1 + higher).cpu().numpy(), v2t, len(videos))
-    return {"R@1": metrics["t2v"]["R@1"], "R@5": metrics["t2v"]["R@5"], "R@10": metrics["t2v"]["R@10"],
-            "v2t_R@1": metrics["v2t"]["R@1"], "MdR": metrics["t2v"]["MdR"], "chance_R@1": metrics["chance_R@1"],
-            "val_texts": metrics["num_texts"], "val_videos": metrics["num_videos"]}
+    return {
+        "R@1": metrics["t2v"]["R@1"],
+        "R@5": metrics["t2v"]["R@5"],
+        "R@10": metrics["t2v"]["R@10"],
+        "v2t_R@1": metrics["v2t"]["R@1"],
+        "MdR": metrics["t2v"]["MdR"],
+        "chance_R@1": metrics["chance_R@1"],
+        "val_texts": metrics["num_texts"],
+        "val_videos": metrics["num_videos"],
+    }
 
 
 def _quiet_ray_train() -> None:
     """One line per report from Ray Train is noise next to the epoch lines printed here.
     (Some of Ray Train's loggers are named by file path, e.g. ``.../ray/train/v2/...``.)"""
-    names = [n for n in logging.root.manager.loggerDict if n.startswith("ray.train") or "/ray/train/" in n]
+    names = [
+        n
+        for n in logging.root.manager.loggerDict
+        if n.startswith("ray.train") or "/ray/train/" in n
+    ]
     for name in names + ["ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -260,24 +340,41 @@ def retriever_loop(config: dict) -> None:
     model = Retriever(RetrieverConfig(**config["model_config"]))
     optimizer = torch.optim.AdamW(
         retriever_param_groups(model, config["lr"], config["coef_lr"], config["weight_decay"]),
-        betas=(0.9, 0.98), eps=1e-6,
+        betas=(0.9, 0.98),
+        eps=1e-6,
     )
     steps_per_epoch = max(1, config["num_train_rows"] // config["batch_size"])
     total_steps = steps_per_epoch * config["epochs"]
     # DRL's schedule: linear warm-up over warmup_proportion of the steps, then cosine to 0.
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(config["warmup_proportion"] * total_steps), total_steps)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, int(config["warmup_proportion"] * total_steps), total_steps
+    )
     state = restore(model, optimizer, scheduler)
     objective = ray.train.torch.prepare_model(
-        ContrastiveObjective(model, config["cdcr"], config["cdcr_alpha1"], config["cdcr_alpha2"], config["cdcr_lambda"])
+        ContrastiveObjective(
+            model,
+            config["cdcr"],
+            config["cdcr_alpha1"],
+            config["cdcr_alpha2"],
+            config["cdcr_lambda"],
+        )
     )
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard, val_shard = (
+        ray.train.get_dataset_shard("train"),
+        ray.train.get_dataset_shard("val"),
+    )
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         objective.train()
         started, losses, global_batch = time.time(), [], 0
         for batch in _batches(train_shard, config, epoch):
             state["step"] += 1
             maybe_fail(config, state["step"])
-            out = objective(batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"])
+            out = objective(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
+                batch["frame_mask"],
+            )
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config["max_grad_norm"])
@@ -287,15 +384,25 @@ def retriever_loop(config: dict) -> None:
             losses.append(out["loss"].item())
             global_batch = int(out["global_batch"])
             if config["n_display"] and state["step"] % config["n_display"] == 0:
-                _log(f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f} "
-                     f"lr {scheduler.get_last_lr()[-1]:.2e}")
+                _log(
+                    f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f} "
+                    f"lr {scheduler.get_last_lr()[-1]:.2e}"
+                )
         metrics = validate_retriever(model, val_shard, config)
         score = metrics.get("R@1", 0.0) + metrics.get("R@5", 0.0) / 100  # R@1, ties broken by R@5
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"),
-               "val_score": score, "global_batch": global_batch, "steps": len(losses),
-               "seconds": round(time.time() - started, 2), **metrics}
-        _log(f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, test t2v R@1 {metrics.get('R@1', 0):.1f} "
-             f"R@5 {metrics.get('R@5', 0):.1f} (chance {metrics.get('chance_R@1', 0):.1f}), {row['seconds']:.0f} s")
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_score": score,
+            "global_batch": global_batch,
+            "steps": len(losses),
+            "seconds": round(time.time() - started, 2),
+            **metrics,
+        }
+        _log(
+            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, test t2v R@1 {metrics.get('R@1', 0):.1f} "
+            f"R@5 {metrics.get('R@5', 0):.1f} (chance {metrics.get('chance_R@1', 0):.1f}), {row['seconds']:.0f} s"
+        )
         report_epoch(config, model, config["tokenizer"], optimizer, scheduler, state, row)
 
 
@@ -311,12 +418,20 @@ def validate_vqa(model: PitVQANet, shard, config: dict) -> dict:
         predicted.append(logits.argmax(-1).cpu().numpy())
         truth.append(batch["label"].cpu().numpy())
     gathered = gather_objects((predicted, truth))
-    y_pred = np.concatenate([p for worker in gathered for p in worker[0]] or [np.zeros(0, np.int64)])
-    y_true = np.concatenate([t for worker in gathered for t in worker[1]] or [np.zeros(0, np.int64)])
+    y_pred = np.concatenate(
+        [p for worker in gathered for p in worker[0]] or [np.zeros(0, np.int64)]
+    )
+    y_true = np.concatenate(
+        [t for worker in gathered for t in worker[1]] or [np.zeros(0, np.int64)]
+    )
     if not len(y_true):
         return {}
-    metrics, _ = vqa_metrics(y_true, y_pred, config["model_config"]["num_classes"], config["train_labels"])
-    return {k: metrics[k] for k in ("acc", "f1", "precision", "recall", "balanced_acc", "majority_acc")}
+    metrics, _ = vqa_metrics(
+        y_true, y_pred, config["model_config"]["num_classes"], config["train_labels"]
+    )
+    return {
+        k: metrics[k] for k in ("acc", "f1", "precision", "recall", "balanced_acc", "majority_acc")
+    }
 
 
 def pitvqa_loop(config: dict) -> None:
@@ -327,12 +442,19 @@ def pitvqa_loop(config: dict) -> None:
     if world > 1 and config["use_gpu"]:
         # SyncBatchNorm needs GPU tensors; CPU workers keep per-worker batch statistics.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config["lr"])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)  # the reference keeps lr fixed
+    optimizer = torch.optim.Adam(
+        [p for p in model.parameters() if p.requires_grad], lr=config["lr"]
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 1.0
+    )  # the reference keeps lr fixed
     state = restore(model, optimizer, scheduler)
     net = ray.train.torch.prepare_model(model)
     criterion = nn.CrossEntropyLoss()
-    train_shard, val_shard = ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val")
+    train_shard, val_shard = (
+        ray.train.get_dataset_shard("train"),
+        ray.train.get_dataset_shard("val"),
+    )
     for epoch in range(state["epoch"] + 1, config["epochs"] + 1):
         net.train()
         started, losses = time.time(), []
@@ -340,21 +462,34 @@ def pitvqa_loop(config: dict) -> None:
         for batch in _batches(train_shard, config, epoch):
             state["step"] += 1
             maybe_fail(config, state["step"])
-            loss = criterion(net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"])
+            loss = criterion(
+                net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]),
+                batch["label"],
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             losses.append(loss.item())
             if config["n_display"] and state["step"] % config["n_display"] == 0:
-                _log(f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f}")
+                _log(
+                    f"epoch {epoch}/{config['epochs']} step {state['step']}: loss {losses[-1]:.4f}"
+                )
         metrics = validate_vqa(model, val_shard, config)
         score = metrics.get("f1", 0.0)  # best checkpoint by validation macro-F1, as the reference
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else float("nan"), "val_score": score,
-               "steps": len(losses), "seconds": round(time.time() - started, 2), **metrics}
-        _log(f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, val acc {100 * metrics.get('acc', 0):.1f}% "
-             f"macro-F1 {metrics.get('f1', 0):.3f} (majority class {100 * metrics.get('majority_acc', 0):.1f}%), "
-             f"{row['seconds']:.0f} s")
+        row = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_score": score,
+            "steps": len(losses),
+            "seconds": round(time.time() - started, 2),
+            **metrics,
+        }
+        _log(
+            f"epoch {epoch}/{config['epochs']}: loss {row['train_loss']:.4f}, val acc {100 * metrics.get('acc', 0):.1f}% "
+            f"macro-F1 {metrics.get('f1', 0):.3f} (majority class {100 * metrics.get('majority_acc', 0):.1f}%), "
+            f"{row['seconds']:.0f} s"
+        )
         report_epoch(config, model, config["tokenizer"], optimizer, scheduler, state, row)
 
 

@@ -4,12 +4,12 @@ Retrieval (CLIP4Clip / DRL): R@1/5/10 in percent, median and mean rank, text-to-
 video-to-text. VQA (PitVQA, with scikit-learn as the reference): accuracy, macro precision/recall/F1 (``zero_division=1`` as
 the reference, and 0 beside it), balanced accuracy, and the majority-class baseline.
 """
+
 from __future__ import annotations
 
 import warnings
 
 import numpy as np
-
 
 TIE_RULE = "optimistic: a tie ranks the true item first (CLIP4Clip / DRL compute_metrics)"
 
@@ -52,12 +52,19 @@ def retrieval_metrics(sim: np.ndarray, text_video: np.ndarray) -> dict:
 
 def metrics_from_ranks(t2v: np.ndarray, v2t: np.ndarray, num_videos: int) -> dict:
     """``metrics.json`` for retrieval: t2v and v2t recall/ranks, plus chance R@1."""
-    return {"t2v": _recall_stats(np.asarray(t2v)), "v2t": _recall_stats(np.asarray(v2t)), "num_texts": int(len(t2v)),
-            "num_videos": int(num_videos), "chance_R@1": 100.0 / num_videos, "tie_rule": TIE_RULE}
+    return {
+        "t2v": _recall_stats(np.asarray(t2v)),
+        "v2t": _recall_stats(np.asarray(v2t)),
+        "num_texts": int(len(t2v)),
+        "num_videos": int(num_videos),
+        "chance_R@1": 100.0 / num_videos,
+        "tie_rule": TIE_RULE,
+    }
 
 
-def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None, class_types: list[str] | None = None
-                ) -> tuple[dict, np.ndarray]:
+def vqa_metrics(
+    y_true, y_pred, num_classes: int, train_labels=None, class_types: list[str] | None = None
+) -> tuple[dict, np.ndarray]:
     """(``metrics.json`` for VQA, confusion matrix ``[C, C]`` with rows = truth).
 
     scikit-learn's functions, as the reference calls them: macro averages over the classes
@@ -66,15 +73,32 @@ def vqa_metrics(y_true, y_pred, num_classes: int, train_labels=None, class_types
     ``class_types`` (``ingest.qa.answer_types``), ``per_type`` has each question type's
     accuracy beside its own majority baseline.
     """
-    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import (
+        balanced_accuracy_score,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
 
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    out = {"acc": float(np.mean(y_true == y_pred)), "num_questions": int(len(y_true)), "num_classes": num_classes}
+    out = {
+        "acc": float(np.mean(y_true == y_pred)),
+        "num_questions": int(len(y_true)),
+        "num_classes": num_classes,
+    }
     for zero_division, suffix in ((1.0, ""), (0.0, "_zero_division_0")):
-        precision, recall, f1, _ = precision_recall_fscore_support(y_true, y_pred, average="macro",
-                                                                   zero_division=zero_division)
-        out.update({"precision" + suffix: float(precision), "recall" + suffix: float(recall), "f1" + suffix: float(f1)})
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": those are left out, as intended
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, average="macro", zero_division=zero_division
+        )
+        out.update(
+            {
+                "precision" + suffix: float(precision),
+                "recall" + suffix: float(recall),
+                "f1" + suffix: float(f1),
+            }
+        )
+    with (
+        warnings.catch_warnings()
+    ):  # "y_pred contains classes not in y_true": those are left out, as intended
         warnings.simplefilter("ignore", UserWarning)
         out["balanced_acc"] = float(balanced_accuracy_score(y_true, y_pred))
     reference = np.asarray(train_labels) if train_labels is not None else y_true
@@ -97,6 +121,9 @@ def per_type_accuracy(y_true, y_pred, train_labels, class_types: list[str]) -> d
             continue
         train = train_labels[types[train_labels] == name]
         majority = np.bincount(train if len(train) else y_true[rows]).argmax()
-        out[name] = {"acc": float(np.mean(y_pred[rows] == y_true[rows])),
-                     "majority_acc": float(np.mean(y_true[rows] == majority)), "num_questions": int(rows.sum())}
+        out[name] = {
+            "acc": float(np.mean(y_pred[rows] == y_true[rows])),
+            "majority_acc": float(np.mean(y_true[rows] == majority)),
+            "num_questions": int(rows.sum()),
+        }
     return out

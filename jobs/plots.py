@@ -1,5 +1,6 @@
 """PNG plots a person would rather see than read: loss/metric curves, recall curves,
 confusion matrices. Headless (Agg); every function writes one file and returns its path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,9 @@ def plot_history(history: list[dict], path: str | Path, metric: str) -> Path:
     """Training loss and one validation metric per epoch (``history.jsonl`` rows)."""
     epochs = [row["epoch"] for row in history]
     fig, loss_axis = plt.subplots(figsize=(6, 4))
-    loss_axis.plot(epochs, [row["train_loss"] for row in history], "o-", color="tab:blue", label="train loss")
+    loss_axis.plot(
+        epochs, [row["train_loss"] for row in history], "o-", color="tab:blue", label="train loss"
+    )
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss", color="tab:blue")
     values = [row.get(metric) for row in history]
@@ -29,7 +32,9 @@ def plot_history(history: list[dict], path: str | Path, metric: str) -> Path:
     return Path(path)
 
 
-def plot_recall_curve(t2v_ranks: np.ndarray, v2t_ranks: np.ndarray, path: str | Path, max_k: int = 50) -> Path:
+def plot_recall_curve(
+    t2v_ranks: np.ndarray, v2t_ranks: np.ndarray, path: str | Path, max_k: int = 50
+) -> Path:
     """Recall@K for K = 1..max_k, both directions, with the chance line."""
     ks = np.arange(1, max_k + 1)
     fig, axis = plt.subplots(figsize=(6, 4))

@@ -15,6 +15,7 @@ rank. Ties count in the true item's favour, as CLIP4Clip's ``compute_metrics``. 
 cut on the kernel's block grid, so every score is bit-identical to the full matrix's and
 the ranks equal the full-matrix path's exactly. Memory per process: O(texts + videos).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -46,8 +47,13 @@ def _columns(text_video: np.ndarray, lo: int, hi: int) -> torch.Tensor:
 
 def _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi):
     device = _device()
-    return (_tensor(text, device), _tensor(text_weight, device), _tensor(video[lo:hi], device),
-            _tensor(video_weight[lo:hi], device), _columns(text_video, lo, hi).to(device))
+    return (
+        _tensor(text, device),
+        _tensor(text_weight, device),
+        _tensor(video[lo:hi], device),
+        _tensor(video_weight[lo:hi], device),
+        _columns(text_video, lo, hi).to(device),
+    )
 
 
 @ray.remote
@@ -58,15 +64,20 @@ def _true_scores(text, text_weight, video, video_weight, text_video, lo, hi, dty
 
 
 @ray.remote
-def _rank_counts(text, text_weight, video, video_weight, text_video, true_score, lo, hi, dtype_name):
+def _rank_counts(
+    text, text_weight, video, video_weight, text_video, true_score, lo, hi, dtype_name
+):
     inputs = _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
     dtype = getattr(torch, dtype_name) if dtype_name else None
-    higher, text_rank = token_wise_rank_counts(*inputs, _tensor(true_score, inputs[0].device), offset=lo,
-                                               dtype=dtype)
+    higher, text_rank = token_wise_rank_counts(
+        *inputs, _tensor(true_score, inputs[0].device), offset=lo, dtype=dtype
+    )
     return higher.cpu().numpy(), text_rank.cpu().numpy()
 
 
-def shard_bounds(num_videos: int, num_shards: int, num_tokens: int, num_frames: int, use_gpu: bool) -> list[int]:
+def shard_bounds(
+    num_videos: int, num_shards: int, num_tokens: int, num_frames: int, use_gpu: bool
+) -> list[int]:
     """``num_shards + 1`` cut points, each on the kernel's block grid (so the shards' scores
     are the full matrix's, bit for bit), as even as that allows."""
     block = videos_per_block(num_tokens, num_frames, "cuda" if use_gpu else "cpu")
@@ -82,8 +93,16 @@ def _in_object_store(x) -> ray.ObjectRef:
     return ray.put(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
 
 
-def sharded_ranks(text, text_weight, video, video_weight, text_video: np.ndarray, num_shards: int,
-                  use_gpu: bool = False, dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+def sharded_ranks(
+    text,
+    text_weight,
+    video,
+    video_weight,
+    text_video: np.ndarray,
+    num_shards: int,
+    use_gpu: bool = False,
+    dtype: torch.dtype | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
     """(t2v ranks ``[A]``, v2t ranks ``[V']``, shards used) from prepared features;
     ``text_video[t]`` is text t's video (a position in ``video``). v2t covers the videos
     that have a caption, in video order. On GPUs pass ``dtype=torch.float16``.
@@ -101,15 +120,24 @@ def sharded_ranks(text, text_weight, video, video_weight, text_video: np.ndarray
     resources = {"num_gpus": 1, "num_cpus": 0} if use_gpu else {"num_cpus": 1}
     shards = list(zip(bounds[:-1], bounds[1:]))
     true_score = np.full(len(text_video), np.nan, np.float32)
-    for part in ray.get([_true_scores.options(**resources).remote(*refs, text_video_ref, lo, hi, dtype_name)
-                         for lo, hi in shards]):
+    for part in ray.get(
+        [
+            _true_scores.options(**resources).remote(*refs, text_video_ref, lo, hi, dtype_name)
+            for lo, hi in shards
+        ]
+    ):
         np.copyto(true_score, part, where=~np.isnan(part))
     true_ref = ray.put(true_score)
     higher = np.zeros(len(text_video), np.int64)
     text_rank = np.zeros(len(text_video), np.int64)
-    for shard_higher, shard_rank in ray.get([
-            _rank_counts.options(**resources).remote(*refs, text_video_ref, true_ref, lo, hi, dtype_name)
-            for lo, hi in shards]):
+    for shard_higher, shard_rank in ray.get(
+        [
+            _rank_counts.options(**resources).remote(
+                *refs, text_video_ref, true_ref, lo, hi, dtype_name
+            )
+            for lo, hi in shards
+        ]
+    ):
         higher += shard_higher
         text_rank += shard_rank
     return 1 + higher, best_caption_ranks(text_rank, text_video, num_videos), len(shards)
@@ -121,7 +149,9 @@ def _shape(value) -> tuple[int, ...]:
     return tuple((ray.get(value) if isinstance(value, ray.ObjectRef) else value).shape)
 
 
-def best_caption_ranks(text_rank: np.ndarray, text_video: np.ndarray, num_videos: int) -> np.ndarray:
+def best_caption_ranks(
+    text_rank: np.ndarray, text_video: np.ndarray, num_videos: int
+) -> np.ndarray:
     """v2t: each video's best (lowest) caption rank, for the videos that have a caption."""
     best = np.full(num_videos, np.iinfo(np.int64).max)
     np.minimum.at(best, text_video, text_rank)

@@ -13,6 +13,7 @@ the same command again with the same --output_dir (and --storage_path) resumes a
 last finished epoch; a worker or a node lost mid-run is recovered the same way, up to
 --max_failures times.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,29 +56,56 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
     from jobs.loops import LOOPS, EveryValidationRow
 
     config = {
-        "model_config": model_config.to_dict(), "tokenizer": tokenizer, "output_dir": args.output_dir,
-        "epochs": args.epochs, "batch_size": args.batch_size, "batch_size_val": args.batch_size_val, "lr": args.lr,
-        "seed": args.seed, "n_display": args.n_display, "inject_failure": args.inject_failure, "use_gpu": use_gpu,
+        "model_config": model_config.to_dict(),
+        "tokenizer": tokenizer,
+        "output_dir": args.output_dir,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "batch_size_val": args.batch_size_val,
+        "lr": args.lr,
+        "seed": args.seed,
+        "n_display": args.n_display,
+        "inject_failure": args.inject_failure,
+        "use_gpu": use_gpu,
         "num_train_rows": data.num_train_rows,
     }
     if args.kind == "retriever":
-        config.update({k: getattr(args, k) for k in (
-            "coef_lr", "weight_decay", "warmup_proportion", "max_grad_norm", "cdcr", "cdcr_alpha1", "cdcr_alpha2",
-            "cdcr_lambda")})
+        config.update(
+            {
+                k: getattr(args, k)
+                for k in (
+                    "coef_lr",
+                    "weight_decay",
+                    "warmup_proportion",
+                    "max_grad_norm",
+                    "cdcr",
+                    "cdcr_alpha1",
+                    "cdcr_alpha2",
+                    "cdcr_lambda",
+                )
+            }
+        )
     else:
-        config.update(train_labels=data.train_labels, labels=data.labels)  # the labels go into the checkpoint
+        config.update(
+            train_labels=data.train_labels, labels=data.labels
+        )  # the labels go into the checkpoint
     trainer = TorchTrainer(
         LOOPS[args.kind],
         train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, placement_strategy=args.placement_strategy),
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=use_gpu, placement_strategy=args.placement_strategy
+        ),
         run_config=RunConfig(
-            name=RUN_NAME, storage_path=args.storage_path, logging_config=LoggingConfig(log_level="WARNING"),
+            name=RUN_NAME,
+            storage_path=args.storage_path,
+            logging_config=LoggingConfig(log_level="WARNING"),
             # Worker prints reach the console once (the print patch would echo each line twice).
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
             failure_config=FailureConfig(max_failures=args.max_failures),
             # Keeps the best epoch by validation score (R@1 / macro-F1) and always the latest.
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_score",
-                                               checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="val_score", checkpoint_score_order="max"
+            ),
         ),
         datasets={"train": data.train, "val": data.val},
         dataset_config=EveryValidationRow(),
@@ -111,7 +139,9 @@ def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]
     if not result.best_checkpoints:
         raise RuntimeError(f"training finished without a checkpoint in {result.path}")
     # The highest validation score; ties go to the earlier epoch.
-    best, _ = max(result.best_checkpoints, key=lambda kept: (kept[1]["val_score"], -kept[1]["epoch"]))
+    best, _ = max(
+        result.best_checkpoints, key=lambda kept: (kept[1]["val_score"], -kept[1]["epoch"])
+    )
     checkpoint = output_dir / "checkpoint"
     shutil.rmtree(checkpoint, ignore_errors=True)
     checkpoint.mkdir(parents=True)
@@ -170,21 +200,33 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, FileNotFoundError, ValueError) as err:
         return fail(PROG, str(err))
     data.report.write(output_dir / "skipped.jsonl")
-    print(f"training {args.model} ({args.preset}) on {args.dataset}: {data.num_train_rows} training rows, "
-          f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
-          flush=True)
+    print(
+        f"training {args.model} ({args.preset}) on {args.dataset}: {data.num_train_rows} training rows, "
+        f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
+        flush=True,
+    )
     result = fit(args, data, tokenizer, model_config, workers, use_gpu)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
     wait_until_released()  # Ray Train's worker group goes down asynchronously
     videos = None
-    if args.kind == "retriever":  # one encoding of the videos: the index (all) and the evaluation (test)
+    if (
+        args.kind == "retriever"
+    ):  # one encoding of the videos: the index (all) and the evaluation (test)
         from jobs.index import build_index
 
         clips = data.clips if args.index else data.test_clips
-        print(f"encoding {'every decoded video for the index' if args.index else 'the test videos'} "
-              f"with the best epoch", flush=True)
-        _, videos = build_index(checkpoint, clips, output_dir / "index" if args.index else None, use_gpu,
-                                keep=set(data.test_video_ids))
+        print(
+            f"encoding {'every decoded video for the index' if args.index else 'the test videos'} "
+            f"with the best epoch",
+            flush=True,
+        )
+        _, videos = build_index(
+            checkpoint,
+            clips,
+            output_dir / "index" if args.index else None,
+            use_gpu,
+            keep=set(data.test_video_ids),
+        )
     metrics = evaluate(args, checkpoint, data, output_dir, use_gpu, videos)
     _print_results(output_dir, metrics, history, time.time() - started)
     return 0
@@ -196,11 +238,18 @@ def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds
     best = max(history, key=lambda row: row["val_score"])["epoch"] if history else None
     print(f"\n{summary(metrics)}")
     print(f"results in {output_dir}" + (f" (after {seconds:.0f} s)" if seconds else ""))
-    print(f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer")
-    for name, what in (("metrics.json", "the evaluation above"), ("history.jsonl", "one line per epoch"),
-                       ("loss.png", "training loss and validation metric per epoch"),
-                       ("recall.png", "recall@K curves"), ("index", "the retrieval index `serve run serve.app` serves"), ("confusion.png", "validation confusion matrix"),
-                       ("skipped.jsonl", "inputs skipped, and why")):
+    print(
+        f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer"
+    )
+    for name, what in (
+        ("metrics.json", "the evaluation above"),
+        ("history.jsonl", "one line per epoch"),
+        ("loss.png", "training loss and validation metric per epoch"),
+        ("recall.png", "recall@K curves"),
+        ("index", "the retrieval index `serve run serve.app` serves"),
+        ("confusion.png", "validation confusion matrix"),
+        ("skipped.jsonl", "inputs skipped, and why"),
+    ):
         if (output_dir / name).exists():
             print(f"  {name:<15} {what}")
 

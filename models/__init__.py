@@ -3,17 +3,32 @@
 Names are imported on first use (module ``__getattr__``), so that ``import models.wti``
 (the scoring kernel, all that an evaluation shard needs) does not load transformers.
 """
+
 from importlib import import_module
 
 _WHERE = {
-    "load_checkpoint": "checkpoint", "save_checkpoint": "checkpoint",
-    "ContrastiveObjective": "losses", "all_gather_with_grad": "losses", "cdcr_loss": "losses",
-    "clamp_logit_scale_": "losses", "info_nce": "losses",
-    "NUM_CLASSES": "pitvqa", "PitVQAConfig": "pitvqa", "PitVQANet": "pitvqa",
-    "Retriever": "retriever", "RetrieverConfig": "retriever", "dot_product_scores": "retriever",
-    "build_bpe_tokenizer": "tokenizer", "load_tokenizer": "tokenizer", "tokenize": "tokenizer",
-    "WTIHead": "wti", "normalize_masked": "wti", "token_wise_rank_counts": "wti", "token_wise_scores": "wti",
-    "token_wise_topk": "wti", "token_wise_true_scores": "wti",
+    "load_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "ContrastiveObjective": "losses",
+    "all_gather_with_grad": "losses",
+    "cdcr_loss": "losses",
+    "clamp_logit_scale_": "losses",
+    "info_nce": "losses",
+    "NUM_CLASSES": "pitvqa",
+    "PitVQAConfig": "pitvqa",
+    "PitVQANet": "pitvqa",
+    "Retriever": "retriever",
+    "RetrieverConfig": "retriever",
+    "dot_product_scores": "retriever",
+    "build_bpe_tokenizer": "tokenizer",
+    "load_tokenizer": "tokenizer",
+    "tokenize": "tokenizer",
+    "WTIHead": "wti",
+    "normalize_masked": "wti",
+    "token_wise_rank_counts": "wti",
+    "token_wise_scores": "wti",
+    "token_wise_topk": "wti",
+    "token_wise_true_scores": "wti",
 }
 __all__ = sorted(_WHERE)
 

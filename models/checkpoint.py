@@ -3,6 +3,7 @@
 A folder alone rebuilds the model: the config carries the full architecture (HF
 sub-configs included), and weights are loaded from safetensors, so nothing is unpickled.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,13 @@ from .tokenizer import load_tokenizer
 
 KINDS = {"pitvqa": (PitVQAConfig, PitVQANet), "retriever": (RetrieverConfig, Retriever)}
 # Pretrained-weight sources matter only for a fresh build; a checkpoint has its own weights.
-_FRESH_BUILD_ONLY = {"vit_path": None, "blip_path": None, "gpt2_path": None, "clip_path": None, "text_encoder_init": "config"}
+_FRESH_BUILD_ONLY = {
+    "vit_path": None,
+    "blip_path": None,
+    "gpt2_path": None,
+    "clip_path": None,
+    "text_encoder_init": "config",
+}
 
 
 def model_kind(model) -> str:
@@ -54,7 +61,9 @@ def load_checkpoint(folder: str | Path, device: str = "cpu", with_tokenizer: boo
     names = {f.name for f in fields(config_cls)}
     values = {k: v for k, v in saved["config"].items() if k in names}
     if saved["model"] == "retriever" and "temporal_layer_norm_eps" not in values:
-        values["temporal_layer_norm_eps"] = 1e-5  # trained before the header took the references' 1e-12
+        values["temporal_layer_norm_eps"] = (
+            1e-5  # trained before the header took the references' 1e-12
+        )
     values.update({k: v for k, v in _FRESH_BUILD_ONLY.items() if k in names})
     model = model_cls(config_cls(**values))
     load_model(model, str(folder / "model.safetensors"), device=device)

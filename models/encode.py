@@ -9,6 +9,7 @@ for candidate generation:
 - ``weights`` ``[N, T]``: the WTI weights (uniform for TI, one 1 for dot product);
 - ``pooled``  ``[N, D]``: the normalised weighted mean of ``tokens``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,10 @@ class Encoded:
 
     def numpy(self) -> dict[str, np.ndarray]:
         """fp32 arrays on the CPU, keyed by field name."""
-        return {name: getattr(self, name).float().cpu().numpy() for name in ("tokens", "weights", "pooled")}
+        return {
+            name: getattr(self, name).float().cpu().numpy()
+            for name in ("tokens", "weights", "pooled")
+        }
 
 
 def pooled(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -45,8 +49,9 @@ def encode_tokens(model, input_ids, attention_mask) -> Encoded:
     """Token ids ``[A, L]`` and their mask (tensors or arrays) -> ``Encoded`` with T = L (1
     for dot product), on the model's device."""
     device = _device(model)
-    feat, mask = model.encode_text(torch.as_tensor(input_ids, device=device),
-                                   torch.as_tensor(attention_mask, device=device))
+    feat, mask = model.encode_text(
+        torch.as_tensor(input_ids, device=device), torch.as_tensor(attention_mask, device=device)
+    )
     tokens, weights = model.prepare_text(feat, mask)
     return Encoded(tokens, weights, pooled(tokens, weights))
 
@@ -62,7 +67,8 @@ def encode_videos(model, pixel_values, frame_mask) -> Encoded:
     """CLIP-normalised ``pixel_values [V, F, 3, S, S]`` and ``frame_mask [V, F]`` (tensors or
     arrays) -> ``Encoded`` with T = F (1 for dot product), on the model's device."""
     device = _device(model)
-    feat, mask = model.encode_video(torch.as_tensor(pixel_values, device=device),
-                                    torch.as_tensor(frame_mask, device=device))
+    feat, mask = model.encode_video(
+        torch.as_tensor(pixel_values, device=device), torch.as_tensor(frame_mask, device=device)
+    )
     tokens, weights = model.prepare_video(feat, mask)
     return Encoded(tokens, weights, pooled(tokens, weights))

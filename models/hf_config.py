@@ -1,4 +1,5 @@
 """HF configs stored inside our own config.json."""
+
 import json
 
 from transformers import PretrainedConfig

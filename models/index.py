@@ -32,6 +32,7 @@ contiguous parts (``serving_parts``): shard ``i`` holds part ``i`` of every stor
 the shards stay balanced whatever the size of each append, a new version adds new rows to
 every shard without moving any row a shard already holds, and each shard reads only its parts.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -65,22 +66,28 @@ class IndexRows:
     def __len__(self) -> int:
         return len(self.video_ids)
 
-    def take(self, rows) -> "IndexRows":
+    def take(self, rows) -> IndexRows:
         """The rows at ``rows`` (a slice or an array of row numbers)."""
         ids = self.video_ids[rows] if isinstance(rows, slice) else [self.video_ids[r] for r in rows]
-        return IndexRows(ids, **{array: getattr(self, array)[rows] for array in ARRAYS},
-                         lists=None if self.lists is None else self.lists[rows])
+        return IndexRows(
+            ids,
+            **{array: getattr(self, array)[rows] for array in ARRAYS},
+            lists=None if self.lists is None else self.lists[rows],
+        )
 
 
 def concat_rows(parts: list[IndexRows]) -> IndexRows:
     return IndexRows(
         video_ids=[v for p in parts for v in p.video_ids],
         **{array: np.concatenate([getattr(p, array) for p in parts]) for array in ARRAYS},
-        lists=None if any(p.lists is None for p in parts) else np.concatenate([p.lists for p in parts]),
+        lists=None
+        if any(p.lists is None for p in parts)
+        else np.concatenate([p.lists for p in parts]),
     )
 
 
 # -- the first stage's inverted lists -------------------------------------------------------
+
 
 def num_lists(count: int) -> int:
     """Inverted lists for ``count`` videos: about ``sqrt(count)`` (1,000 at 1M), each of about
@@ -96,17 +103,20 @@ def nearest_centroid(pooled: np.ndarray, centroids: np.ndarray, chunk: int = 65_
     c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
     out = np.empty(len(pooled), np.int32)
     for lo in range(0, len(pooled), chunk):
-        block = torch.from_numpy(np.array(pooled[lo:lo + chunk], np.float32))
-        out[lo:lo + chunk] = (block @ c.T).argmax(1).numpy()
+        block = torch.from_numpy(np.array(pooled[lo : lo + chunk], np.float32))
+        out[lo : lo + chunk] = (block @ c.T).argmax(1).numpy()
     return out
 
 
-def train_centroids(pooled: np.ndarray, count: int, iterations: int = 12, seed: int = 0,
-                    sample_per_list: int = 64) -> np.ndarray:
+def train_centroids(
+    pooled: np.ndarray, count: int, iterations: int = 12, seed: int = 0, sample_per_list: int = 64
+) -> np.ndarray:
     """Spherical k-means: ``count`` unit centroids of the pooled vectors, trained on a sample
     of ``sample_per_list`` rows per list (``[count, D]`` float32)."""
     rng = np.random.default_rng(seed)
-    sample = pooled[np.sort(rng.choice(len(pooled), min(len(pooled), count * sample_per_list), replace=False))]
+    sample = pooled[
+        np.sort(rng.choice(len(pooled), min(len(pooled), count * sample_per_list), replace=False))
+    ]
     sample = np.asarray(sample, np.float32)
     centroids = sample[rng.choice(len(sample), count, replace=False)].copy()
     for _ in range(iterations):
@@ -120,6 +130,7 @@ def train_centroids(pooled: np.ndarray, count: int, iterations: int = 12, seed: 
 
 
 # -- writing ---------------------------------------------------------------------------------
+
 
 @contextmanager
 def locked(folder: Path):
@@ -143,8 +154,9 @@ def _write_manifest(folder: Path, manifest: dict, previous: dict | None) -> dict
     keep = {s["name"] for m in (manifest, previous or {}) for s in m.get("shards", [])}
     keep |= {m["centroids"] for m in (manifest, previous or {}) if m.get("centroids")}
     for path in folder.iterdir():
-        if (path.name.startswith("shard_") and path.is_dir() or path.name.startswith("centroids")) \
-                and path.name not in keep:
+        if (
+            path.name.startswith("shard_") and path.is_dir() or path.name.startswith("centroids")
+        ) and path.name not in keep:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return manifest
 
@@ -158,8 +170,13 @@ class IndexWriter:
     replaces the old row.
     """
 
-    def __init__(self, folder: str | Path, rows_per_shard: int = 50_000, info: dict | None = None,
-                 append: bool = False):
+    def __init__(
+        self,
+        folder: str | Path,
+        rows_per_shard: int = 50_000,
+        info: dict | None = None,
+        append: bool = False,
+    ):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows_per_shard, self.info, self.append = rows_per_shard, dict(info or {}), append
@@ -217,25 +234,43 @@ class IndexWriter:
                 if previous is None:
                     raise FileNotFoundError(f"{self.folder}: the index to append to is gone")
                 if self.shape and self.shape != (previous["max_frames"], previous["dim"]):
-                    raise ValueError(f"rows of {self.shape} do not fit an index of {previous['max_frames']} frames x "
-                                     f"{previous['dim']} dims")
-                manifest = {**previous, "shards": [dict(s, removed=list(s["removed"])) for s in previous["shards"]]}
+                    raise ValueError(
+                        f"rows of {self.shape} do not fit an index of {previous['max_frames']} frames x "
+                        f"{previous['dim']} dims"
+                    )
+                manifest = {
+                    **previous,
+                    "shards": [dict(s, removed=list(s["removed"])) for s in previous["shards"]],
+                }
                 centroids = np.load(self.folder / manifest["centroids"])
                 new_ids = {v for s in self.shards for v in _ids(self.folder / s["name"])}
                 self.replaced = sorted(_mark_removed(self.folder, manifest["shards"], new_ids))
             else:
                 if not self.shards:
                     raise ValueError("an index needs at least one video")
-                manifest = {**self.info, "max_frames": self.shape[0], "dim": self.shape[1], "frames_dtype": "float16",
-                            "shards": [], "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-                pooled = np.concatenate([np.load(self.folder / s["name"] / "pooled.npy", mmap_mode="r")
-                                         for s in self.shards])
+                manifest = {
+                    **self.info,
+                    "max_frames": self.shape[0],
+                    "dim": self.shape[1],
+                    "frames_dtype": "float16",
+                    "shards": [],
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+                pooled = np.concatenate(
+                    [
+                        np.load(self.folder / s["name"] / "pooled.npy", mmap_mode="r")
+                        for s in self.shards
+                    ]
+                )
                 centroids = train_centroids(pooled, num_lists(len(pooled)))
                 manifest["centroids"] = f"centroids_v{version:06d}.npy"
                 np.save(self.folder / manifest["centroids"], centroids)
             for shard in self.shards:
                 path = self.folder / shard["name"]
-                np.save(path / "lists.npy", nearest_centroid(np.load(path / "pooled.npy", mmap_mode="r"), centroids))
+                np.save(
+                    path / "lists.npy",
+                    nearest_centroid(np.load(path / "pooled.npy", mmap_mode="r"), centroids),
+                )
             manifest["shards"] += self.shards
             manifest.update(version=version, lists=len(centroids), count=_live(manifest["shards"]))
             return _write_manifest(self.folder, manifest, previous)
@@ -272,11 +307,17 @@ def remove_videos(folder: str | Path, video_ids: list[str]) -> tuple[dict, list[
         missing = sorted(set(video_ids) - found)
         if not found:
             return previous, missing
-        manifest = {**previous, "shards": shards, "version": previous["version"] + 1, "count": _live(shards)}
+        manifest = {
+            **previous,
+            "shards": shards,
+            "version": previous["version"] + 1,
+            "count": _live(shards),
+        }
         return _write_manifest(folder, manifest, previous), missing
 
 
 # -- reading ---------------------------------------------------------------------------------
+
 
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
@@ -313,8 +354,14 @@ def read_part(folder: Path, name: str, lo: int, hi: int) -> IndexRows:
     """Rows ``[lo, hi)`` of one storage shard (copied out of memory maps), with their lists."""
     path = folder / name
     lists = np.load(path / "lists.npy")[lo:hi] if (path / "lists.npy").is_file() else None
-    return IndexRows(_ids(path)[lo:hi], **{array: np.array(np.load(path / f"{array}.npy", mmap_mode="r")[lo:hi])
-                                           for array in ARRAYS}, lists=lists)
+    return IndexRows(
+        _ids(path)[lo:hi],
+        **{
+            array: np.array(np.load(path / f"{array}.npy", mmap_mode="r")[lo:hi])
+            for array in ARRAYS
+        },
+        lists=lists,
+    )
 
 
 class IndexReader:
@@ -371,7 +418,11 @@ class Thumbnails:
             offsets = np.load(path / "thumbnail_offsets.npy")
             for i, video_id in enumerate(_ids(path)):
                 if offsets[i + 1] > offsets[i] and i not in removed:
-                    where[video_id] = (path / "thumbnails.bin", int(offsets[i]), int(offsets[i + 1]))
+                    where[video_id] = (
+                        path / "thumbnails.bin",
+                        int(offsets[i]),
+                        int(offsets[i + 1]),
+                    )
         self.where, self.version = where, manifest["version"]
 
     def get(self, video_id: str) -> bytes | None:

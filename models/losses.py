@@ -4,6 +4,7 @@ The distributed gather lives here, not in the model (as in open_clip): with seve
 workers, each worker's features are gathered with gradient so that the contrastive batch
 is the global batch.
 """
+
 from __future__ import annotations
 
 import math
@@ -90,7 +91,10 @@ def cdcr_loss(
         num_tokens, num_frames = text_mask.sum(-1).long(), video_mask.sum(-1).long()
         token = torch.randint(0, 10000, (B,), generator=generator).to(text.device) % num_tokens
         frame = torch.randint(0, 10000, (B,), generator=generator).to(text.device) % num_frames
-        z_text, z_video = _standardize(text[rows, token]), _standardize(video[rows, frame])  # (B, D)
+        z_text, z_video = (
+            _standardize(text[rows, token]),
+            _standardize(video[rows, frame]),
+        )  # (B, D)
         return _decorrelation(z_text.T @ z_video / B, alpha1, alpha2)
 
     # The matched pair's token-by-frame similarities, padded pairs at 0 as in the scoring.
@@ -124,15 +128,28 @@ class ContrastiveObjective(nn.Module):
     ``forward`` returns ``{"loss", "nce", "cdcr", "global_batch"}``.
     """
 
-    def __init__(self, retriever, cdcr: int = 0, cdcr_alpha1: float = 0.14, cdcr_alpha2: float = 0.0,
-                 cdcr_lambda: float = 0.001):
+    def __init__(
+        self,
+        retriever,
+        cdcr: int = 0,
+        cdcr_alpha1: float = 0.14,
+        cdcr_alpha2: float = 0.0,
+        cdcr_lambda: float = 0.001,
+    ):
         super().__init__()
         if cdcr and retriever.head is None:
             raise ValueError("CDCR needs token-wise features: use interaction 'wti' or 'ti'")
         self.retriever = retriever
-        self.cdcr, self.cdcr_alpha1, self.cdcr_alpha2, self.cdcr_lambda = cdcr, cdcr_alpha1, cdcr_alpha2, cdcr_lambda
+        self.cdcr, self.cdcr_alpha1, self.cdcr_alpha2, self.cdcr_lambda = (
+            cdcr,
+            cdcr_alpha1,
+            cdcr_alpha2,
+            cdcr_lambda,
+        )
 
-    def forward(self, input_ids, attention_mask, pixel_values, frame_mask) -> dict[str, torch.Tensor]:
+    def forward(
+        self, input_ids, attention_mask, pixel_values, frame_mask
+    ) -> dict[str, torch.Tensor]:
         text_feat, text_mask = self.retriever.encode_text(input_ids, attention_mask)  # (b, L, D)
         video_feat, video_mask = self.retriever.encode_video(pixel_values, frame_mask)  # (b, F, D)
         text_feat, text_mask, video_feat, video_mask = (
@@ -146,8 +163,19 @@ class ContrastiveObjective(nn.Module):
             text, text_weight = head.prepare_text(text_feat, text_mask)
             video, video_weight = head.prepare_video(video_feat, video_mask)
             regulariser = self.cdcr_lambda * cdcr_loss(
-                self.cdcr, text, text_mask, video, video_mask, text_weight, video_weight,
-                self.cdcr_alpha1, self.cdcr_alpha2,
+                self.cdcr,
+                text,
+                text_mask,
+                video,
+                video_mask,
+                text_weight,
+                video_weight,
+                self.cdcr_alpha1,
+                self.cdcr_alpha2,
             )
-        return {"loss": nce + regulariser, "nce": nce.detach(), "cdcr": regulariser.detach(),
-                "global_batch": torch.tensor(scores.shape[0])}
+        return {
+            "loss": nce + regulariser,
+            "nce": nce.detach(),
+            "cdcr": regulariser.detach(),
+            "global_batch": torch.tensor(scores.shape[0]),
+        }

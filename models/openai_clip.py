@@ -7,6 +7,7 @@ tensor shapes as OpenAI's ``build_model`` does, and every tensor is renamed to H
 the fused ``in_proj`` splits into q/k/v, and the two projections, stored for ``x @ P``,
 are transposed into Linear weights. The converted model computes what OpenAI's does.
 """
+
 from __future__ import annotations
 
 import re
@@ -22,7 +23,10 @@ DERIVED_KEYS = ("input_resolution", "context_length", "vocab_size")
 DERIVED_SUFFIXES = ("attn_mask", "position_ids")
 
 _BLOCK_PARTS = {
-    "ln_1.": "layer_norm1.", "ln_2.": "layer_norm2.", "mlp.c_fc.": "mlp.fc1.", "mlp.c_proj.": "mlp.fc2.",
+    "ln_1.": "layer_norm1.",
+    "ln_2.": "layer_norm2.",
+    "mlp.c_fc.": "mlp.fc1.",
+    "mlp.c_proj.": "mlp.fc2.",
     "attn.out_proj.": "self_attn.out_proj.",
 }
 
@@ -37,7 +41,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 def is_derived(key: str) -> bool:
     """A key the references save that is computed, not learnt (``attn_mask``, ``position_ids``,
     OpenAI's ``input_resolution`` / ``context_length`` / ``vocab_size``)."""
-    return key.split(".")[-1] in DERIVED_SUFFIXES or key in DERIVED_KEYS or key.split(".", 1)[-1] in DERIVED_KEYS
+    return (
+        key.split(".")[-1] in DERIVED_SUFFIXES
+        or key in DERIVED_KEYS
+        or key.split(".", 1)[-1] in DERIVED_KEYS
+    )
 
 
 def convert_block(state: dict, source: str, target: str) -> dict[str, torch.Tensor]:
@@ -49,10 +57,10 @@ def convert_block(state: dict, source: str, target: str) -> dict[str, torch.Tens
         for name, part in zip(("q_proj", "k_proj", "v_proj"), fused.chunk(3, dim=0)):
             out[f"{target}self_attn.{name}.{kind}"] = part.clone()
     for key in [k for k in state if k.startswith(source)]:
-        rest = key[len(source):]
+        rest = key[len(source) :]
         for old, new in _BLOCK_PARTS.items():
             if rest.startswith(old):
-                out[target + new + rest[len(old):]] = state.pop(key)
+                out[target + new + rest[len(old) :]] = state.pop(key)
                 break
     return out
 
@@ -75,21 +83,32 @@ def clip_config(state: dict[str, torch.Tensor]) -> dict:
     width = state["ln_final.weight"].shape[0]
     vocab_size = state["token_embedding.weight"].shape[0]
     text = dict(
-        vocab_size=vocab_size, hidden_size=width,
+        vocab_size=vocab_size,
+        hidden_size=width,
         intermediate_size=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-        num_hidden_layers=count_layers(state, "transformer.resblocks."), num_attention_heads=max(1, width // 64),
-        max_position_embeddings=state["positional_embedding"].shape[0], hidden_act="quick_gelu",
+        num_hidden_layers=count_layers(state, "transformer.resblocks."),
+        num_attention_heads=max(1, width // 64),
+        max_position_embeddings=state["positional_embedding"].shape[0],
+        hidden_act="quick_gelu",
         # OpenAI's ids: <|startoftext|> and <|endoftext|> are the last two; pads are 0.
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=0,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=0,
     )
     vision = dict(
-        hidden_size=vision_width, image_size=patch * grid, patch_size=patch,
+        hidden_size=vision_width,
+        image_size=patch * grid,
+        patch_size=patch,
         intermediate_size=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
         num_hidden_layers=count_layers(state, "visual.transformer.resblocks."),
-        num_attention_heads=max(1, vision_width // 64), hidden_act="quick_gelu",
+        num_attention_heads=max(1, vision_width // 64),
+        hidden_act="quick_gelu",
     )
-    return config_dict(CLIPConfig(text_config=text, vision_config=vision,
-                                  projection_dim=state["text_projection"].shape[1]))
+    return config_dict(
+        CLIPConfig(
+            text_config=text, vision_config=vision, projection_dim=state["text_projection"].shape[1]
+        )
+    )
 
 
 def convert_clip(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -99,17 +118,25 @@ def convert_clip(state: dict[str, torch.Tensor]) -> tuple[dict, dict[str, torch.
     config = clip_config(state)
     out = {}
     for i in range(config["text_config"]["num_hidden_layers"]):
-        out.update(convert_block(state, f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."))
+        out.update(
+            convert_block(state, f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}.")
+        )
     for i in range(config["vision_config"]["num_hidden_layers"]):
-        out.update(convert_block(state, f"visual.transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."))
+        out.update(
+            convert_block(
+                state, f"visual.transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+            )
+        )
     renames = {
         "token_embedding.weight": "text_model.embeddings.token_embedding.weight",
         "positional_embedding": "text_model.embeddings.position_embedding.weight",
-        "ln_final.weight": "text_model.final_layer_norm.weight", "ln_final.bias": "text_model.final_layer_norm.bias",
+        "ln_final.weight": "text_model.final_layer_norm.weight",
+        "ln_final.bias": "text_model.final_layer_norm.bias",
         "visual.class_embedding": "vision_model.embeddings.class_embedding",
         "visual.conv1.weight": "vision_model.embeddings.patch_embedding.weight",
         "visual.positional_embedding": "vision_model.embeddings.position_embedding.weight",
-        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight", "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
+        "visual.ln_pre.weight": "vision_model.pre_layrnorm.weight",
+        "visual.ln_pre.bias": "vision_model.pre_layrnorm.bias",
         "visual.ln_post.weight": "vision_model.post_layernorm.weight",
         "visual.ln_post.bias": "vision_model.post_layernorm.bias",
         "logit_scale": "logit_scale",

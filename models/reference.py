@@ -12,6 +12,7 @@
 Anything the project cannot represent (CLIP4Clip's ``tightTransf`` / ``seqLSTM``, DRL's
 ``xti``, an unknown key) raises :class:`Unsupported` naming it; nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,16 +32,22 @@ class Unsupported(ValueError):
 # --- the retriever: DRL and CLIP4Clip state dicts --------------------------------------
 
 _UNSUPPORTED_PREFIXES = {
-    "cross.": "CLIP4Clip's tightTransf header", "similarity_dense.": "CLIP4Clip's tightTransf header",
+    "cross.": "CLIP4Clip's tightTransf header",
+    "similarity_dense.": "CLIP4Clip's tightTransf header",
     "lstm_visual.": "the seqLSTM header",
 }
-_RETRIEVER_PREFIXES = ("clip.", "frame_position_embeddings.", "transformerClip.", "text_weight_fc.",
-                       "video_weight_fc.")
+_RETRIEVER_PREFIXES = (
+    "clip.",
+    "frame_position_embeddings.",
+    "transformerClip.",
+    "text_weight_fc.",
+    "video_weight_fc.",
+)
 
 
 def _strip_module_prefix(state: dict) -> dict:
     if state and all(k.startswith("module.") for k in state):  # saved from a DDP wrapper
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -86,17 +93,24 @@ def retriever_from_reference(
     found_arch = _wti_arch(state)
     sim_header = sim_header or ("seqTransf" if has_temporal else "meanP")
     if (sim_header == "seqTransf") != has_temporal:
-        raise Unsupported(f"--sim_header {sim_header} does not match the file, which "
-                          f"{'has' if has_temporal else 'has no'} transformerClip.* (seqTransf) weights")
+        raise Unsupported(
+            f"--sim_header {sim_header} does not match the file, which "
+            f"{'has' if has_temporal else 'has no'} transformerClip.* (seqTransf) weights"
+        )
     interaction = interaction or ("wti" if found_arch else ("ti" if source == "drl" else "dp"))
     if (interaction == "wti") != bool(found_arch):
-        raise Unsupported(f"--interaction {interaction} does not match the file, which "
-                          f"{'has' if found_arch else 'has no'} text_weight_fc/video_weight_fc (wti) weights")
+        raise Unsupported(
+            f"--interaction {interaction} does not match the file, which "
+            f"{'has' if found_arch else 'has no'} text_weight_fc/video_weight_fc (wti) weights"
+        )
     if wti_arch is not None and found_arch is not None and wti_arch != found_arch:
-        raise Unsupported(f"--wti_arch {wti_arch} does not match the file's weight heads (wti_arch {found_arch})")
+        raise Unsupported(
+            f"--wti_arch {wti_arch} does not match the file's weight heads (wti_arch {found_arch})"
+        )
 
     clip_config, clip_state = openai_clip.convert_clip(
-        {k[len("clip."):]: v for k, v in state.items() if k.startswith("clip.")})
+        {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
+    )
     weights = {f"clip.{k}": v for k, v in clip_state.items()}
     frame_positions = None
     num_layers = 0
@@ -104,12 +118,18 @@ def retriever_from_reference(
         positions = state["frame_position_embeddings.weight"].float()
         frame_positions = positions.shape[0]
         if max_frames > frame_positions:
-            raise Unsupported(f"--max_frames {max_frames} exceeds the file's {frame_positions} frame positions")
+            raise Unsupported(
+                f"--max_frames {max_frames} exceeds the file's {frame_positions} frame positions"
+            )
         weights["temporal.frame_position_embeddings.weight"] = positions
         temporal = {k: v.float() for k, v in state.items() if k.startswith("transformerClip.")}
         num_layers = openai_clip.count_layers(temporal, "transformerClip.resblocks.")
         for i in range(num_layers):
-            weights.update(openai_clip.convert_block(temporal, f"transformerClip.resblocks.{i}.", f"temporal.layers.{i}."))
+            weights.update(
+                openai_clip.convert_block(
+                    temporal, f"transformerClip.resblocks.{i}.", f"temporal.layers.{i}."
+                )
+            )
         if temporal:
             raise Unsupported(f"unknown keys: {', '.join(sorted(temporal)[:8])}")
     for side in ("text", "video"):
@@ -118,14 +138,21 @@ def retriever_from_reference(
                 weights[f"head.{k}"] = v.float()
 
     config = RetrieverConfig(
-        sim_header=sim_header, interaction=interaction, max_words=max_words, max_frames=max_frames,
-        temporal_layers=num_layers or 4, frame_positions=frame_positions, wti_arch=found_arch or wti_arch or 2,
+        sim_header=sim_header,
+        interaction=interaction,
+        max_words=max_words,
+        max_frames=max_frames,
+        temporal_layers=num_layers or 4,
+        frame_positions=frame_positions,
+        wti_arch=found_arch or wti_arch or 2,
         clip_config=clip_config,
     )
     model = Retriever(config)
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise Unsupported(f"the file does not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}")
+        raise Unsupported(
+            f"the file does not fit the model: missing {missing[:6]}, unexpected {unexpected[:6]}"
+        )
     return model.eval()
 
 
@@ -139,10 +166,14 @@ _PITVQA_UNUSED = re.compile(r"^visual_encoder\.pooler\.|\.attn\.(masked_)?bias$|
 
 def _plain(values: dict) -> dict:
     """The JSON-plain entries of a pickled config's attributes."""
+
     def plain(v):
-        return v is None or isinstance(v, (bool, int, float, str)) or (
-            isinstance(v, (list, tuple)) and all(plain(x) for x in v)) or (
-            isinstance(v, dict) and all(isinstance(k, str) and plain(x) for k, x in v.items()))
+        return (
+            v is None
+            or isinstance(v, (bool, int, float, str))
+            or (isinstance(v, (list, tuple)) and all(plain(x) for x in v))
+            or (isinstance(v, dict) and all(isinstance(k, str) and plain(x) for k, x in v.items()))
+        )
 
     return {k: v for k, v in values.items() if not k.startswith("_") and plain(v)}
 
@@ -151,10 +182,16 @@ def _submodule(record, name: str):
     return (safe_load.record_attrs(record).get("_modules") or {}).get(name)
 
 
-def _pickled_config(record, module: str, config_cls, folder: str | None, flag: str, from_folder=None) -> dict:
+def _pickled_config(
+    record, module: str, config_cls, folder: str | None, flag: str, from_folder=None
+) -> dict:
     """A sub-model's HF config: from the config object pickled in the module when it carries
     one, else from ``folder`` (``from_folder(folder)``, default ``config_cls.from_pretrained``)."""
-    found = safe_load.record_attrs(_submodule(record, module)).get("config") if record is not None else None
+    found = (
+        safe_load.record_attrs(_submodule(record, module)).get("config")
+        if record is not None
+        else None
+    )
     attrs = _plain(safe_load.record_attrs(found))
     if attrs:
         attrs.pop("architectures", None)
@@ -174,7 +211,9 @@ def pitvqa_tokenizer(record):
     attrs = safe_load.record_attrs(attrs) if isinstance(attrs, safe_load.Record) else None
     if not attrs:
         return None
-    if isinstance(attrs.get("encoder"), dict) and isinstance(attrs.get("bpe_ranks"), dict):  # the slow GPT2Tokenizer
+    if isinstance(attrs.get("encoder"), dict) and isinstance(
+        attrs.get("bpe_ranks"), dict
+    ):  # the slow GPT2Tokenizer
         merges = [pair for pair, _ in sorted(attrs["bpe_ranks"].items(), key=lambda item: item[1])]
         tokenizer = GPT2Tokenizer(vocab=attrs["encoder"], merges=merges)
     else:  # a fast tokenizer: its backend pickles as the tokenizer.json text
@@ -184,8 +223,12 @@ def pitvqa_tokenizer(record):
             return None
         from tokenizers import Tokenizer
 
-        tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(
-            state.decode() if isinstance(state, bytes) else state), eos_token="<|endoftext|>")
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(
+                state.decode() if isinstance(state, bytes) else state
+            ),
+            eos_token="<|endoftext|>",
+        )
     tokenizer.pad_token = tokenizer.eos_token  # as PitVQA sets it
     return tokenizer
 
@@ -211,21 +254,38 @@ def pitvqa_from_reference(
     for key, value in state.items():
         for old, new in _PITVQA_RENAMES.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
         renamed[key] = value.float() if value.is_floating_point() else value
 
     num_classes = renamed["classifier.weight"].shape[0] if "classifier.weight" in renamed else None
     if num_classes != NUM_CLASSES[dataset]:
-        raise Unsupported(f"the classifier has {num_classes} classes; --dataset {dataset} has {NUM_CLASSES[dataset]}")
+        raise Unsupported(
+            f"the classifier has {num_classes} classes; --dataset {dataset} has {NUM_CLASSES[dataset]}"
+        )
     vit = _pickled_config(record, "visual_encoder", ViTConfig, vit_path, "--vit_path")
     gpt2 = _pickled_config(record, "gpt_decoder", GPT2Config, gpt2_path, "--gpt2_path")
-    text = _pickled_config(record, "text_encoder", BlipTextConfig, blip_path, "--blip_path",
-                           lambda path: BlipConfig.from_pretrained(path, local_files_only=True).text_config)
-    dropout = safe_load.record_attrs(_submodule(record, "dropout")).get("p", 0.2) if record is not None else 0.2
+    text = _pickled_config(
+        record,
+        "text_encoder",
+        BlipTextConfig,
+        blip_path,
+        "--blip_path",
+        lambda path: BlipConfig.from_pretrained(path, local_files_only=True).text_config,
+    )
+    dropout = (
+        safe_load.record_attrs(_submodule(record, "dropout")).get("p", 0.2)
+        if record is not None
+        else 0.2
+    )
     config = PitVQAConfig(
-        num_classes=num_classes, vocab_size=renamed["text_encoder.embeddings.word_embeddings.weight"].shape[0],
-        image_size=vit["image_size"], head_dim=renamed["intermediate_layer.weight"].shape[0], dropout=dropout,
-        vit_config=vit, text_config=text, gpt2_config=gpt2,
+        num_classes=num_classes,
+        vocab_size=renamed["text_encoder.embeddings.word_embeddings.weight"].shape[0],
+        image_size=vit["image_size"],
+        head_dim=renamed["intermediate_layer.weight"].shape[0],
+        dropout=dropout,
+        vit_config=vit,
+        text_config=text,
+        gpt2_config=gpt2,
     )
     model = PitVQANet(config)
     expected = model.state_dict()

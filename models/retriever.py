@@ -3,6 +3,7 @@
 ``encode_text`` and ``encode_video`` are separate from scoring so that an index stores
 video encodings and a service encodes only the query.
 """
+
 from __future__ import annotations
 
 import copy
@@ -26,10 +27,27 @@ INTERACTIONS = ("dp", "ti", "wti")
 
 def _tiny_clip(vocab_size: int, image_size: int) -> dict:
     # Special ids of the tiny BPE (models.tokenizer, clip style): start 0, end 1, pad = end.
-    text = dict(vocab_size=vocab_size, bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                num_attention_heads=2, max_position_embeddings=64, hidden_act="quick_gelu")
-    vision = dict(image_size=image_size, patch_size=16, hidden_size=64, intermediate_size=128,
-                  num_hidden_layers=2, num_attention_heads=2, hidden_act="quick_gelu")
+    text = dict(
+        vocab_size=vocab_size,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        hidden_act="quick_gelu",
+    )
+    vision = dict(
+        image_size=image_size,
+        patch_size=16,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        hidden_act="quick_gelu",
+    )
     return config_dict(CLIPConfig(text_config=text, vision_config=vision, projection_dim=64))
 
 
@@ -63,11 +81,11 @@ class RetrieverConfig:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
 
     @classmethod
-    def tiny(cls, vocab_size: int = 1000, image_size: int = 64, **kw) -> "RetrieverConfig":
+    def tiny(cls, vocab_size: int = 1000, image_size: int = 64, **kw) -> RetrieverConfig:
         return cls(clip_config=_tiny_clip(vocab_size, image_size), **kw)
 
     @classmethod
-    def base(cls, clip_path: str, **kw) -> "RetrieverConfig":
+    def base(cls, clip_path: str, **kw) -> RetrieverConfig:
         """CLIP (reference: ViT-B/32) from a local HF folder or OpenAI's ``ViT-B-32.pt``."""
         if Path(clip_path).is_file():
             clip_config = openai_clip.clip_config(openai_clip.read_state_dict(clip_path))
@@ -94,7 +112,13 @@ class TemporalTransformer(nn.Module):
     initialised from CLIP's text layers 0..n-1 as CLIP4Clip does.
     """
 
-    def __init__(self, text_config: CLIPTextConfig, num_layers: int, positions: int, layer_norm_eps: float = 1e-12):
+    def __init__(
+        self,
+        text_config: CLIPTextConfig,
+        num_layers: int,
+        positions: int,
+        layer_norm_eps: float = 1e-12,
+    ):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(positions, text_config.hidden_size)
         layer_config = copy.deepcopy(text_config)  # keeps the attention implementation
@@ -149,29 +173,44 @@ class Retriever(nn.Module):
                     f"seqTransf needs CLIP's text width ({text_config.hidden_size}) to equal its "
                     f"projection dim ({dim})"
                 )
-            self.temporal = TemporalTransformer(text_config, config.temporal_layers,
-                                                config.frame_positions or config.max_frames,
-                                                config.temporal_layer_norm_eps)
+            self.temporal = TemporalTransformer(
+                text_config,
+                config.temporal_layers,
+                config.frame_positions or config.max_frames,
+                config.temporal_layer_norm_eps,
+            )
             if config.clip_path:
                 self.temporal.init_from_clip_text(self.clip)
-        self.head = WTIHead(dim, config.interaction, arch=config.wti_arch) if config.interaction != "dp" else None
+        self.head = (
+            WTIHead(dim, config.interaction, arch=config.wti_arch)
+            if config.interaction != "dp"
+            else None
+        )
 
     @property
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every token's projected state after the final layer norm: ``[A, L, D]`` and mask ``[A, L]``."""
-        hidden = self.clip.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.clip.text_model(
+            input_ids=input_ids, attention_mask=attention_mask
+        ).last_hidden_state
         return self.clip.text_projection(hidden), attention_mask  # (A, L, D)
 
-    def encode_video(self, pixel_values: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_video(
+        self, pixel_values: torch.Tensor, frame_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """pixel_values ``[V, F, 3, H, W]`` -> per-frame features ``[V, F, D]`` and mask ``[V, F]``.
 
         Each frame's CLS state after the post layer norm, projected, then the temporal header.
         """
         V, num_frames = pixel_values.shape[:2]
-        pooled = self.clip.vision_model(pixel_values=pixel_values.flatten(0, 1)).pooler_output  # (V*F, Dv)
+        pooled = self.clip.vision_model(
+            pixel_values=pixel_values.flatten(0, 1)
+        ).pooler_output  # (V*F, Dv)
         frames = self.clip.visual_projection(pooled).view(V, num_frames, -1)  # (V, F, D)
         if self.temporal is not None:
             frames = self.temporal(frames, frame_mask)

@@ -17,6 +17,7 @@ Here every name the pickle asks for is one of three things:
 ``state_dict`` then walks the records of a pickled ``nn.Module`` (eager or TorchScript)
 to the ``name -> tensor`` mapping ``module.state_dict()`` would have given.
 """
+
 from __future__ import annotations
 
 import _compat_pickle
@@ -80,7 +81,11 @@ class _StorageType:
 
 def _encode(text: str, encoding: str = "utf-8") -> bytes:
     """``_codecs.encode`` as protocol-2 pickles use it for bytes, for plain text codecs only."""
-    if not isinstance(text, str) or encoding.lower().replace("-", "") not in ("latin1", "utf8", "ascii"):
+    if not isinstance(text, str) or encoding.lower().replace("-", "") not in (
+        "latin1",
+        "utf8",
+        "ascii",
+    ):
         raise UnsafeFile(f"it asks to encode with {encoding!r:.40}")
     return text.encode(encoding)
 
@@ -91,9 +96,16 @@ def _rebuild_from_type_v2(func, new_type, args, state):
 
 
 _STORAGE_DTYPES = {
-    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
-    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
 }
 _ALLOWED = {
     ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
@@ -106,27 +118,97 @@ _ALLOWED = {
     ("torch", "device"): torch.device,
     ("collections", "OrderedDict"): collections.OrderedDict,
     # TorchScript's list and type-tag builders: each returns its data argument.
-    **{("torch.jit._pickle", name): (lambda data, *_: data) for name in (
-        "build_intlist", "build_doublelist", "build_boollist", "build_tensorlist", "build_complexlist",
-        "restore_type_tag")},
-    **{("builtins", t.__name__): t for t in (set, frozenset, list, dict, tuple, slice, complex, bytearray, bytes,
-                                             int, float, str, bool, range)},
+    **{
+        ("torch.jit._pickle", name): (lambda data, *_: data)
+        for name in (
+            "build_intlist",
+            "build_doublelist",
+            "build_boollist",
+            "build_tensorlist",
+            "build_complexlist",
+            "restore_type_tag",
+        )
+    },
+    **{
+        ("builtins", t.__name__): t
+        for t in (
+            set,
+            frozenset,
+            list,
+            dict,
+            tuple,
+            slice,
+            complex,
+            bytearray,
+            bytes,
+            int,
+            float,
+            str,
+            bool,
+            range,
+        )
+    },
 }
 # Modules whose names exist to run code, touch files or processes, or load more pickles.
 _REFUSED_MODULES = {
-    "os", "posix", "nt", "subprocess", "sys", "builtins", "__builtin__", "importlib", "runpy", "shutil", "socket",
-    "pty", "code", "codeop", "ctypes", "marshal", "pickle", "_pickle", "dill", "webbrowser", "multiprocessing",
-    "signal", "types", "tempfile", "asyncio", "platform", "pathlib", "io", "_io", "commands", "popen2", "timeit",
-    "pdb", "bdb", "inspect", "operator", "functools", "torch.hub", "torch.jit", "torch._C", "torch.ops",
-    "torch.serialization", "numpy.lib.npyio", "numpy.testing",
+    "os",
+    "posix",
+    "nt",
+    "subprocess",
+    "sys",
+    "builtins",
+    "__builtin__",
+    "importlib",
+    "runpy",
+    "shutil",
+    "socket",
+    "pty",
+    "code",
+    "codeop",
+    "ctypes",
+    "marshal",
+    "pickle",
+    "_pickle",
+    "dill",
+    "webbrowser",
+    "multiprocessing",
+    "signal",
+    "types",
+    "tempfile",
+    "asyncio",
+    "platform",
+    "pathlib",
+    "io",
+    "_io",
+    "commands",
+    "popen2",
+    "timeit",
+    "pdb",
+    "bdb",
+    "inspect",
+    "operator",
+    "functools",
+    "torch.hub",
+    "torch.jit",
+    "torch._C",
+    "torch.ops",
+    "torch.serialization",
+    "numpy.lib.npyio",
+    "numpy.testing",
 }
-_REFUSED_NAMES = {("torch", "load"), ("torch", "save"), ("numpy", "load"), ("torch", "_load_global_deps")}
+_REFUSED_NAMES = {
+    ("torch", "load"),
+    ("torch", "save"),
+    ("numpy", "load"),
+    ("torch", "_load_global_deps"),
+}
 
 
 def _refused(module: str, name: str) -> bool:
     top = module.split(".")
-    return ((module, name) in _REFUSED_NAMES
-            or any(".".join(top[:i]) in _REFUSED_MODULES for i in range(1, len(top) + 1)))
+    return (module, name) in _REFUSED_NAMES or any(
+        ".".join(top[:i]) in _REFUSED_MODULES for i in range(1, len(top) + 1)
+    )
 
 
 class _Unpickler(pickle.Unpickler):
@@ -151,7 +233,9 @@ class _Unpickler(pickle.Unpickler):
             # A name that runs code may still be referenced as a value (HF models keep
             # torch._C._nn.gelu as an attribute); calling it is what gets the file refused.
             base = _Refused if _refused(module, name) else Record
-            self._records[qualname] = type(name, (base,), {"qualname": qualname, "__module__": "inert"})
+            self._records[qualname] = type(
+                name, (base,), {"qualname": qualname, "__module__": "inert"}
+            )
         return self._records[qualname]
 
     def persistent_load(self, pid):
@@ -162,7 +246,11 @@ class _Unpickler(pickle.Unpickler):
         if not isinstance(dtype, torch.dtype):
             raise UnsafeFile(f"storage of unknown type {storage_type!r:.80}")
         raw = self._storages(str(key))
-        untyped = torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage() if raw else torch.UntypedStorage(0)
+        untyped = (
+            torch.frombuffer(bytearray(raw), dtype=torch.uint8).untyped_storage()
+            if raw
+            else torch.UntypedStorage(0)
+        )
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
@@ -172,14 +260,18 @@ def load(path: str | Path):
     names code to run, ``ValueError`` for one that is not a PyTorch zip archive."""
     path = Path(path)
     if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path} is not a PyTorch zip archive (torch.save since 1.6, or TorchScript)")
+        raise ValueError(
+            f"{path} is not a PyTorch zip archive (torch.save since 1.6, or TorchScript)"
+        )
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
         if not pickles:
             raise ValueError(f"{path} holds no data.pkl: not a PyTorch archive")
         root = pickles[0][: -len("data.pkl")]
-        byteorder = archive.read(root + "byteorder").decode() if root + "byteorder" in names else "little"
+        byteorder = (
+            archive.read(root + "byteorder").decode() if root + "byteorder" in names else "little"
+        )
         if byteorder != "little":
             raise ValueError(f"{path}: big-endian archives are not supported")
 
@@ -251,5 +343,7 @@ def read(path: str | Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means: not a file torch can read safely
-        raise ValueError(f"{path}: not a PyTorch file that can be read without running code "
-                         f"({type(err).__name__})") from None
+        raise ValueError(
+            f"{path}: not a PyTorch file that can be read without running code "
+            f"({type(err).__name__})"
+        ) from None

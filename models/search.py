@@ -15,6 +15,7 @@ frame-major slab (``InvertedLists``), which the kernel reads with no gather or t
 re-scored (kept for ``bench/search.py``, which measures both and the peer, and chose
 ``probe_lists``).
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,7 @@ MIN_CANDIDATES = 256
 CANDIDATE_FRACTION = 0.03
 
 
-def candidate_count(shard_size: int, top_k: int, lists: "InvertedLists | None" = None) -> int:
+def candidate_count(shard_size: int, top_k: int, lists: InvertedLists | None = None) -> int:
     """Videos re-scored exactly by default: those of ``probe_lists`` lists of average size
     (with lists), else the pooled scan's best ``max(MIN_CANDIDATES, CANDIDATE_FRACTION)``."""
     if lists is not None:
@@ -67,8 +68,9 @@ class InvertedLists:
     shape: tuple[int, int]  # (F, D)
 
     @staticmethod
-    def build(lists: np.ndarray, centroids: np.ndarray, frames: torch.Tensor,
-              weights: torch.Tensor) -> tuple[np.ndarray, "InvertedLists"]:
+    def build(
+        lists: np.ndarray, centroids: np.ndarray, frames: torch.Tensor, weights: torch.Tensor
+    ) -> tuple[np.ndarray, InvertedLists]:
         """(the row order that groups ``lists``, the lists of ``frames [V, F, D]`` in that order)."""
         order = np.argsort(lists, kind="stable")
         counts = np.bincount(lists, minlength=len(centroids))
@@ -78,7 +80,9 @@ class InvertedLists:
         rows = torch.from_numpy(order).to(frames.device)
         for k in np.flatnonzero(counts):
             lo, hi = offsets[k], offsets[k + 1]
-            slabs[lo * F * D : hi * F * D].view(F, hi - lo, D).copy_(frames[rows[lo:hi]].transpose(0, 1))
+            slabs[lo * F * D : hi * F * D].view(F, hi - lo, D).copy_(
+                frames[rows[lo:hi]].transpose(0, 1)
+            )
         c = torch.from_numpy(np.asarray(centroids, np.float32)).to(frames.device)
         return order, InvertedLists(c, offsets, slabs, weights[rows], (F, D))
 
@@ -92,25 +96,50 @@ class InvertedLists:
     def probe(self, query_pooled: torch.Tensor, rows: int) -> np.ndarray:
         """The best lists for one query (``[D]``), until they hold at least ``rows`` videos."""
         sizes = np.diff(self.offsets)
-        ranked = torch.argsort(self.centroids @ query_pooled.to(self.centroids), descending=True).cpu().numpy()
+        ranked = (
+            torch.argsort(self.centroids @ query_pooled.to(self.centroids), descending=True)
+            .cpu()
+            .numpy()
+        )
         ranked = ranked[sizes[ranked] > 0]
         return ranked[: int(np.searchsorted(np.cumsum(sizes[ranked]), rows)) + 1]
 
     def rows(self, lists: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in lists]))
+        return torch.from_numpy(
+            np.concatenate([np.arange(self.offsets[k], self.offsets[k + 1]) for k in lists])
+        )
 
-    def scores(self, text: torch.Tensor, text_weight: torch.Tensor, lists: np.ndarray) -> torch.Tensor:
+    def scores(
+        self, text: torch.Tensor, text_weight: torch.Tensor, lists: np.ndarray
+    ) -> torch.Tensor:
         """Exact scores ``[A, n]`` of the videos of ``lists``, in ``rows(lists)`` order."""
         dtype = self.slabs.dtype
         text = text.to(self.slabs.device, dtype)
         text_weight = text_weight.to(self.slabs.device)
-        return torch.cat([frame_major_scores(text, text_weight, self.slab(k),
-                                             self.weights[self.offsets[k] : self.offsets[k + 1]]) for k in lists], 1)
+        return torch.cat(
+            [
+                frame_major_scores(
+                    text,
+                    text_weight,
+                    self.slab(k),
+                    self.weights[self.offsets[k] : self.offsets[k + 1]],
+                )
+                for k in lists
+            ],
+            1,
+        )
 
 
 @torch.no_grad()
-def search_lists(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Tensor, lists: InvertedLists,
-                 top_k: int, exact: bool = False, candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def search_lists(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    text_pooled: torch.Tensor,
+    lists: InvertedLists,
+    top_k: int,
+    exact: bool = False,
+    candidates: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``search`` over a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
     list order), best first. ``exact`` scores every list."""
     top_k = min(top_k, len(lists))
@@ -119,7 +148,9 @@ def search_lists(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: tor
     every = np.flatnonzero(np.diff(lists.offsets))
     best, found = [], []
     for a in range(text.shape[0]):
-        probed = every if exact or candidates >= len(lists) else lists.probe(text_pooled[a], candidates)
+        probed = (
+            every if exact or candidates >= len(lists) else lists.probe(text_pooled[a], candidates)
+        )
         scores = lists.scores(text[a : a + 1], text_weight[a : a + 1], probed)[0]
         top = scores.topk(top_k)
         best.append(top.values)
@@ -127,7 +158,9 @@ def search_lists(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: tor
     return torch.stack(best), torch.stack(found)
 
 
-def trim_padding(text: torch.Tensor, text_weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def trim_padding(
+    text: torch.Tensor, text_weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop all padded query tokens but one; the scores do not change.
 
     A padded token is an all-zero vector with weight 0 (``normalize_masked``): it adds
@@ -150,9 +183,17 @@ def top_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def search(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Tensor, frames: torch.Tensor,
-           frame_weight: torch.Tensor, frame_pooled: torch.Tensor, top_k: int, exact: bool = False,
-           candidates: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def search(
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    text_pooled: torch.Tensor,
+    frames: torch.Tensor,
+    frame_weight: torch.Tensor,
+    frame_pooled: torch.Tensor,
+    top_k: int,
+    exact: bool = False,
+    candidates: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Best ``top_k`` rows for each query, best first: (scores ``[A, k]``, row indices ``[A, k]``),
     with the pooled scan as the first stage (``search_lists`` is the inverted-list one).
 
@@ -169,7 +210,9 @@ def search(text: torch.Tensor, text_weight: torch.Tensor, text_pooled: torch.Ten
     best, found = [], []
     for a in range(text.shape[0]):
         rows = top_rows(coarse[a], max(candidates, top_k))
-        scores = token_wise_scores(text[a : a + 1], text_weight[a : a + 1], frames[rows], frame_weight[rows])[0]
+        scores = token_wise_scores(
+            text[a : a + 1], text_weight[a : a + 1], frames[rows], frame_weight[rows]
+        )[0]
         top = scores.topk(top_k)
         best.append(top.values)
         found.append(rows.to(frames.device)[top.indices])

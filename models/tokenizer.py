@@ -5,6 +5,7 @@ byte-level BPE on the dataset's own text with the ``tokenizers`` library. Both s
 with the end-of-text token, as the references do (PitVQA sets ``pad_token = eos_token``;
 HF's CLIP tokenizer pads with ``<|endoftext|>``). The attention mask tells pads apart.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -12,14 +13,24 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 STYLES = ("gpt2", "clip")
 
 
-def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str = "gpt2") -> PreTrainedTokenizerFast:
+def build_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 1000, style: str = "gpt2"
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``texts``.
 
     ``gpt2`` style: no added tokens, pad = eos = ``<|endoftext|>`` (id 0).
@@ -43,15 +54,24 @@ def build_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 1000, style: str
     bpe.train_from_iterator(texts, trainer)
     if style == "clip":
         bpe.post_processor = processors.TemplateProcessing(
-            single=f"{START} $A {END}", special_tokens=[(START, bpe.token_to_id(START)), (END, bpe.token_to_id(END))]
+            single=f"{START} $A {END}",
+            special_tokens=[(START, bpe.token_to_id(START)), (END, bpe.token_to_id(END))],
         )
-        return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=START, eos_token=END, unk_token=END, pad_token=END)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END, pad_token=END)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=bpe, bos_token=START, eos_token=END, unk_token=END, pad_token=END
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token=END, eos_token=END, unk_token=END, pad_token=END
+    )
 
 
 def _bytes_to_unicode() -> list[str]:
     """GPT-2 / CLIP's printable stand-in for each of the 256 bytes, in vocabulary order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     extra = [b for b in range(256) if b not in printable]
     return [chr(c) for c in printable] + [chr(256 + n) for n in range(len(extra))]
 
@@ -64,7 +84,8 @@ def clip_tokenizer_from_bpe(path: str | Path):
     causal and pads are masked out of scoring, so no feature of a real token changes."""
     from transformers import CLIPTokenizer
 
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     symbols = _bytes_to_unicode()
     tokens = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + [START, END]
@@ -93,5 +114,11 @@ def load_tokenizer(path: str):
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Pad/truncate to ``max_length``: ``input_ids`` and ``attention_mask``, both ``[N, max_length]``."""
-    out = tokenizer(list(texts), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    out = tokenizer(
+        list(texts),
+        padding="max_length",
+        max_length=max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
     return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}

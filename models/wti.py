@@ -12,6 +12,7 @@ Semantics kept from the reference, on purpose:
   weight 0 through a -inf logit before the softmax;
 - TI is WTI with uniform weights ``mask / count``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,15 +65,18 @@ def _block_scores(
     return (t2v + v2t) / 2
 
 
-def frame_major_scores(text: torch.Tensor, text_weight: torch.Tensor, frames: torch.Tensor,
-                       frame_weight: torch.Tensor) -> torch.Tensor:
+def frame_major_scores(
+    text: torch.Tensor, text_weight: torch.Tensor, frames: torch.Tensor, frame_weight: torch.Tensor
+) -> torch.Tensor:
     """The exact scores of ``text`` against videos held frame-major (``[F, v, D]``, as an
     index shard keeps each inverted list): the kernel of ``token_wise_scores`` without its
     per-block transpose. ``[a, v]`` in fp32."""
     return _block_scores(text, text_weight, frames, frame_weight)
 
 
-def _block_sizes(num_tokens: int, num_frames: int, device: torch.device, block_elements: int | None):
+def _block_sizes(
+    num_tokens: int, num_frames: int, device: torch.device, block_elements: int | None
+):
     budget = block_elements or (GPU_BLOCK_ELEMENTS if device.type == "cuda" else BLOCK_ELEMENTS)
     texts = max(1, min(32 if device.type != "cuda" else 256, budget // (num_tokens * num_frames)))
     videos = max(1, budget // (texts * num_tokens * num_frames))
@@ -109,11 +113,19 @@ def _column_blocks(text, text_weight, video, video_weight, block_elements, offse
             continue
         frames = video[j:end].transpose(0, 1).contiguous()  # (F, v, D)
         vw = video_weight[j:end]
-        yield j, torch.cat(
-            [
-                _block_scores(text[i : i + texts_per_block], text_weight[i : i + texts_per_block], frames, vw)
-                for i in range(0, A, texts_per_block)
-            ]
+        yield (
+            j,
+            torch.cat(
+                [
+                    _block_scores(
+                        text[i : i + texts_per_block],
+                        text_weight[i : i + texts_per_block],
+                        frames,
+                        vw,
+                    )
+                    for i in range(0, A, texts_per_block)
+                ]
+            ),
         )  # (A, v)
 
 
@@ -134,8 +146,14 @@ def token_wise_scores(
     """
     if dtype is not None:
         text, video = text.to(dtype), video.to(dtype)
-    blocks = [block for _, block in _column_blocks(text, text_weight, video, video_weight, block_elements)]
-    return torch.cat(blocks, dim=1) if blocks else text.new_zeros(text.shape[0], 0, dtype=torch.float32)
+    blocks = [
+        block for _, block in _column_blocks(text, text_weight, video, video_weight, block_elements)
+    ]
+    return (
+        torch.cat(blocks, dim=1)
+        if blocks
+        else text.new_zeros(text.shape[0], 0, dtype=torch.float32)
+    )
 
 
 @torch.no_grad()
@@ -191,7 +209,9 @@ def token_wise_true_scores(
         columns = text_column[own]
         text, video = (text, video) if dtype is None else (text.to(dtype), video.to(dtype))
         sub, sub_weight = text[own], text_weight[own]
-        for j, block in _column_blocks(sub, sub_weight, video, video_weight, block_elements, offset):
+        for j, block in _column_blocks(
+            sub, sub_weight, video, video_weight, block_elements, offset
+        ):
             here = (columns >= j) & (columns < j + block.shape[1])
             out[own[here]] = block[here.nonzero().squeeze(1), columns[here] - j]
     return out
@@ -233,7 +253,9 @@ def token_wise_rank_counts(
         texts, cols = own[here], columns[here] - j
         for k in range(0, len(texts), RANK_CHUNK):  # [A, n]: every text on n own texts' videos
             chunk = texts[k : k + RANK_CHUNK]
-            text_rank[chunk] = 1 + (block[:, cols[k : k + RANK_CHUNK]] > true_score[chunk][None, :]).sum(dim=0)
+            text_rank[chunk] = 1 + (
+                block[:, cols[k : k + RANK_CHUNK]] > true_score[chunk][None, :]
+            ).sum(dim=0)
     return higher, text_rank
 
 
@@ -258,7 +280,9 @@ class WTIHead(nn.Module):
     returns the unscaled score matrix ``[A, V]``.
     """
 
-    def __init__(self, dim: int, interaction: str = "wti", block_elements: int | None = None, arch: int = 2):
+    def __init__(
+        self, dim: int, interaction: str = "wti", block_elements: int | None = None, arch: int = 2
+    ):
         super().__init__()
         if interaction not in INTERACTIONS:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got {interaction!r}")
@@ -278,7 +302,9 @@ class WTIHead(nn.Module):
             return uniform_weights(text_mask)
         return masked_softmax(self.text_weight_fc(text_feat).squeeze(-1), text_mask)
 
-    def video_frame_weights(self, video_feat: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    def video_frame_weights(
+        self, video_feat: torch.Tensor, video_mask: torch.Tensor
+    ) -> torch.Tensor:
         """``[V, F, D]`` (un-normalised) -> ``[V, F]`` weights summing to 1 over real frames."""
         if self.interaction == "ti":
             return uniform_weights(video_mask)
@@ -290,7 +316,9 @@ class WTIHead(nn.Module):
 
     def prepare_video(self, video_feat: torch.Tensor, video_mask: torch.Tensor):
         """What the scoring needs of the videos; depends on the video only, so an index stores it."""
-        return normalize_masked(video_feat, video_mask), self.video_frame_weights(video_feat, video_mask)
+        return normalize_masked(video_feat, video_mask), self.video_frame_weights(
+            video_feat, video_mask
+        )
 
     def forward(
         self,

@@ -7,6 +7,7 @@
 Nothing starts until Serve runs the graph. A model or index that is missing does not stop
 the app: ``/healthz`` says what is loaded and the routes that need it answer 503.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,7 +32,16 @@ def build_app(args: AppArgs | dict) -> Application:
     # so that Ray spreads the shards over the nodes instead of packing them onto one.
     shard_cpus = args.shard_cpus if args.shard_cpus is not None else (0 if use_gpu else 1)
     shard_options = {"num_cpus": shard_cpus, **({"num_gpus": 1} if use_gpu else {})}
-    shards = [IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options)
-              .bind(path(args.index), i, num_shards, args.candidates) for i in range(num_shards)]
-    return Ingress.bind(path(args.checkpoint), shards, VQAModel.bind(path(args.vqa_checkpoint)),
-                        path(args.index), args.timeout_s)
+    shards = [
+        IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options).bind(
+            path(args.index), i, num_shards, args.candidates
+        )
+        for i in range(num_shards)
+    ]
+    return Ingress.bind(
+        path(args.checkpoint),
+        shards,
+        VQAModel.bind(path(args.vqa_checkpoint)),
+        path(args.index),
+        args.timeout_s,
+    )

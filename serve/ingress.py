@@ -8,6 +8,7 @@ answers.
 - anything else raised is a bug: 500 with the request id, and the traceback in this
   replica's log under that id (``ray logs`` / the Serve log files).
 """
+
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
 import asyncio
 import logging
@@ -20,20 +21,41 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
-from .schemas import ErrorResponse, Hit, SearchRequest, SearchResponse, VQARequest, VQAResponse, error
+from .schemas import (
+    ErrorResponse,
+    Hit,
+    SearchRequest,
+    SearchResponse,
+    VQARequest,
+    VQAResponse,
+    error,
+)
 
 log = logging.getLogger("ray.serve")
 
-HEALTH_TIMEOUT_S = 5.0  # /healthz: a deployment that takes longer to say how it is, is reported down
+HEALTH_TIMEOUT_S = (
+    5.0  # /healthz: a deployment that takes longer to say how it is, is reported down
+)
 
 
 def _unavailable(exc: BaseException) -> bool:
     """A replica that is gone, restarting, overloaded or too slow (not a bug): 503/partial."""
     from ray.exceptions import ActorUnavailableError, RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RequestCancelledError
+    from ray.serve.exceptions import (
+        BackPressureError,
+        DeploymentUnavailableError,
+        RequestCancelledError,
+    )
 
-    kinds = (asyncio.TimeoutError, TimeoutError, RayActorError, ActorUnavailableError, BackPressureError,
-             DeploymentUnavailableError, RequestCancelledError)
+    kinds = (
+        asyncio.TimeoutError,
+        TimeoutError,
+        RayActorError,
+        ActorUnavailableError,
+        BackPressureError,
+        DeploymentUnavailableError,
+        RequestCancelledError,
+    )
     while exc is not None:
         if isinstance(exc, kinds):
             return True
@@ -53,13 +75,19 @@ def _request_id() -> str:
 def _bug(route: str, exc: BaseException) -> JSONResponse:
     request_id = _request_id()
     log.error("%s failed (request id %s)", route, request_id, exc_info=exc)
-    return error(500, f"internal error in {route}; the server log has the traceback under request id {request_id}",
-                 request_id)
+    return error(
+        500,
+        f"internal error in {route}; the server log has the traceback under request id {request_id}",
+        request_id,
+    )
 
 
-api = FastAPI(title="vqa-wti-ray", version="1.0",
-              description="Text-to-video search (CLIP4Clip + DRL's WTI over a sharded index) and surgical VQA "
-                          "(PitVQANet).")
+api = FastAPI(
+    title="vqa-wti-ray",
+    version="1.0",
+    description="Text-to-video search (CLIP4Clip + DRL's WTI over a sharded index) and surgical VQA "
+    "(PitVQANet).",
+)
 
 
 @api.exception_handler(RequestValidationError)
@@ -69,13 +97,19 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
     problems = []
     for e in exc.errors():
         if e.get("type") == "json_invalid":
-            problems.append(f"body: malformed JSON ({e.get('ctx', {}).get('error', 'cannot parse')})")
+            problems.append(
+                f"body: malformed JSON ({e.get('ctx', {}).get('error', 'cannot parse')})"
+            )
             continue
         where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         problems.append(f"{where}: {e.get('msg', 'invalid')}")
-    return JSONResponse(status_code=422, content={"error": "; ".join(problems),
-                                                  "detail": [{k: e.get(k) for k in ("loc", "msg", "type")}
-                                                             for e in exc.errors()]})
+    return JSONResponse(
+        status_code=422,
+        content={
+            "error": "; ".join(problems),
+            "detail": [{k: e.get(k) for k in ("loc", "msg", "type")} for e in exc.errors()],
+        },
+    )
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
@@ -85,7 +119,12 @@ class Ingress:
         from .replicas import QueryEncoder
 
         # The query encoder lives here: a query costs one replica call fewer (BENCHMARKS.md).
-        self.encoder, self.shards, self.vqa, self.index = QueryEncoder(checkpoint), shards, vqa, Path(index)
+        self.encoder, self.shards, self.vqa, self.index = (
+            QueryEncoder(checkpoint),
+            shards,
+            vqa,
+            Path(index),
+        )
         self.timeout_s = timeout_s  # AppArgs.timeout_s
         self.html = Path(__file__).with_name("page.html").read_text()
         self.thumbnails = None
@@ -139,23 +178,41 @@ class Ingress:
         served = {s.get("version") for s in up}
         return {
             "status": "ok" if ready else "degraded",
-            "search": {**encoder, "index": str(self.index),
-                       # What the shards serve: one version once every shard holds it (else null
-                       # while they load it), and the videos in it.
-                       "index_version": served.pop() if len(served) == 1 and len(up) == len(shards) else None,
-                       "index_size": sum(s["rows"] for s in up),
-                       "index_on_disk": {"version": manifest.get("version"), "count": manifest.get("count", 0)},
-                       "shards": len(self.shards), "shards_up": len(up), "shard_rows": [s.get("rows", 0) for s in shards],
-                       "shard_versions": [s.get("versions", []) for s in shards],
-                       "shard_nodes": [s.get("node") for s in shards],
-                       "problems": sorted({s["problem"] for s in shards if s.get("problem")})},
+            "search": {
+                **encoder,
+                "index": str(self.index),
+                # What the shards serve: one version once every shard holds it (else null
+                # while they load it), and the videos in it.
+                "index_version": served.pop()
+                if len(served) == 1 and len(up) == len(shards)
+                else None,
+                "index_size": sum(s["rows"] for s in up),
+                "index_on_disk": {
+                    "version": manifest.get("version"),
+                    "count": manifest.get("count", 0),
+                },
+                "shards": len(self.shards),
+                "shards_up": len(up),
+                "shard_rows": [s.get("rows", 0) for s in shards],
+                "shard_versions": [s.get("versions", []) for s in shards],
+                "shard_nodes": [s.get("node") for s in shards],
+                "problems": sorted({s["problem"] for s in shards if s.get("problem")}),
+            },
             "vqa": vqa,
         }
 
-    @api.post("/search", response_model=SearchResponse,
-              responses={422: {"description": "bad input", "model": ErrorResponse},
-                         500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
-                         503: {"description": "model or index missing, or every shard down", "model": ErrorResponse}})
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        responses={
+            422: {"description": "bad input", "model": ErrorResponse},
+            500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
+            503: {
+                "description": "model or index missing, or every shard down",
+                "model": ErrorResponse,
+            },
+        },
+    )
     async def search(self, request: SearchRequest):
         from models.search import merge
 
@@ -168,8 +225,15 @@ class Ingress:
             return error(503, query["problem"])
         version = self._version()
         answers = await asyncio.gather(
-            *(asyncio.wait_for(shard.search.remote(query, request.top_k, request.exact, version), self.timeout_s)
-              for shard in self.shards), return_exceptions=True)
+            *(
+                asyncio.wait_for(
+                    shard.search.remote(query, request.top_k, request.exact, version),
+                    self.timeout_s,
+                )
+                for shard in self.shards
+            ),
+            return_exceptions=True,
+        )
         for i, answer in enumerate(answers):
             if isinstance(answer, dict) and "newest" in answer:
                 self._saw(i, answer["newest"])
@@ -186,20 +250,31 @@ class Ingress:
             if isinstance(answer, BaseException):
                 log.warning("an index shard did not answer: %r", answer)
         hits = merge([a["hits"] for a in live], request.top_k)
-        return SearchResponse(results=[Hit(video_id=v, score=s) for v, s in hits], partial=len(live) < len(answers),
-                              missing_shards=len(answers) - len(live), exact=request.exact,
-                              index_version=min(a["version"] for a in live),
-                              took_ms=round(1000 * (time.perf_counter() - started), 2))
+        return SearchResponse(
+            results=[Hit(video_id=v, score=s) for v, s in hits],
+            partial=len(live) < len(answers),
+            missing_shards=len(answers) - len(live),
+            exact=request.exact,
+            index_version=min(a["version"] for a in live),
+            took_ms=round(1000 * (time.perf_counter() - started), 2),
+        )
 
-    @api.post("/vqa", response_model=VQAResponse,
-              responses={400: {"description": "the image does not decode", "model": ErrorResponse},
-                         413: {"description": "image too large", "model": ErrorResponse},
-                         422: {"description": "bad input", "model": ErrorResponse},
-                         500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
-                         503: {"description": "model missing or not answering", "model": ErrorResponse}})
+    @api.post(
+        "/vqa",
+        response_model=VQAResponse,
+        responses={
+            400: {"description": "the image does not decode", "model": ErrorResponse},
+            413: {"description": "image too large", "model": ErrorResponse},
+            422: {"description": "bad input", "model": ErrorResponse},
+            500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
+            503: {"description": "model missing or not answering", "model": ErrorResponse},
+        },
+    )
     async def vqa(self, request: VQARequest):
         try:
-            out = await asyncio.wait_for(self.vqa.answer.remote((request.image, request.question)), self.timeout_s)
+            out = await asyncio.wait_for(
+                self.vqa.answer.remote((request.image, request.question)), self.timeout_s
+            )
         except Exception as err:
             if not _unavailable(err):
                 return _bug("/vqa", err)
@@ -210,11 +285,16 @@ class Ingress:
             return error(out["status"], out["error"])
         return VQAResponse(**out)
 
-    @api.get("/thumbnail/{video_id}", responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id"}})
+    @api.get(
+        "/thumbnail/{video_id}",
+        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id"}},
+    )
     def thumbnail(self, video_id: str):
         """One frame of an indexed video, looked up by id in the index (never a path)."""
         store = self._thumbnails()
         data = store.get(video_id) if store else None
         if data is None:
             return error(404, f"no thumbnail for video id {video_id!r}")
-        return Response(content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
+        return Response(
+            content=data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+        )

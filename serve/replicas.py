@@ -11,6 +11,7 @@ What a replica cannot do *by design* (its checkpoint or index is missing) it ans
 ``{"problem": ...}`` and the ingress turns into a 503 that names the command to run. Anything
 it raises is a bug: the ingress answers 500 with the request id and logs the traceback.
 """
+
 from __future__ import annotations
 
 import base64
@@ -60,8 +61,12 @@ class _CheckpointReplica:
             self.problem = _missing(what, self.checkpoint, command)
 
     def info(self) -> dict:
-        return {"loaded": self.model is not None, "checkpoint": str(self.checkpoint), "node": _node(),
-                "problem": self.problem}
+        return {
+            "loaded": self.model is not None,
+            "checkpoint": str(self.checkpoint),
+            "node": _node(),
+            "problem": self.problem,
+        }
 
 
 class QueryEncoder(_CheckpointReplica):
@@ -97,16 +102,27 @@ class ShardView:
         self.rows = len(rows) if rows is not None else 0
         if not self.rows:
             return
-        if centroids is None or rows.lists is None:  # an index written before the lists: make them here
+        if (
+            centroids is None or rows.lists is None
+        ):  # an index written before the lists: make them here
             centroids = train_centroids(rows.pooled, num_lists(len(rows)))
             rows.lists = nearest_centroid(rows.pooled, centroids)
-        dtype = torch.float16 if device == "cuda" else torch.float32  # the CPU has no fast fp16 matmul
-        order, self.lists = InvertedLists.build(rows.lists, centroids, torch.from_numpy(rows.frames).to(device, dtype),
-                                                torch.from_numpy(rows.weights).to(device))
+        dtype = (
+            torch.float16 if device == "cuda" else torch.float32
+        )  # the CPU has no fast fp16 matmul
+        order, self.lists = InvertedLists.build(
+            rows.lists,
+            centroids,
+            torch.from_numpy(rows.frames).to(device, dtype),
+            torch.from_numpy(rows.weights).to(device),
+        )
         self.ids = [rows.video_ids[i] for i in order]
         first = int(np.flatnonzero(np.diff(self.lists.offsets))[0])
-        self.probe_query = (self.lists.slab(first)[:, :1].transpose(0, 1).float(),  # a video's frames as the query
-                            self.lists.weights[:1], torch.from_numpy(np.asarray(centroids[first], np.float32))[None])
+        self.probe_query = (
+            self.lists.slab(first)[:, :1].transpose(0, 1).float(),  # a video's frames as the query
+            self.lists.weights[:1],
+            torch.from_numpy(np.asarray(centroids[first], np.float32))[None],
+        )
         self.probe = self.run_probe()  # what the health check must get again
 
     def search(self, tokens, weights, pooled, top_k: int, exact: bool) -> list[tuple[str, float]]:
@@ -114,7 +130,9 @@ class ShardView:
 
         if not self.rows:
             return []
-        scores, rows = search_lists(tokens, weights, pooled, self.lists, top_k, exact, self.candidates)
+        scores, rows = search_lists(
+            tokens, weights, pooled, self.lists, top_k, exact, self.candidates
+        )
         return [(self.ids[r], s) for r, s in zip(rows[0].tolist(), scores[0].float().tolist())]
 
     def run_probe(self) -> list[tuple[str, float]]:
@@ -122,7 +140,9 @@ class ShardView:
         return self.search(*self.probe_query, 5, False)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30
+)
 class IndexShard:
     """Part of every storage shard of the index (``models.index.serving_parts``); answers its
     own top-k. It follows the index as it changes: every ``POLL_S`` seconds it looks for a new
@@ -134,7 +154,12 @@ class IndexShard:
 
         from models.index import IndexReader
 
-        self.device, self.index, self.shard, self.candidates = _setup_torch(), Path(index), shard, candidates
+        self.device, self.index, self.shard, self.candidates = (
+            _setup_torch(),
+            Path(index),
+            shard,
+            candidates,
+        )
         self.reader = IndexReader(self.index, shard, num_shards)
         self.views: dict[int, ShardView] = {}
         self.problem = None
@@ -151,14 +176,23 @@ class IndexShard:
             manifest = read_manifest(self.index)
         except FileNotFoundError:
             if not self.views:
-                self.problem = _missing("retrieval index", self.index, f"{TRAIN_RETRIEVER} (or python jobs/index.py)")
+                self.problem = _missing(
+                    "retrieval index", self.index, f"{TRAIN_RETRIEVER} (or python jobs/index.py)"
+                )
             return
         if manifest["version"] in self.views:
             return
-        centroids = np.load(self.index / manifest["centroids"]) if manifest.get("centroids") else None
-        view = ShardView(manifest["version"], self.reader.rows(manifest), centroids, self.device, self.candidates)
+        centroids = (
+            np.load(self.index / manifest["centroids"]) if manifest.get("centroids") else None
+        )
+        view = ShardView(
+            manifest["version"], self.reader.rows(manifest), centroids, self.device, self.candidates
+        )
         kept = sorted(self.views)[-1:]
-        self.views = {**{v: self.views[v] for v in kept}, view.version: view}  # one assignment: readers see old or new
+        self.views = {
+            **{v: self.views[v] for v in kept},
+            view.version: view,
+        }  # one assignment: readers see old or new
         self.problem = None
 
     def _follow(self) -> None:
@@ -169,9 +203,12 @@ class IndexShard:
             time.sleep(POLL_S)
             try:
                 self.refresh()
-            except Exception:  # a version half-deleted under us, a bad file: keep serving, try again
-                logging.getLogger("ray.serve").exception("index shard %d: loading the new index version failed",
-                                                         self.shard)
+            except (
+                Exception
+            ):  # a version half-deleted under us, a bad file: keep serving, try again
+                logging.getLogger("ray.serve").exception(
+                    "index shard %d: loading the new index version failed", self.shard
+                )
 
     def _view(self, version: int | None = None) -> ShardView | None:
         views = self.views
@@ -184,15 +221,26 @@ class IndexShard:
         view = self._view()
         if view is not None and view.rows:
             got = view.run_probe()
-            if [v for v, _ in got] != [v for v, _ in view.probe] or \
-                    not torch.allclose(torch.tensor([s for _, s in got]), torch.tensor([s for _, s in view.probe]),
-                                       atol=1e-4):
-                raise RuntimeError(f"index shard {self.shard}: the probe query answers {got}, not {view.probe}")
+            if [v for v, _ in got] != [v for v, _ in view.probe] or not torch.allclose(
+                torch.tensor([s for _, s in got]),
+                torch.tensor([s for _, s in view.probe]),
+                atol=1e-4,
+            ):
+                raise RuntimeError(
+                    f"index shard {self.shard}: the probe query answers {got}, not {view.probe}"
+                )
 
     def info(self) -> dict:
         view = self._view()
-        return {"shard": self.shard, "rows": view.rows if view else 0, "version": view.version if view else None,
-                "versions": sorted(self.views), "device": self.device, "node": _node(), "problem": self.problem}
+        return {
+            "shard": self.shard,
+            "rows": view.rows if view else 0,
+            "version": view.version if view else None,
+            "versions": sorted(self.views),
+            "device": self.device,
+            "node": _node(),
+            "problem": self.problem,
+        }
 
     def search(self, query: dict, top_k: int, exact: bool, version: int | None = None) -> dict:
         """The best ``top_k`` of this shard in ``version`` (None or a version it no longer
@@ -203,7 +251,9 @@ class IndexShard:
             return {"problem": self.problem}
         view = self._view(version)
         as_tensor = lambda name: torch.as_tensor(query[name], device=self.device).unsqueeze(0)  # noqa: E731
-        hits = view.search(as_tensor("tokens"), as_tensor("weights"), as_tensor("pooled"), top_k, exact)
+        hits = view.search(
+            as_tensor("tokens"), as_tensor("weights"), as_tensor("pooled"), top_k, exact
+        )
         return {"hits": hits, "version": view.version, "newest": max(self.views)}
 
 
@@ -230,7 +280,9 @@ def decode_image(data: str):
         if image.format not in ("PNG", "JPEG"):
             raise BadImage(400, f"image: {image.format} is not PNG or JPEG")
         if image.width * image.height > MAX_IMAGE_PIXELS:
-            raise BadImage(413, f"image: {image.width}x{image.height} is more than {MAX_IMAGE_PIXELS} pixels")
+            raise BadImage(
+                413, f"image: {image.width}x{image.height} is more than {MAX_IMAGE_PIXELS} pixels"
+            )
         image.load()
     except BadImage:
         raise
@@ -248,7 +300,9 @@ class VQAModel(_CheckpointReplica):
 
         super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA)
         if self.model is not None:
-            self.labels = read_config(self.checkpoint).get("labels") or _labels_for(self.model.config.num_classes)
+            self.labels = read_config(self.checkpoint).get("labels") or _labels_for(
+                self.model.config.num_classes
+            )
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def answer(self, items: list[tuple[str, str]]) -> list[dict]:
@@ -271,13 +325,26 @@ class VQAModel(_CheckpointReplica):
         pixels = torch.from_numpy(image_pixels(images, config.image_size)).to(self.device)
         tokens = tokenize(self.tokenizer, [items[i][1] for i in good], config.max_length)
         with torch.no_grad():
-            probs = self.model(pixels, tokens["input_ids"].to(self.device),
-                               tokens["attention_mask"].to(self.device)).softmax(-1).cpu()
+            probs = (
+                self.model(
+                    pixels,
+                    tokens["input_ids"].to(self.device),
+                    tokens["attention_mask"].to(self.device),
+                )
+                .softmax(-1)
+                .cpu()
+            )
         top = probs.topk(min(5, probs.shape[1]), dim=1)
         for row, i in enumerate(good):
-            ranked = [{"answer": self.labels[c], "score": s} for c, s in
-                      zip(top.indices[row].tolist(), top.values[row].tolist())]
-            out[i] = {"answer": ranked[0]["answer"], "confidence": ranked[0]["score"], "top": ranked}
+            ranked = [
+                {"answer": self.labels[c], "score": s}
+                for c, s in zip(top.indices[row].tolist(), top.values[row].tolist())
+            ]
+            out[i] = {
+                "answer": ranked[0]["answer"],
+                "confidence": ranked[0]["score"],
+                "top": ranked,
+            }
         return out
 
 

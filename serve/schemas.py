@@ -1,5 +1,6 @@
 """The HTTP contract: request and response bodies (pydantic; FastAPI publishes them at
 ``/docs``), the input limits, and the application's arguments."""
+
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
 from typing import Annotated
 
@@ -21,10 +22,13 @@ def not_blank(value: str, info: ValidationInfo) -> str:
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(strict=True)
-    text: Annotated[str, AfterValidator(not_blank)] = Field(min_length=1, max_length=MAX_TEXT_CHARS,
-                                                            description="the query, in words")
+    text: Annotated[str, AfterValidator(not_blank)] = Field(
+        min_length=1, max_length=MAX_TEXT_CHARS, description="the query, in words"
+    )
     top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="how many videos to return")
-    exact: bool = Field(False, description="score every video exactly instead of the two-stage search")
+    exact: bool = Field(
+        False, description="score every video exactly instead of the two-stage search"
+    )
 
 
 class Hit(BaseModel):
@@ -37,15 +41,22 @@ class SearchResponse(BaseModel):
     partial: bool = Field(description="true when some index shards did not answer")
     missing_shards: int
     exact: bool
-    index_version: int | None = Field(None, description="the index version that answered (the oldest, in the "
-                                      "moment a shard has moved on to the next)")
+    index_version: int | None = Field(
+        None,
+        description="the index version that answered (the oldest, in the "
+        "moment a shard has moved on to the next)",
+    )
     took_ms: float
 
 
 class VQARequest(BaseModel):
     model_config = ConfigDict(strict=True)
-    image: str = Field(min_length=1, description="base64 PNG or JPEG (a data: URL prefix is accepted)")
-    question: Annotated[str, AfterValidator(not_blank)] = Field(min_length=1, max_length=MAX_QUESTION_CHARS)
+    image: str = Field(
+        min_length=1, description="base64 PNG or JPEG (a data: URL prefix is accepted)"
+    )
+    question: Annotated[str, AfterValidator(not_blank)] = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS
+    )
 
 
 class Answer(BaseModel):
@@ -61,7 +72,9 @@ class VQAResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="what is wrong, in one line")
-    request_id: str | None = Field(None, description="on a 500: the id under which the replica logged the traceback")
+    request_id: str | None = Field(
+        None, description="on a 500: the id under which the replica logged the traceback"
+    )
 
 
 def error(status: int, message: str, request_id: str | None = None) -> JSONResponse:
@@ -76,14 +89,32 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     checkpoint: str = Field("runs/wti/checkpoint", description="retriever checkpoint folder")
-    index: str = Field("runs/wti/index", description="index folder written by jobs/index.py (or jobs/train.py)")
+    index: str = Field(
+        "runs/wti/index", description="index folder written by jobs/index.py (or jobs/train.py)"
+    )
     vqa_checkpoint: str = Field("runs/pitvqa/checkpoint", description="PitVQANet checkpoint folder")
-    num_shards: int | None = Field(None, ge=1, le=256,
-                                   description="index shards, one replica each (default: one per GPU, else 2)")
-    use_gpu: bool | None = Field(None, description="one GPU per shard; default: when the cluster has GPUs")
-    candidates: int | None = Field(None, ge=1, description="re-scored candidates per shard (default: models.search)")
-    timeout_s: float = Field(15.0, gt=0, description="how long a query waits for one shard (encoding included) or "
-                             "one VQA answer; a shard that takes longer is left out (\"partial\": true), a VQA "
-                             "answer that takes longer is a 503")
-    shard_cpus: float | None = Field(None, ge=0, description="CPUs reserved per shard (default: 1 without GPUs, so "
-                                     "that the shards spread over the nodes as their matmuls need; 0 with a GPU each)")
+    num_shards: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="index shards, one replica each (default: one per GPU, else 2)",
+    )
+    use_gpu: bool | None = Field(
+        None, description="one GPU per shard; default: when the cluster has GPUs"
+    )
+    candidates: int | None = Field(
+        None, ge=1, description="re-scored candidates per shard (default: models.search)"
+    )
+    timeout_s: float = Field(
+        15.0,
+        gt=0,
+        description="how long a query waits for one shard (encoding included) or "
+        'one VQA answer; a shard that takes longer is left out ("partial": true), a VQA '
+        "answer that takes longer is a 503",
+    )
+    shard_cpus: float | None = Field(
+        None,
+        ge=0,
+        description="CPUs reserved per shard (default: 1 without GPUs, so "
+        "that the shards spread over the nodes as their matmuls need; 0 with a GPU each)",
+    )

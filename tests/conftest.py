@@ -46,8 +46,14 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 2, "include_dashboard": False, "object_store_memory": 2 * 1024**3})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "object_store_memory": 2 * 1024**3,
+        },
+    )
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
     yield cluster
     ray.shutdown()
@@ -85,7 +91,9 @@ def synthetic_dir(tmp_path_factory):
 def synthetic_msrvtt(tmp_path_factory):
     from ingest.synthetic import make_msrvtt
 
-    return make_msrvtt(tmp_path_factory.mktemp("msrvtt"), num_train=12, num_test=6, seconds=4, fps=8)
+    return make_msrvtt(
+        tmp_path_factory.mktemp("msrvtt"), num_train=12, num_test=6, seconds=4, fps=8
+    )
 
 
 @pytest.fixture(scope="session")
@@ -95,11 +103,27 @@ def packed_run(ray_local, synthetic_dir, tmp_path_factory):
     epoch 2) and recovered, no index. ``test_train_job.py`` checks the recovery and the
     evaluate CLI on it; ``test_cluster_nodes.py`` compares its first epoch with the same 2
     workers spread over two nodes."""
-    from jobs import train
     from test_train_job import PACKED_MODEL, retriever_args
 
+    from jobs import train
+
     out = tmp_path_factory.mktemp("packed") / "run"
-    code = train.main(retriever_args(synthetic_dir, out, "--epochs", "2", "--num_workers", "2",
-                                     "--placement_strategy", "STRICT_PACK", "--inject_failure", "15",
-                                     "--max_failures", "1", *PACKED_MODEL, "--no-index"))
+    code = train.main(
+        retriever_args(
+            synthetic_dir,
+            out,
+            "--epochs",
+            "2",
+            "--num_workers",
+            "2",
+            "--placement_strategy",
+            "STRICT_PACK",
+            "--inject_failure",
+            "15",
+            "--max_failures",
+            "1",
+            *PACKED_MODEL,
+            "--no-index",
+        )
+    )
     return code, out

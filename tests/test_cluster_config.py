@@ -1,6 +1,7 @@
 """The cluster definitions and the shared cluster pieces: every YAML is valid for the Ray
 that is installed (its own schema files and checks), the job runtime_env ships the code and
 not the data, and the sizing rules follow the GPUs."""
+
 import copy
 import json
 import zipfile
@@ -40,7 +41,10 @@ def test_the_cloud_cluster_has_a_cpu_head_and_gpu_workers_at_this_ray_version():
     # fails with ActorUnschedulableError.
     assert head.get("CPU", 1) >= 1
     gpu_types = {name: t for name, t in types.items() if t["resources"].get("GPU", 0) > 0}
-    assert sorted(t["resources"]["GPU"] for t in gpu_types.values()) == [1, 8]  # single- and multi-GPU
+    assert sorted(t["resources"]["GPU"] for t in gpu_types.values()) == [
+        1,
+        8,
+    ]  # single- and multi-GPU
     for node_type in gpu_types.values():
         assert 0 <= node_type["min_workers"] <= node_type["max_workers"] <= config["max_workers"]
 
@@ -87,12 +91,20 @@ def test_the_job_runtime_env_ships_the_code_and_not_the_data(tmp_path):
     assert Path(env["working_dir"]) == ROOT
     # A working tree as a user has it: the code, plus data, outputs and a virtual environment.
     tree = tmp_path / "tree"
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True)
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     for name in tracked.stdout.split():
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tree / name)
-    for junk in (".venv/lib/site.py", "data_cache/clips/part-0.parquet", "runs/wti/checkpoint/model.safetensors",
-                 "runs/wti/index/shard_000/frames.npy", "videos/video0.mp4", "bench/results/search.json"):
+    for junk in (
+        ".venv/lib/site.py",
+        "data_cache/clips/part-0.parquet",
+        "runs/wti/checkpoint/model.safetensors",
+        "runs/wti/index/shard_000/frames.npy",
+        "videos/video0.mp4",
+        "bench/results/search.json",
+    ):
         (tree / junk).parent.mkdir(parents=True, exist_ok=True)
         (tree / junk).write_bytes(b"x" * 1000)
     package = tmp_path / "package.zip"

@@ -1,14 +1,15 @@
 """Several Ray nodes on one machine (the session's head plus two worker nodes from
 ``ray.cluster_utils.Cluster``): decoding spreads over nodes, training places its workers on
 two nodes and learns as it does on one, and a run that loses a node resumes and finishes."""
+
 import json
 import threading
 import time
 
 import pytest
+from test_train_job import PACKED_MODEL, history, retriever_args
 
 from jobs import train
-from test_train_job import PACKED_MODEL, history, retriever_args
 
 pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
@@ -22,10 +23,16 @@ def ray_state() -> str:
     from ray._private.state import actors, available_resources_per_node
 
     free = {node[:8]: res.get("CPU", 0.0) for node, res in available_resources_per_node().items()}
-    alive = sorted(f"{a['ActorClassName']}@{a['Address'].get('NodeID', '')[:8]}" for a in actors().values()
-                   if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING"))
-    groups = [(pg["state"], pg["strategy"]) for pg in ray.util.placement_group_table().values()
-              if pg["state"] != "REMOVED"]
+    alive = sorted(
+        f"{a['ActorClassName']}@{a['Address'].get('NodeID', '')[:8]}"
+        for a in actors().values()
+        if a.get("State") in ("ALIVE", "PENDING_CREATION", "RESTARTING")
+    )
+    groups = [
+        (pg["state"], pg["strategy"])
+        for pg in ray.util.placement_group_table().values()
+        if pg["state"] != "REMOVED"
+    ]
     return f"free CPUs per node {free}; actors {alive}; placement groups {groups}"
 
 
@@ -33,14 +40,23 @@ def committed_epochs(out) -> list[dict]:
     """The history rows of the latest epoch that Ray Train has committed ([] before the first)."""
     snapshot = out / "train" / "checkpoint_manager_snapshot.json"
     try:
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") if snapshot.is_file() else None
+        latest = (
+            json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+            if snapshot.is_file()
+            else None
+        )
     except ValueError:  # caught while Ray Train rewrites it
         return []
-    return json.loads((out / "train" / latest["checkpoint_dir_name"] / "history.json").read_text()) if latest else []
+    return (
+        json.loads((out / "train" / latest["checkpoint_dir_name"] / "history.json").read_text())
+        if latest
+        else []
+    )
 
 
 def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, monkeypatch):
     import ray
+
     from ingest.clips import read_clips, write_clips
     from ingest.video import ClipSpec, find_videos
 
@@ -51,8 +67,11 @@ def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, m
     # flight (2 an actor, the head's actors served first, as the blocks live there), so
     # every node gets some. The 18 clips alone (5 blocks of tiny videos) all went to the
     # head's actors, which finish a block before the executor deals the next.
-    videos = {f"{vid}_{copy}": path for vid, path in find_videos(synthetic_msrvtt / "videos").items()
-              for copy in range(3)}
+    videos = {
+        f"{vid}_{copy}": path
+        for vid, path in find_videos(synthetic_msrvtt / "videos").items()
+        for copy in range(3)
+    }
     written, report = write_clips(videos, tmp_path / "out", ClipSpec(image_size=32, max_frames=4))
     assert written == len(videos) and not report.records
     # One decoding actor per CPU: 2 on the head, 1 on each worker node.
@@ -70,9 +89,21 @@ def lost_node_run(ray_cluster, synthetic_dir, tmp_path_factory):
     nodes = [ray_cluster.add_node(num_cpus=1, object_store_memory=512 * 1024**2) for _ in range(2)]
     ray_cluster.wait_for_nodes()
     out = tmp_path_factory.mktemp("lost_node") / "run"
-    args = retriever_args(synthetic_dir, out, "--epochs", "3", "--num_workers", "2",
-                          "--placement_strategy", "STRICT_SPREAD", "--max_failures", "2", "--index", "0",
-                          *PACKED_MODEL)
+    args = retriever_args(
+        synthetic_dir,
+        out,
+        "--epochs",
+        "3",
+        "--num_workers",
+        "2",
+        "--placement_strategy",
+        "STRICT_SPREAD",
+        "--max_failures",
+        "2",
+        "--index",
+        "0",
+        *PACKED_MODEL,
+    )
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", train.main(args)))
     try:
@@ -89,8 +120,14 @@ def lost_node_run(ray_cluster, synthetic_dir, tmp_path_factory):
         ray_cluster.remove_node(lost)
         removed = time.time()
         runner.join(timeout=RESUME_BOUND_S)
-        yield {"out": out, "kept": kept, "lost": lost, "removed": removed, "code": result.get("code"),
-               "finished": not runner.is_alive()}
+        yield {
+            "out": out,
+            "kept": kept,
+            "lost": lost,
+            "removed": removed,
+            "code": result.get("code"),
+            "finished": not runner.is_alive(),
+        }
     finally:
         for node in nodes:
             if node in ray_cluster.worker_nodes:
@@ -125,16 +162,20 @@ def test_a_lost_node_mid_training_resumes_from_the_last_checkpoint(lost_node_run
     run = lost_node_run
     out, kept, lost, removed = run["out"], run["kept"], run["lost"], run["removed"]
     assert len(kept) < 3, "training finished before the node was removed"
-    assert run["finished"], (f"no finished run {RESUME_BOUND_S} s after the node was lost; epochs so far: "
-                             f"{[r['epoch'] for r in committed_epochs(out)]}; {ray_state()}")
+    assert run["finished"], (
+        f"no finished run {RESUME_BOUND_S} s after the node was lost; epochs so far: "
+        f"{[r['epoch'] for r in committed_epochs(out)]}; {ray_state()}"
+    )
     assert run["code"] == 0
     rows = history(out)
     assert [r["epoch"] for r in rows] == [1, 2, 3]
-    assert rows[:len(kept)] == kept  # the committed epochs were kept, not trained again
+    assert rows[: len(kept)] == kept  # the committed epochs were kept, not trained again
     after = [r for r in rows if lost.node_id not in r["worker_nodes"]]
     assert after and after[-1]["epoch"] == 3 and len(set(after[-1]["worker_nodes"])) == 2
     resumed = rows[len(kept)]
-    print(f"node lost after epoch {len(kept)}; epochs {[r['epoch'] for r in after]} ran without it; "
-          f"training again {resumed['time'] - resumed['seconds'] - removed:.1f} s after the loss, "
-          f"epoch {resumed['epoch']} done {resumed['time'] - removed:.1f} s after it")
+    print(
+        f"node lost after epoch {len(kept)}; epochs {[r['epoch'] for r in after]} ran without it; "
+        f"training again {resumed['time'] - resumed['seconds'] - removed:.1f} s after the loss, "
+        f"epoch {resumed['epoch']} done {resumed['time'] - removed:.1f} s after it"
+    )
     assert (out / "checkpoint" / "model.safetensors").is_file()

@@ -1,5 +1,6 @@
 """The contracts between layers: which layer imports which, how fast the entry points
 answer their flags, and that the same setting has the same default everywhere."""
+
 import ast
 import inspect
 import subprocess
@@ -10,8 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # What each layer may import from the project: data flows ingest -> models -> jobs -> serve.
-MAY_IMPORT = {"ingest": set(), "models": {"ingest"}, "jobs": {"ingest", "models", "cluster"},
-              "serve": {"ingest", "models", "cluster"}, "cluster": set()}
+MAY_IMPORT = {
+    "ingest": set(),
+    "models": {"ingest"},
+    "jobs": {"ingest", "models", "cluster"},
+    "serve": {"ingest", "models", "cluster"},
+    "cluster": set(),
+}
 
 
 def project_imports(path: Path) -> set[str]:
@@ -27,23 +33,38 @@ def project_imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
 def test_each_layer_imports_only_the_layers_below_it(layer):
-    wrong = {str(path.relative_to(ROOT)): sorted(project_imports(path) - MAY_IMPORT[layer] - {layer})
-             for path in (ROOT / layer).rglob("*.py")}
+    wrong = {
+        str(path.relative_to(ROOT)): sorted(project_imports(path) - MAY_IMPORT[layer] - {layer})
+        for path in (ROOT / layer).rglob("*.py")
+    }
     assert not {k: v for k, v in wrong.items() if v}, wrong
 
 
 def test_models_know_nothing_of_ray():
     for path in (ROOT / "models").rglob("*.py"):
         tree = ast.parse(path.read_text())
-        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
-        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        names = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        }
+        names |= {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+        }
         assert not any(name == "ray" or name.startswith("ray.") for name in names), path
 
 
 def test_train_parses_its_flags_before_loading_ray_or_torch():
-    code = ("import sys; sys.path.insert(0, '.'); from jobs import train; "
-            "train.parse_args(['--epochs', '2']); print(sorted({'ray', 'torch', 'transformers'} & set(sys.modules)))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    code = (
+        "import sys; sys.path.insert(0, '.'); from jobs import train; "
+        "train.parse_args(['--epochs', '2']); print(sorted({'ray', 'torch', 'transformers'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
@@ -52,8 +73,13 @@ def test_train_answers_help_and_bad_flags_in_under_two_seconds(argv, code):
     import time
 
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "jobs/train.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60)
+    done = subprocess.run(
+        [sys.executable, "jobs/train.py", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     seconds = time.perf_counter() - started
     assert done.returncode == code and seconds < 2.0, (seconds, done.stderr[-500:])
     if code == 2:
@@ -66,7 +92,10 @@ def test_boolean_flags_take_the_switch_and_the_references_spelling():
     assert train.parse_args([]).index is True
     for argv in (["--no-index"], ["--no_index"], ["--index", "0"]):
         assert train.parse_args(argv).index is False, argv
-    assert train.parse_args(["--use_gpu"]).use_gpu is True and train.parse_args(["--no-use_gpu"]).use_gpu is False
+    assert (
+        train.parse_args(["--use_gpu"]).use_gpu is True
+        and train.parse_args(["--no-use_gpu"]).use_gpu is False
+    )
     with pytest.raises(SystemExit):
         train.parse_args(["--index", "maybe"])
 

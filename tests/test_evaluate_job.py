@@ -1,4 +1,5 @@
 """jobs/evaluate.py on a dataset in the real MSR-VTT layout that grows between two runs."""
+
 import csv
 import json
 import shutil
@@ -18,20 +19,35 @@ def _checkpoint(folder, corpus):
 
     torch.manual_seed(0)
     tokenizer = build_bpe_tokenizer(corpus, vocab_size=300, style="clip")
-    model = Retriever(RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=32, max_words=16, max_frames=4))
+    model = Retriever(
+        RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=32, max_words=16, max_frames=4)
+    )
     return save_checkpoint(folder, model, tokenizer)
 
 
-def test_a_video_added_to_the_dataset_is_decoded_alone_and_evaluated(ray_local, synthetic_msrvtt, tmp_path, capsys):
+def test_a_video_added_to_the_dataset_is_decoded_alone_and_evaluated(
+    ray_local, synthetic_msrvtt, tmp_path, capsys
+):
     data = tmp_path / "msrvtt"
     shutil.copytree(synthetic_msrvtt, data)
     test_csv = data / "MSRVTT_JSFUSION_test.csv"
     rows = list(csv.DictReader(test_csv.open()))
     checkpoint = _checkpoint(tmp_path / "checkpoint", [r["sentence"] for r in rows] * 10)
     out = tmp_path / "eval"
-    argv = ["--checkpoint", str(checkpoint), "--train_csv", str(data / "MSRVTT_train.9k.csv"), "--val_csv",
-            str(test_csv), "--data_path", str(data / "MSRVTT_data.json"), "--features_path", str(data / "videos"),
-            "--output_dir", str(out)]
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--train_csv",
+        str(data / "MSRVTT_train.9k.csv"),
+        "--val_csv",
+        str(test_csv),
+        "--data_path",
+        str(data / "MSRVTT_data.json"),
+        "--features_path",
+        str(data / "videos"),
+        "--output_dir",
+        str(out),
+    ]
     assert evaluate.main(argv) == 0
     first = capsys.readouterr().out
     assert f"reused 0 decoded clips, decoded {len(rows)} new or changed videos" in first
@@ -45,4 +61,6 @@ def test_a_video_added_to_the_dataset_is_decoded_alone_and_evaluated(ray_local, 
     second = capsys.readouterr().out
     assert f"reused {len(rows)} decoded clips, decoded 1 new or changed videos" in second
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_videos"] == metrics["num_texts"] == len(rows) + 1  # the new video is evaluated
+    assert (
+        metrics["num_videos"] == metrics["num_texts"] == len(rows) + 1
+    )  # the new video is evaluated

@@ -1,5 +1,6 @@
 """``ray job submit --runtime-env cluster/runtime_env.yaml -- python jobs/train.py ...`` against a real local head
 node started with ``ray start --head`` (a cluster of its own, beside the tests' Ray)."""
+
 import json
 import os
 import signal
@@ -33,13 +34,35 @@ def head_node(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     # The tests' own Ray already holds the default agent ports (52365 and others); a second
     # head on the same machine needs its own, or its job agent never comes up.
-    ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+        )
+    ]
+    log = (tmp_path / "head.log").open("w")  # the child holds its own descriptor once started
     head = subprocess.Popen(
-        [RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", *ports, "--num-cpus=2",
-         "--include-dashboard=true", "--disable-usage-stats", "--block"],
-        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={gcs_port}",
+            f"--dashboard-port={dashboard_port}",
+            *ports,
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+            "--block",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
+    log.close()
     address = f"http://127.0.0.1:{dashboard_port}"
     for _ in range(90):
         try:
@@ -67,12 +90,38 @@ def test_ray_job_submit_runs_the_training_job(head_node, synthetic_dir, tmp_path
     # Ray 2.60 turns on token authentication for `ray start`; the job CLI reads the token
     # (~/.ray/auth_token) when RAY_AUTH_MODE=token.
     # The job's runtime_env ships this repository's code and leaves data and outputs behind.
-    command = [RAY, "job", "submit", "--address", address, "--runtime-env", "cluster/runtime_env.yaml", "--",
-               sys.executable, "jobs/train.py", "--synthetic_dir", str(synthetic_dir),
-               "--synthetic_train", "16", "--synthetic_test", "8", "--epochs", "1", "--batch_size", "8",
-               "--n_display", "0", "--index", "0", "--output_dir", str(out)]
+    command = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--runtime-env",
+        "cluster/runtime_env.yaml",
+        "--",
+        sys.executable,
+        "jobs/train.py",
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--synthetic_train",
+        "16",
+        "--synthetic_test",
+        "8",
+        "--epochs",
+        "1",
+        "--batch_size",
+        "8",
+        "--n_display",
+        "0",
+        "--index",
+        "0",
+        "--output_dir",
+        str(out),
+    ]
     for _ in range(30):  # the head answers HTTP a while before its job agent is up
-        done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
+        done = subprocess.run(
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480
+        )
         if "No available agent" not in done.stdout + done.stderr:
             break
         time.sleep(2)

@@ -1,4 +1,5 @@
 """Metrics on hand-made inputs whose answers are worked out by hand below."""
+
 import numpy as np
 import pytest
 
@@ -7,12 +8,14 @@ from jobs.metrics import retrieval_metrics, retrieval_ranks, vqa_metrics
 
 def test_ranks_on_a_hand_made_matrix():
     # 3 videos; texts 0,1 describe video 0, text 2 video 1, text 3 video 2.
-    sim = np.array([
-        [0.9, 0.1, 0.2],   # video 0 first              -> t2v rank 1
-        [0.3, 0.5, 0.4],   # video 0 third              -> rank 3
-        [0.8, 0.7, 0.1],   # video 1 second             -> rank 2
-        [0.2, 0.6, 0.6],   # tie with video 1: in favour -> rank 1
-    ])
+    sim = np.array(
+        [
+            [0.9, 0.1, 0.2],  # video 0 first              -> t2v rank 1
+            [0.3, 0.5, 0.4],  # video 0 third              -> rank 3
+            [0.8, 0.7, 0.1],  # video 1 second             -> rank 2
+            [0.2, 0.6, 0.6],  # tie with video 1: in favour -> rank 1
+        ]
+    )
     t2v, v2t = retrieval_ranks(sim, np.array([0, 0, 1, 2]))
     assert t2v.tolist() == [1, 3, 2, 1]
     # v2t ranks texts within a video's column; a video keeps its best caption's rank.

@@ -1,4 +1,5 @@
 """The commands users already type: the seed's PitVQA command, word for word, and CLIP flags."""
+
 import json
 import shutil
 import subprocess
@@ -8,7 +9,6 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-
 from test_train_job import VQA_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,11 +27,21 @@ def seed_run(ray_local, tmp_path_factory):
     (tmp_path / "repo" / "jobs").symlink_to(ROOT / "jobs")  # so that runs/ lands in tmp_path
     command = f"python jobs/train.py --dataset=pit24 --data_root={data_root} --epochs=60 --batch_size=64 --lr=0.00002"
     python = str(Path(sys.executable).parent)
-    done = subprocess.run(command, shell=True, cwd=tmp_path / "repo", capture_output=True, text=True, timeout=900,
-                          # Ray Train's report poll (jobs/train.py: 0.25 s unless set) is most of a
-                          # 60-epoch run this small; the command itself is as printed.
-                          env={"PATH": f"{python}:/usr/bin:/bin", "HOME": str(tmp_path),
-                               "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05"})
+    done = subprocess.run(
+        command,
+        shell=True,
+        cwd=tmp_path / "repo",
+        capture_output=True,
+        text=True,
+        timeout=900,
+        # Ray Train's report poll (jobs/train.py: 0.25 s unless set) is most of a
+        # 60-epoch run this small; the command itself is as printed.
+        env={
+            "PATH": f"{python}:/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05",
+        },
+    )
     return done, data_root, tmp_path / "repo" / "runs" / "pitvqa"
 
 
@@ -67,8 +77,21 @@ def test_pitvqa_trains_and_evaluates(seed_run):
 
     # --do_train 0 (CLIP4Clip's --do_eval): the checkpoint of this --output_dir, evaluated again.
     (run / "metrics.json").unlink()
-    assert train.main(["--dataset=pit24", f"--data_root={data_root}", "--output_dir", str(run), "--n_display", "0",
-                       "--do_train", "0"]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset=pit24",
+                f"--data_root={data_root}",
+                "--output_dir",
+                str(run),
+                "--n_display",
+                "0",
+                "--do_train",
+                "0",
+            ]
+        )
+        == 0
+    )
     again = json.loads((run / "metrics.json").read_text())
     assert again["acc"] == metrics["acc"] and again["per_type"] == metrics["per_type"]
     assert [row["epoch"] for row in rows] == list(range(1, 61))  # nothing was trained

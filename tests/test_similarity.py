@@ -1,4 +1,5 @@
 """Sharded retrieval ranks against the full matrix: same ranks, ties included."""
+
 import numpy as np
 import torch
 
@@ -21,7 +22,10 @@ def test_shard_bounds_cut_on_the_block_grid_and_cover_every_video():
     bounds = shard_bounds(1500, 3, 8, 5, use_gpu=False)  # blocks of 614 videos here
     assert bounds[0] == 0 and bounds[-1] == 1500
     assert all(b % 614 == 0 for b in bounds[:-1])
-    assert shard_bounds(10, 4, 8, 5, use_gpu=False) == [0, 10]  # fewer videos than a block: one shard
+    assert shard_bounds(10, 4, 8, 5, use_gpu=False) == [
+        0,
+        10,
+    ]  # fewer videos than a block: one shard
 
 
 def test_sharded_ranks_equal_the_full_matrix_exactly(ray_local):
@@ -34,7 +38,9 @@ def test_sharded_ranks_equal_the_full_matrix_exactly(ray_local):
     full = token_wise_scores(text, text_weight, video, video_weight).numpy()
     want_t2v, want_v2t = retrieval_ranks(full, text_video)
     for shards in (1, 3):
-        t2v, v2t, used = sharded_ranks(text, text_weight, video, video_weight, text_video, num_shards=shards)
+        t2v, v2t, used = sharded_ranks(
+            text, text_weight, video, video_weight, text_video, num_shards=shards
+        )
         assert used == shards
         np.testing.assert_array_equal(t2v, want_t2v)
         np.testing.assert_array_equal(v2t, want_v2t)
@@ -49,14 +55,20 @@ def test_ties_rank_the_true_item_first_in_both_paths(ray_local):
     text = eye[[0, 0, 2]].unsqueeze(1)  # [3, 1, 4]: one token each
     video = eye[[0, 0, 1, 2]].unsqueeze(1)  # [4, 1, 4]: one frame each
     weights_t, weights_v = torch.ones(3, 1), torch.ones(4, 1)
-    text_video = np.array([1, 2, 3])  # text 0 -> video 1 (tied with 0); text 1 -> video 2 (scores 0, two beat it)
+    text_video = np.array(
+        [1, 2, 3]
+    )  # text 0 -> video 1 (tied with 0); text 1 -> video 2 (scores 0, two beat it)
     full = token_wise_scores(text, weights_t, video, weights_v).numpy()
     assert full[0, 0] == full[0, 1] == 1.0
     t2v, v2t, _ = sharded_ranks(text, weights_t, video, weights_v, text_video, num_shards=2)
     want_t2v, want_v2t = retrieval_ranks(full, text_video)
     np.testing.assert_array_equal(t2v, want_t2v)
     np.testing.assert_array_equal(v2t, want_v2t)
-    assert t2v.tolist() == [1, 3, 1]  # tie -> 1; text 1 scores 0 on its video, videos 0 and 1 score 1
+    assert t2v.tolist() == [
+        1,
+        3,
+        1,
+    ]  # tie -> 1; text 1 scores 0 on its video, videos 0 and 1 score 1
     # v2t: video 1's column [1, 1, 0]: text 0 ties text 1 -> 1; video 2's column is all 0 -> 1;
     # video 3's column [0, 0, 1] -> 1
     assert v2t.tolist() == [1, 1, 1]

@@ -1,5 +1,6 @@
 """jobs/train.py and jobs/evaluate.py called as functions on the session's real local Ray:
 tiny models, small synthetic datasets, real Ray Train workers, real checkpoints."""
+
 import json
 
 import jsonschema
@@ -12,35 +13,72 @@ RETRIEVAL_SCHEMA = {
     "type": "object",
     "required": ["t2v", "v2t", "num_texts", "num_videos"],
     "properties": {
-        direction: {"type": "object", "required": ["R@1", "R@5", "R@10", "MdR", "MnR"],
-                    "additionalProperties": {"type": "number"}}
+        direction: {
+            "type": "object",
+            "required": ["R@1", "R@5", "R@10", "MdR", "MnR"],
+            "additionalProperties": {"type": "number"},
+        }
         for direction in ("t2v", "v2t")
     },
 }
 VQA_SCHEMA = {
     "type": "object",
-    "required": ["acc", "precision", "recall", "f1", "balanced_acc", "num_questions", "num_classes"],
-    "properties": {k: {"type": "number", "minimum": 0, "maximum": 1} for k in ("acc", "precision", "recall", "f1")},
+    "required": [
+        "acc",
+        "precision",
+        "recall",
+        "f1",
+        "balanced_acc",
+        "num_questions",
+        "num_classes",
+    ],
+    "properties": {
+        k: {"type": "number", "minimum": 0, "maximum": 1}
+        for k in ("acc", "precision", "recall", "f1")
+    },
 }
 
 
 def retriever_args(synthetic_dir, output_dir, *extra):
-    return ["--synthetic_dir", str(synthetic_dir), "--synthetic_train", "16", "--synthetic_test", "8",
-            "--output_dir", str(output_dir), "--batch_size", "8", "--n_display", "0", *extra]
+    return [
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--synthetic_train",
+        "16",
+        "--synthetic_test",
+        "8",
+        "--output_dir",
+        str(output_dir),
+        "--batch_size",
+        "8",
+        "--n_display",
+        "0",
+        *extra,
+    ]
 
 
-PACKED_MODEL = ("--interaction", "dp", "--sim_header", "meanP")  # conftest's packed run and the spread run
+PACKED_MODEL = (
+    "--interaction",
+    "dp",
+    "--sim_header",
+    "meanP",
+)  # conftest's packed run and the spread run
 
 
 def history(output_dir):
     return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
 
 
-def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_dir, tmp_path, capsys):
+def test_one_worker_trains_then_resumes_at_the_next_epoch(
+    ray_local, synthetic_dir, tmp_path, capsys
+):
     out = tmp_path / "run"
     # CDCR variant 3 (DRL's weighted one) through the real objective, every step of both runs.
     # The first run indexes nothing (the second run's index is the one checked below).
-    assert train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--cdcr", "3", "--no-index")) == 0
+    assert (
+        train.main(retriever_args(synthetic_dir, out, "--epochs", "1", "--cdcr", "3", "--no-index"))
+        == 0
+    )
     first = history(out)
     assert not (out / "index").exists()
     assert [row["epoch"] for row in first] == [1]
@@ -59,7 +97,9 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
     assert model.config.interaction == "wti" and tokenizer is not None
     metrics = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(metrics, RETRIEVAL_SCHEMA)
-    assert metrics["num_texts"] == 8 and metrics["num_videos"] == 8 and metrics["chance_R@1"] == 12.5
+    assert (
+        metrics["num_texts"] == 8 and metrics["num_videos"] == 8 and metrics["chance_R@1"] == 12.5
+    )
     for plot in ("loss.png", "recall.png"):
         assert (out / plot).stat().st_size > 1000
     assert "results in" in capsys.readouterr().out
@@ -71,20 +111,37 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(ray_local, synthetic_d
 
 
 @pytest.mark.slow
-def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(packed_run, synthetic_dir, tmp_path):
+def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(
+    packed_run, synthetic_dir, tmp_path
+):
     """One run, two checks: Ray Train recovers a worker lost at step 15 (every epoch is
     recorded), and ``jobs/evaluate.py`` rebuilds the best checkpoint from its folder alone
     and gives the training run's own numbers (sharded evaluation: tests/test_similarity.py)."""
     code, out = packed_run  # 2 workers, --inject_failure 15 --max_failures 1 --no-index
     assert code == 0
-    assert (out / ".injected_failure").exists()  # the failure really happened (step 15 is in epoch 2)
+    assert (
+        out / ".injected_failure"
+    ).exists()  # the failure really happened (step 15 is in epoch 2)
     assert [row["epoch"] for row in history(out)] == [1, 2]
     assert not (out / "index").exists()
     trained = json.loads((out / "metrics.json").read_text())
     again = tmp_path / "again"
-    code = evaluate.main(["--checkpoint", str(out / "checkpoint"), "--synthetic_dir", str(synthetic_dir),
-                          "--synthetic_train", "16", "--synthetic_test", "8", "--output_dir", str(again),
-                          "--num_shards", "3"])
+    code = evaluate.main(
+        [
+            "--checkpoint",
+            str(out / "checkpoint"),
+            "--synthetic_dir",
+            str(synthetic_dir),
+            "--synthetic_train",
+            "16",
+            "--synthetic_test",
+            "8",
+            "--output_dir",
+            str(again),
+            "--num_shards",
+            "3",
+        ]
+    )
     assert code == 0
     metrics = json.loads((again / "metrics.json").read_text())
     # Shards are cut on the kernel's column-block grid (hundreds of videos a block): 8 test
@@ -101,28 +158,56 @@ def test_endo18_trains_and_evaluates_end_to_end(ray_local, tmp_path):
 
     root = make_endo18(tmp_path / "endo18", frames=4)
     out = tmp_path / "run"
-    assert train.main(["--dataset", "endo18", "--data_root", str(root), "--epochs", "1", "--batch_size", "16",
-                       "--output_dir", str(out), "--n_display", "0", "--image_size", "32"]) == 0
+    assert (
+        train.main(
+            [
+                "--dataset",
+                "endo18",
+                "--data_root",
+                str(root),
+                "--epochs",
+                "1",
+                "--batch_size",
+                "16",
+                "--output_dir",
+                str(out),
+                "--n_display",
+                "0",
+                "--image_size",
+                "32",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(metrics, VQA_SCHEMA)
     assert metrics["num_classes"] == 18
     assert set(metrics["per_type"]) == {"organ", "action", "position"}
-    val_files = sum(1 for seq in (1, 5, 16) for _ in (root / f"seq_{seq}" / "vqa" / "Classification").glob("*_QA.txt"))
-    assert metrics["per_type"]["organ"]["num_questions"] == val_files  # one organ question per frame
+    val_files = sum(
+        1
+        for seq in (1, 5, 16)
+        for _ in (root / f"seq_{seq}" / "vqa" / "Classification").glob("*_QA.txt")
+    )
+    assert (
+        metrics["per_type"]["organ"]["num_questions"] == val_files
+    )  # one organ question per frame
     assert load_checkpoint(out / "checkpoint")[0].config.num_classes == 18
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--bogus"], "unrecognized arguments: --bogus"),
-    (["--epochs", "0"], "--epochs: must be at least 1"),
-    (["--lr", "fast"], "invalid positive_float value"),
-    (["--model", "pitvqa", "--dataset", "msrvtt"], "not a pitvqa dataset"),
-    (["--preset", "base"], "needs the local weight folder(s) --clip_path"),
-    (["--clip_path", "/no/such/folder"], "no such folder"),
-    (["--interaction", "dp", "--cdcr", "2"], "--cdcr needs token-wise features"),
-    (["--model", "pitvqa", "--dataset", "endo18"], "needs --data_root"),
-    (["--train_csv", "a.csv"], "needs all of --train_csv"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--epochs", "0"], "--epochs: must be at least 1"),
+        (["--lr", "fast"], "invalid positive_float value"),
+        (["--model", "pitvqa", "--dataset", "msrvtt"], "not a pitvqa dataset"),
+        (["--preset", "base"], "needs the local weight folder(s) --clip_path"),
+        (["--clip_path", "/no/such/folder"], "no such folder"),
+        (["--interaction", "dp", "--cdcr", "2"], "--cdcr needs token-wise features"),
+        (["--model", "pitvqa", "--dataset", "endo18"], "needs --data_root"),
+        (["--train_csv", "a.csv"], "needs all of --train_csv"),
+    ],
+)
 def test_bad_flags_exit_2_with_one_line(ray_local, tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
         code = train.main(argv + ["--output_dir", str(tmp_path)])
@@ -133,17 +218,46 @@ def test_bad_flags_exit_2_with_one_line(ray_local, tmp_path, capsys, argv, messa
 
 
 def test_both_spellings_and_the_seed_command_parse():
-    args = train.parse_args(["--dataset=pit24", "--data_root=/d", "--epochs=60", "--batch_size=64", "--lr=0.00002",
-                             "--model", "pitvqa"])
+    args = train.parse_args(
+        [
+            "--dataset=pit24",
+            "--data_root=/d",
+            "--epochs=60",
+            "--batch_size=64",
+            "--lr=0.00002",
+            "--model",
+            "pitvqa",
+        ]
+    )
     assert (args.dataset, args.epochs, args.batch_size, args.lr) == ("pit24", 60, 64, 2e-5)
-    args = train.parse_args(["--batch-size", "7", "--max-frames", "3", "--agg_module", "meanP", "--video_framerate", "2"])
-    assert (args.batch_size, args.max_frames, args.sim_header, args.feature_framerate) == (7, 3, "meanP", 2.0)
+    args = train.parse_args(
+        [
+            "--batch-size",
+            "7",
+            "--max-frames",
+            "3",
+            "--agg_module",
+            "meanP",
+            "--video_framerate",
+            "2",
+        ]
+    )
+    assert (args.batch_size, args.max_frames, args.sim_header, args.feature_framerate) == (
+        7,
+        3,
+        "meanP",
+        2.0,
+    )
 
 
 def test_fresh_forgets_the_earlier_run_in_its_storage(tmp_path):
     out, storage = tmp_path / "run", tmp_path / "storage"
-    for path in (storage / "train" / "epoch_003" / "model" / "config.json", out / "checkpoint" / "config.json",
-                 out / "history.jsonl", out / "metrics.json"):
+    for path in (
+        storage / "train" / "epoch_003" / "model" / "config.json",
+        out / "checkpoint" / "config.json",
+        out / "history.jsonl",
+        out / "metrics.json",
+    ):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("{}")
     args = train.parse_args(["--output_dir", str(out), "--storage_path", str(storage), "--fresh"])
@@ -151,6 +265,10 @@ def test_fresh_forgets_the_earlier_run_in_its_storage(tmp_path):
     train.forget_run(args)
     assert not (storage / "train").exists() and not (out / "checkpoint").exists()
     assert not (out / "history.jsonl").exists()
-    assert (out / "metrics.json").exists()  # replaced by the new run's evaluation, not deleted up front
+    assert (
+        out / "metrics.json"
+    ).exists()  # replaced by the new run's evaluation, not deleted up front
     assert train.parse_args(["--output_dir", str(out)]).storage_path == str(out)  # the default
-    assert train.parse_args(["--storage_path", "s3://bucket/runs"]).storage_path == "s3://bucket/runs"
+    assert (
+        train.parse_args(["--storage_path", "s3://bucket/runs"]).storage_path == "s3://bucket/runs"
+    )

@@ -1,5 +1,6 @@
 """Per-epoch retrieval validation on several Ray Train workers: every row is scored, and the
 metrics equal the single-process full matrix's on the same model and rows."""
+
 import json
 from pathlib import Path
 
@@ -16,15 +17,25 @@ def _rows():
     pixels = rng.normal(size=(NUM_VIDEOS, 2, 3, 32, 32)).astype(np.float32)
     ids = rng.integers(2, 60, size=(NUM_ROWS, 8))
     mask = (np.arange(8) < rng.integers(2, 9, size=(NUM_ROWS, 1))).astype(np.int64)
-    return [{"input_ids": ids[i], "attention_mask": mask[i], "pixel_values": pixels[v],
-             "frame_mask": np.ones(2, np.int64), "video_index": np.int64(v)} for i, v in enumerate(video_index)]
+    return [
+        {
+            "input_ids": ids[i],
+            "attention_mask": mask[i],
+            "pixel_values": pixels[v],
+            "frame_mask": np.ones(2, np.int64),
+            "video_index": np.int64(v),
+        }
+        for i, v in enumerate(video_index)
+    ]
 
 
 def _model():
     from models import Retriever, RetrieverConfig
 
     torch.manual_seed(0)
-    return Retriever(RetrieverConfig.tiny(vocab_size=64, image_size=32, max_words=8, max_frames=2)).eval()
+    return Retriever(
+        RetrieverConfig.tiny(vocab_size=64, image_size=32, max_words=8, max_frames=2)
+    ).eval()
 
 
 @pytest.mark.slow
@@ -37,21 +48,26 @@ def test_three_workers_score_every_validation_row(ray_local, tmp_path):
     from models import token_wise_scores
     from models.encode import encode_tokens, encode_videos
 
-    def validate_on_workers(config):  # nested: Ray pickles it by value (this module is not on the workers' path)
+    def validate_on_workers(
+        config,
+    ):  # nested: Ray pickles it by value (this module is not on the workers' path)
         import ray.train
 
         from jobs.loops import validate_retriever
         from models import Retriever, RetrieverConfig
 
         torch.manual_seed(0)
-        model = Retriever(RetrieverConfig.tiny(vocab_size=64, image_size=32, max_words=8, max_frames=2)).eval()
+        model = Retriever(
+            RetrieverConfig.tiny(vocab_size=64, image_size=32, max_words=8, max_frames=2)
+        ).eval()
         metrics = validate_retriever(model, ray.train.get_dataset_shard("val"), config)
         rank = ray.train.get_context().get_world_rank()
         (Path(config["out"]) / f"rank{rank}.json").write_text(json.dumps(metrics))
 
     rows = _rows()
     trainer = TorchTrainer(
-        validate_on_workers, train_loop_config={"batch_size_val": 4, "out": str(tmp_path)},
+        validate_on_workers,
+        train_loop_config={"batch_size_val": 4, "out": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(storage_path=str(tmp_path)),
         datasets={"val": ray_local.data.from_items(rows, override_num_blocks=7)},
@@ -70,7 +86,11 @@ def test_three_workers_score_every_validation_row(ray_local, tmp_path):
     video = encode_videos(model, stack["pixel_values"][first], stack["frame_mask"][first])
     scores = token_wise_scores(text.tokens, text.weights, video.tokens, video.weights).numpy()
     want = retrieval_metrics(scores, stack["video_index"].numpy())
-    for key, value in (("R@1", want["t2v"]["R@1"]), ("R@5", want["t2v"]["R@5"]), ("MdR", want["t2v"]["MdR"]),
-                       ("v2t_R@1", want["v2t"]["R@1"])):
+    for key, value in (
+        ("R@1", want["t2v"]["R@1"]),
+        ("R@5", want["t2v"]["R@5"]),
+        ("MdR", want["t2v"]["MdR"]),
+        ("v2t_R@1", want["v2t"]["R@1"]),
+    ):
         assert got[key] == pytest.approx(value), key
     assert 0 < want["t2v"]["R@5"] < 100  # the comparison is not trivially 0 == 0 or 100 == 100

@@ -4,6 +4,7 @@ Ray of its own (``RAY_ADDRESS=local``: the bench starts one that its stages shar
 its ``serve run`` never touches the test session's Serve. The two evaluation stages are left
 out: ``jobs/evaluate.py`` has its own end-to-end tests (tests/test_train_job.py,
 tests/test_evaluate_job.py)."""
+
 import json
 import os
 import subprocess
@@ -20,9 +21,27 @@ STAGES = {"build", "train_retriever", "index", "train_pitvqa", "serve"}
 
 def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     done = subprocess.run(
-        [sys.executable, "bench/full_size.py", "--size", "small", "--work_dir", str(tmp_path),
-         "--train_videos", "4", "--test_videos", "2", "--batch_size", "4", "--stages", ",".join(sorted(STAGES))],
-        cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_ADDRESS": "local"},
+        [
+            sys.executable,
+            "bench/full_size.py",
+            "--size",
+            "small",
+            "--work_dir",
+            str(tmp_path),
+            "--train_videos",
+            "4",
+            "--test_videos",
+            "2",
+            "--batch_size",
+            "4",
+            "--stages",
+            ",".join(sorted(STAGES)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "RAY_ADDRESS": "local"},
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # The JSON line is the last of its own; a Ray message may follow it under load.
@@ -30,7 +49,10 @@ def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     assert set(summary["stages"]) == STAGES
     assert summary["stages"]["train_retriever"]["samples_per_second"] > 0
     assert summary["stages"]["train_pitvqa"]["samples_per_second"] > 0
-    assert summary["stages"]["serve"]["search_seconds"] > 0 and summary["stages"]["serve"]["vqa_seconds"] > 0
+    assert (
+        summary["stages"]["serve"]["search_seconds"] > 0
+        and summary["stages"]["serve"]["vqa_seconds"] > 0
+    )
     # Each training run ends with its evaluation (what the evaluate stages re-run).
     assert json.loads((tmp_path / "wti" / "metrics.json").read_text())["num_videos"] == 2
     assert json.loads((tmp_path / "pitvqa" / "metrics.json").read_text())["num_classes"] == 59

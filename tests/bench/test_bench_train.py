@@ -3,11 +3,13 @@
 It runs as a user runs it, in its own process with its own Ray: Ray Train's detached
 helpers from a fit() inside the shared test Ray were seen to stall later Ray Data jobs of
 the same session (see docs/decisions.md)."""
-import pytest
+
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
 
@@ -16,9 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_train_bench_runs_both_loops():
     done = subprocess.run(
-        [sys.executable, "bench/train.py", "--steps", "3", "--epochs", "2", "--batch", "4", "--frames", "2",
-         "--size", "32", "--threads", "1"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "bench/train.py",
+            "--steps",
+            "3",
+            "--epochs",
+            "2",
+            "--batch",
+            "4",
+            "--frames",
+            "2",
+            "--size",
+            "32",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])

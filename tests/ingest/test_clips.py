@@ -1,4 +1,5 @@
 """The Ray Data clip job on a real local Ray, over real files decoded by decord."""
+
 import json
 import os
 import shutil
@@ -21,8 +22,14 @@ def test_bad_videos_are_skipped_and_reported(ray_local, synthetic_msrvtt, tmp_pa
 
     assert written == len(good)
     assert report.counts() == {"bad_video": 2, "missing_video": 1}
-    lines = [json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
-    assert sorted(os.path.basename(r["path"]) for r in lines) == ["corrupt.mp4", "empty.mp4", "missing.mp4"]
+    lines = [
+        json.loads(line) for line in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()
+    ]
+    assert sorted(os.path.basename(r["path"]) for r in lines) == [
+        "corrupt.mp4",
+        "empty.mp4",
+        "missing.mp4",
+    ]
 
     rows = read_clips(tmp_path / "out").take_all()
     assert sorted(r["video_id"] for r in rows) == sorted(good)
@@ -32,7 +39,9 @@ def test_bad_videos_are_skipped_and_reported(ray_local, synthetic_msrvtt, tmp_pa
         assert row["frames"][:4].max() > 0  # never an all-zero clip
 
 
-def test_the_cache_decodes_only_new_or_changed_videos(ray_local, synthetic_msrvtt, tmp_path, capsys):
+def test_the_cache_decodes_only_new_or_changed_videos(
+    ray_local, synthetic_msrvtt, tmp_path, capsys
+):
     """Keyed by each file's path, size and mtime: a second run reuses every clip; a new
     video and a changed one are decoded, and the changed one's old clip is never read."""
     from ingest.clips import MANIFEST, clip_ids, update_clips
@@ -45,12 +54,18 @@ def test_the_cache_decodes_only_new_or_changed_videos(ray_local, synthetic_msrvt
     assert (first.reused, first.decoded, first.report.counts()) == (0, 4, {"missing_video": 1})
 
     again = update_clips(videos, out, spec)
-    assert (again.reused, again.decoded, again.skipped) == (4, 0, 0)  # the skip was of a video not asked for now
+    assert (again.reused, again.decoded, again.skipped) == (
+        4,
+        0,
+        0,
+    )  # the skip was of a video not asked for now
 
     names = list(videos)
     new_id, changed_id = "video_new", names[0]
     shutil.copy(synthetic_msrvtt / "videos" / "video10.mp4", folder / f"{new_id}.mp4")
-    shutil.copy(synthetic_msrvtt / "videos" / "video11.mp4", videos[changed_id])  # other content, same name
+    shutil.copy(
+        synthetic_msrvtt / "videos" / "video11.mp4", videos[changed_id]
+    )  # other content, same name
     videos[new_id] = folder / f"{new_id}.mp4"
     third = update_clips(videos, out, spec)
     assert (third.reused, third.decoded) == (3, 2)
@@ -58,10 +73,14 @@ def test_the_cache_decodes_only_new_or_changed_videos(ray_local, synthetic_msrvt
 
     rows = {r["video_id"]: r for r in read_clips(out, list(videos)).take_all()}
     assert sorted(rows) == sorted(videos) and sorted(clip_ids(out, list(videos))) == sorted(videos)
-    reference = update_clips({"ref": synthetic_msrvtt / "videos" / "video11.mp4"}, tmp_path / "ref", spec)
+    reference = update_clips(
+        {"ref": synthetic_msrvtt / "videos" / "video11.mp4"}, tmp_path / "ref", spec
+    )
     assert reference.decoded == 1
     want = read_clips(tmp_path / "ref").take_all()[0]["frames"]
-    np.testing.assert_array_equal(rows[changed_id]["frames"], want)  # the new content, not the old clip
+    np.testing.assert_array_equal(
+        rows[changed_id]["frames"], want
+    )  # the new content, not the old clip
     assert json.loads((out / MANIFEST).read_text())[changed_id]["file"].startswith("part00002_")
 
 
@@ -74,7 +93,9 @@ def test_an_interrupted_update_leaves_the_previous_cache(ray_local, synthetic_ms
     spec, out = ClipSpec(image_size=16, max_frames=4), tmp_path / "cache"
     update_clips(videos, out, spec)
     stray = out / "clips" / "part00002_00000.parquet"
-    shutil.copy(next((out / "clips").glob("part00001_*.parquet")), stray)  # as if a run died before its manifest
+    shutil.copy(
+        next((out / "clips").glob("part00001_*.parquet")), stray
+    )  # as if a run died before its manifest
     assert sorted(r["video_id"] for r in read_clips(out).take_all()) == sorted(videos)
     again = update_clips(videos, out, spec)
     assert (again.reused, again.decoded) == (2, 0) and not stray.exists()

@@ -1,4 +1,5 @@
 """Normalisation and tokenization run inside Ray Data (map_batches), on a real local Ray."""
+
 from functools import partial
 
 import numpy as np
@@ -15,10 +16,23 @@ def test_qa_rows_become_model_inputs(ray_local, tmp_path, gpt2_tokenizer):
     for i in range(5):
         path = tmp_path / f"{i}.png"
         Image.fromarray(np.full((224, 224, 3), 50 * i, np.uint8)).save(path)
-        rows.append({"image": str(path), "question": "what instrument is being used", "answer": "x", "label": i})
-    batch = qa_dataset(rows, partial(tokenize, gpt2_tokenizer, max_length=30), image_size=64).take_batch(5)
-    assert batch["pixel_values"].shape == (5, 3, 64, 64) and batch["pixel_values"].dtype == np.float32
-    assert np.allclose(batch["pixel_values"].reshape(5, -1).mean(1), [50 * i / 255 for i in range(5)], atol=1e-3)
+        rows.append(
+            {
+                "image": str(path),
+                "question": "what instrument is being used",
+                "answer": "x",
+                "label": i,
+            }
+        )
+    batch = qa_dataset(
+        rows, partial(tokenize, gpt2_tokenizer, max_length=30), image_size=64
+    ).take_batch(5)
+    assert (
+        batch["pixel_values"].shape == (5, 3, 64, 64) and batch["pixel_values"].dtype == np.float32
+    )
+    assert np.allclose(
+        batch["pixel_values"].reshape(5, -1).mean(1), [50 * i / 255 for i in range(5)], atol=1e-3
+    )
     want = tokenize(gpt2_tokenizer, ["what instrument is being used"], 30)
     assert (batch["input_ids"][0] == want["input_ids"][0].numpy()).all()
     assert batch["label"].tolist() == [0, 1, 2, 3, 4]
@@ -28,7 +42,10 @@ def test_captions_are_tokenized_in_the_pipeline(ray_local, synthetic_msrvtt, cli
     pairs = read_test(synthetic_msrvtt / "MSRVTT_JSFUSION_test.csv").pairs
     rows = caption_dataset(pairs, partial(tokenize, clip_tokenizer, max_length=32)).take_all()
     assert [r["video_id"] for r in rows] == [v for v, _ in pairs]
-    assert rows[0]["input_ids"].shape == (32,) and rows[0]["input_ids"][0] == clip_tokenizer.bos_token_id
+    assert (
+        rows[0]["input_ids"].shape == (32,)
+        and rows[0]["input_ids"][0] == clip_tokenizer.bos_token_id
+    )
 
 
 def test_normalize_clips():
@@ -49,10 +66,16 @@ def test_captions_join_their_decoded_clips(ray_local, synthetic_msrvtt, clip_tok
     videos = find_videos(synthetic_msrvtt / "videos")
     videos["video0"] = tmp_path / "gone.mp4"  # this video's captions lose their clip
     write_clips(videos, tmp_path / "out", ClipSpec(image_size=16, max_frames=4))
-    pairs = read_train(synthetic_msrvtt / "MSRVTT_train.9k.csv", synthetic_msrvtt / "MSRVTT_data.json").pairs
+    pairs = read_train(
+        synthetic_msrvtt / "MSRVTT_train.9k.csv", synthetic_msrvtt / "MSRVTT_data.json"
+    ).pairs
     report = Report()
-    rows = caption_clip_dataset(pairs, read_clips(tmp_path / "out"), partial(tokenize, clip_tokenizer, max_length=16),
-                                report=report).take_all()
+    rows = caption_clip_dataset(
+        pairs,
+        read_clips(tmp_path / "out"),
+        partial(tokenize, clip_tokenizer, max_length=16),
+        report=report,
+    ).take_all()
     lost = sum(v == "video0" for v, _ in pairs)
     assert len(rows) == len(pairs) - lost and lost == 5
     assert report.counts() == {"caption_without_video": lost}

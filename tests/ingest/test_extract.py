@@ -1,4 +1,5 @@
 """PitVQA's video-to-image job on a real local Ray, over real videos."""
+
 import numpy as np
 from PIL import Image
 
@@ -25,8 +26,11 @@ def test_keeps_one_frame_per_second_with_reference_names(ray_local, tmp_path):
     write_video(tmp_path / "clip.mp4", frames, fps=5)
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     report = Report()
-    written = extract_frames({"video_03": tmp_path / "clip.mp4", "video_04": tmp_path / "broken.mp4"},
-                             tmp_path / "out", report)
+    written = extract_frames(
+        {"video_03": tmp_path / "clip.mp4", "video_04": tmp_path / "broken.mp4"},
+        tmp_path / "out",
+        report,
+    )
     names = [p.split("/")[-2] + "/" + p.split("/")[-1] for p in written]
     assert names == [f"video_03/{i:05d}.png" for i in range(4)]
     for second, path in enumerate(written):
@@ -36,9 +40,14 @@ def test_keeps_one_frame_per_second_with_reference_names(ray_local, tmp_path):
 
 def test_synthetic_pit24_tree_reads(ray_local, tmp_path):
     root = make_pit24(tmp_path, videos=3, seconds=2, fps=4)
-    assert sorted(p.name for p in (root / "images" / "video_01").iterdir()) == ["00000.png", "00001.png"]
+    assert sorted(p.name for p in (root / "images" / "video_01").iterdir()) == [
+        "00000.png",
+        "00001.png",
+    ]
     report = Report()
     rows = read_qa("pit24", root, "train", report) + read_qa("pit24", root, "val", report)
     assert report.records == []
     assert {r["image"].split("/")[-2] for r in rows} == {"video_01", "video_02", "video_03"}
-    assert {"What is the surgical phase?", "How many instruments are there?"} <= {r["question"] for r in rows}
+    assert {"What is the surgical phase?", "How many instruments are there?"} <= {
+        r["question"] for r in rows
+    }

@@ -26,22 +26,30 @@ def test_labels_match_the_reference_counts():
 def test_pit24_tree_with_every_fault(tmp_path):
     root = tmp_path
     image(root / "images/video_01/00000.png")
-    qa(root / "QA/video_01/00000.txt", [
-        "What is the surgical phase?|sellar",
-        "",
-        "a line without a separator",
-        "What is the first instrument?|no_visible_instrument",  # dropped by the reference loader
-        "What is the second instrument?|laser_sword",  # not a label
-        "Where is the suction?|top-left",
-    ])
-    qa(root / "QA/video_01/00001.txt", ["What is the surgical phase?|closure"])  # its image is missing
+    qa(
+        root / "QA/video_01/00000.txt",
+        [
+            "What is the surgical phase?|sellar",
+            "",
+            "a line without a separator",
+            "What is the first instrument?|no_visible_instrument",  # dropped by the reference loader
+            "What is the second instrument?|laser_sword",  # not a label
+            "Where is the suction?|top-left",
+        ],
+    )
+    qa(
+        root / "QA/video_01/00001.txt", ["What is the surgical phase?|closure"]
+    )  # its image is missing
     image(root / "images/video_02/00000.png")
     qa(root / "QA/video_02/00000.txt", ["What is the surgical step?|sellotomy"])
     report = Report()
     train = read_qa("pit24", root, "train", report)
     val = read_qa("pit24", root, "val", report)
     labels = load_labels("pit24")
-    assert [(r["answer"], labels[r["label"]]) for r in train] == [("sellar", "sellar"), ("top-left", "top-left")]
+    assert [(r["answer"], labels[r["label"]]) for r in train] == [
+        ("sellar", "sellar"),
+        ("top-left", "top-left"),
+    ]
     assert [r["answer"] for r in val] == ["sellotomy"]  # video 02 is validation
     assert report.counts() == {"bad_qa_line": 1, "unknown_answer": 1, "missing_image": 1}
     unknown = next(r for r in report.records if r.kind == "unknown_answer")
@@ -56,10 +64,17 @@ def test_pit24_tree_with_every_fault(tmp_path):
 def test_endo18_tree(tmp_path):
     root = tmp_path
     image(root / "seq_2/left_fr/frame000.png")
-    qa(root / "seq_2/vqa/Classification/frame000_QA.txt", ["What organ is being operated?|kidney",
-                                                            "What is the state of monopolar curved scissors?|Cutting",
-                                                            "Where is the tool?|somewhere"])
-    qa(root / "seq_2/vqa/Classification/frame001_QA.txt", ["What organ is being operated?|kidney"])  # no image
+    qa(
+        root / "seq_2/vqa/Classification/frame000_QA.txt",
+        [
+            "What organ is being operated?|kidney",
+            "What is the state of monopolar curved scissors?|Cutting",
+            "Where is the tool?|somewhere",
+        ],
+    )
+    qa(
+        root / "seq_2/vqa/Classification/frame001_QA.txt", ["What organ is being operated?|kidney"]
+    )  # no image
     image(root / "seq_1/left_fr/frame005.png")
     qa(root / "seq_1/vqa/Classification/frame005_QA.txt", ["Where is the clip applier?|left-top"])
     report = Report()

@@ -27,8 +27,11 @@ def test_captions_describe_the_video(synthetic_msrvtt):
         a = attributes[item["video_id"]]
         assert a["color"] in item["caption"] and a["shape"] in item["caption"]
         assert a["direction"] in item["caption"]
-    test_combos = [tuple(attributes[v["video_id"]][k] for k in ("color", "shape", "size", "direction"))
-                   for v in data["videos"] if v["split"] == "test"]
+    test_combos = [
+        tuple(attributes[v["video_id"]][k] for k in ("color", "shape", "size", "direction"))
+        for v in data["videos"]
+        if v["split"] == "test"
+    ]
     assert len(test_combos) == len(set(test_combos))  # each test caption has one right video
 
 
@@ -49,5 +52,11 @@ def test_first_and_second_instrument_are_what_the_frame_shows():
         areas.append(int((np.abs(patch - colour).sum(-1) <= 30).sum()))
     assert areas[0] > 2 * areas[1] > 0
     qa = dict(scene_qa(scene))
-    assert qa["What is the first instrument?"] == "suction" and qa["Where is the second instrument?"] == "bottom-right"
-    assert qa["How many instruments are there?"] == "two" and qa["What is the surgical phase?"] == "sellar"
+    assert (
+        qa["What is the first instrument?"] == "suction"
+        and qa["Where is the second instrument?"] == "bottom-right"
+    )
+    assert (
+        qa["How many instruments are there?"] == "two"
+        and qa["What is the surgical phase?"] == "sellar"
+    )

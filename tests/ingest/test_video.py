@@ -17,13 +17,23 @@ def test_sampling_one_per_second_then_uniform():
 
 
 def test_sampling_head_and_tail():
-    assert sample_indices(200, 10.0, ClipSpec(max_frames=3, slice_framepos=0)).tolist() == [0, 10, 20]
-    assert sample_indices(200, 10.0, ClipSpec(max_frames=3, slice_framepos=1)).tolist() == [170, 180, 190]
+    assert sample_indices(200, 10.0, ClipSpec(max_frames=3, slice_framepos=0)).tolist() == [
+        0,
+        10,
+        20,
+    ]
+    assert sample_indices(200, 10.0, ClipSpec(max_frames=3, slice_framepos=1)).tolist() == [
+        170,
+        180,
+        190,
+    ]
 
 
 def test_sampling_short_video_keeps_every_candidate_and_other_rates():
     assert sample_indices(35, 10.0, ClipSpec(max_frames=12)).tolist() == [0, 10, 20, 30]
-    assert sample_indices(30, 30.0, ClipSpec(feature_framerate=3, max_frames=12)).tolist() == list(range(0, 30, 10))
+    assert sample_indices(30, 30.0, ClipSpec(feature_framerate=3, max_frames=12)).tolist() == list(
+        range(0, 30, 10)
+    )
     assert sample_indices(5, 29.97, ClipSpec()).tolist() == [0]
 
 
@@ -73,7 +83,9 @@ def test_decoder_threads_are_gone_before_the_resize(moving_video, monkeypatch):
 
     during = []
     resize = ingest.video.resize_center_crop
-    monkeypatch.setattr(ingest.video, "resize_center_crop", lambda *a: during.append(threads()) or resize(*a))
+    monkeypatch.setattr(
+        ingest.video, "resize_center_crop", lambda *a: during.append(threads()) or resize(*a)
+    )
     before = threads()
     decode_clip(moving_video, ClipSpec(max_frames=4, image_size=32))
     assert during == [before]
@@ -84,7 +96,9 @@ def test_decode_uniform_cut(moving_video):
     assert mask.tolist() == [1, 1, 1]
 
 
-@pytest.mark.parametrize("content,kind", [(None, "missing_video"), (b"", "bad_video"), (b"\x00junk" * 500, "bad_video")])
+@pytest.mark.parametrize(
+    "content,kind", [(None, "missing_video"), (b"", "bad_video"), (b"\x00junk" * 500, "bad_video")]
+)
 def test_bad_videos_raise_with_kind(tmp_path, content, kind):
     path = tmp_path / "bad.mp4"
     if content is not None:

@@ -7,6 +7,7 @@ when torchvision is absent, this module gives open_clip inert stand-ins for the 
 torchvision names it imports (image transforms and a frozen BatchNorm that the ViT CLIPs
 compared here never use).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,8 +32,14 @@ def _stub_torchvision() -> None:
                 raise AttributeError(name)
             return Placeholder
 
-    for name in ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-                 "torchvision.transforms.functional", "torchvision.transforms.v2"):
+    for name in (
+        "torchvision",
+        "torchvision.ops",
+        "torchvision.ops.misc",
+        "torchvision.transforms",
+        "torchvision.transforms.functional",
+        "torchvision.transforms.v2",
+    ):
         module = Module(name)
         module.__path__ = []  # a package, so that submodules import
         sys.modules[name] = module

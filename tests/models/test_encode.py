@@ -1,4 +1,5 @@
 """models.encode: the one encoding evaluation, indexing, serving and the benchmarks use."""
+
 import pytest
 import torch
 
@@ -11,14 +12,27 @@ CAPTIONS = ["a red circle moves to the left", "a blue square moves up", "a green
 @pytest.mark.parametrize("interaction", ["dp", "ti", "wti"])
 def test_encodings_score_as_the_model_does(clip_tokenizer, interaction):
     torch.manual_seed(0)
-    model = Retriever(RetrieverConfig.tiny(vocab_size=len(clip_tokenizer), max_frames=4, max_words=16,
-                                           sim_header="meanP", interaction=interaction)).eval()
+    model = Retriever(
+        RetrieverConfig.tiny(
+            vocab_size=len(clip_tokenizer),
+            max_frames=4,
+            max_words=16,
+            sim_header="meanP",
+            interaction=interaction,
+        )
+    ).eval()
     pixels = torch.randn(3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     texts = encode_texts(model, clip_tokenizer, CAPTIONS)
-    videos = encode_videos(model, pixels.numpy(), frame_mask.numpy())  # arrays, as Ray Data hands them
+    videos = encode_videos(
+        model, pixels.numpy(), frame_mask.numpy()
+    )  # arrays, as Ray Data hands them
     frames = 1 if interaction == "dp" else 4
-    assert texts.tokens.shape == (3, 1 if interaction == "dp" else 16, 64) and videos.tokens.shape == (3, frames, 64)
+    assert texts.tokens.shape == (
+        3,
+        1 if interaction == "dp" else 16,
+        64,
+    ) and videos.tokens.shape == (3, frames, 64)
     # The kernel on the encodings gives the model's own scores.
     ids = tokenize(clip_tokenizer, CAPTIONS, 16)
     with torch.no_grad():
@@ -28,4 +42,7 @@ def test_encodings_score_as_the_model_does(clip_tokenizer, interaction):
     # The pooled vector is the unit-length weighted mean of the prepared tokens.
     mean = torch.einsum("ntd,nt->nd", videos.tokens, videos.weights)
     torch.testing.assert_close(videos.pooled, mean / mean.norm(dim=-1, keepdim=True))
-    assert set(texts.numpy()) == {"tokens", "weights", "pooled"} and texts.numpy()["tokens"].dtype.name == "float32"
+    assert (
+        set(texts.numpy()) == {"tokens", "weights", "pooled"}
+        and texts.numpy()["tokens"].dtype.name == "float32"
+    )

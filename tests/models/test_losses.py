@@ -20,7 +20,10 @@ def test_info_nce_is_symmetric_cross_entropy():
 
 def test_logit_scale_is_clamped_to_100():
     scores = torch.randn(4, 4)
-    assert torch.allclose(info_nce(scores, torch.tensor(math.log(1000.0))), info_nce(scores, torch.tensor(math.log(100.0))))
+    assert torch.allclose(
+        info_nce(scores, torch.tensor(math.log(1000.0))),
+        info_nce(scores, torch.tensor(math.log(100.0))),
+    )
     param = torch.nn.Parameter(torch.tensor(math.log(500.0)))
     clamp_logit_scale_(param)
     assert math.isclose(param.exp().item(), 100.0, rel_tol=1e-5)
@@ -53,13 +56,24 @@ def best_pairs(text, text_mask, video, video_mask):
     tokens, token_frames, frames, frame_tokens, tw_index, vw_index = [], [], [], [], [], []
     for b in range(text.shape[0]):
         sim = text[b] @ video[b].T  # padded rows/cols are zero vectors -> 0, as in DRL
-        for l in range(text.shape[1]):
-            if text_mask[b, l]:
-                tokens.append(text[b, l]); token_frames.append(video[b, sim[l].argmax()]); tw_index.append((b, l))
+        for t in range(text.shape[1]):
+            if text_mask[b, t]:
+                tokens.append(text[b, t])
+                token_frames.append(video[b, sim[t].argmax()])
+                tw_index.append((b, t))
         for f in range(video.shape[1]):
             if video_mask[b, f]:
-                frames.append(video[b, f]); frame_tokens.append(text[b, sim[:, f].argmax()]); vw_index.append((b, f))
-    return torch.stack(tokens), torch.stack(token_frames), torch.stack(frames), torch.stack(frame_tokens), tw_index, vw_index
+                frames.append(video[b, f])
+                frame_tokens.append(text[b, sim[:, f].argmax()])
+                vw_index.append((b, f))
+    return (
+        torch.stack(tokens),
+        torch.stack(token_frames),
+        torch.stack(frames),
+        torch.stack(frame_tokens),
+        tw_index,
+        vw_index,
+    )
 
 
 @pytest.mark.parametrize("variant", [2, 3])
@@ -75,13 +89,24 @@ def test_cdcr_matches_drl_formulation(variant):
         c1 = torch.einsum("acd,a->cd", torch.einsum("ac,ad->acd", za, zb), wt) / text.shape[0]
         c2 = torch.einsum("acd,a->cd", torch.einsum("ac,ad->acd", xa, xb), wv) / text.shape[0]
         c = (c1 + c2) / 2
-    got = cdcr_loss(variant, text, text_mask, video, video_mask, text_w, video_w, alpha1=0.14, alpha2=0.01)
+    got = cdcr_loss(
+        variant, text, text_mask, video, video_mask, text_w, video_w, alpha1=0.14, alpha2=0.01
+    )
     assert torch.allclose(got, penalty(c, 0.14, 0.01), atol=1e-5)
 
 
 def test_cdcr_variant1_uses_one_real_token_and_frame():
     text, text_mask, video, video_mask, *_ = case(seed=1)
-    got = cdcr_loss(1, text, text_mask, video, video_mask, alpha1=1.0, alpha2=0.5, generator=torch.Generator().manual_seed(7))
+    got = cdcr_loss(
+        1,
+        text,
+        text_mask,
+        video,
+        video_mask,
+        alpha1=1.0,
+        alpha2=0.5,
+        generator=torch.Generator().manual_seed(7),
+    )
     g = torch.Generator().manual_seed(7)
     token = torch.randint(0, 10000, (6,), generator=g) % text_mask.sum(-1)
     frame = torch.randint(0, 10000, (6,), generator=g) % video_mask.sum(-1)
@@ -101,7 +126,9 @@ def test_cdcr_is_differentiable_and_checks_its_inputs():
 
 
 def _gather_worker(rank, world_size, port, results):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
     local = torch.full((2, 3), float(rank + 1), requires_grad=True)
     gathered = all_gather_with_grad(local)  # (world*2, 3)
     weights = torch.arange(gathered.numel(), dtype=torch.float32).view_as(gathered)
@@ -147,17 +174,23 @@ def test_cdcr_through_the_real_objective(variant):
     plain = ContrastiveObjective(model, cdcr=0)
     out = objective(ids, mask, pixels, frame_mask)
     assert out["cdcr"] > 0
-    assert torch.allclose(out["loss"].detach(), plain(ids, mask, pixels, frame_mask)["loss"] + out["cdcr"])
+    assert torch.allclose(
+        out["loss"].detach(), plain(ids, mask, pixels, frame_mask)["loss"] + out["cdcr"]
+    )
     if variant > 1:  # deterministic: recompute the regulariser from the model's own features
         with torch.no_grad():
             text_feat, text_mask = model.encode_text(ids, mask)
             video_feat, video_mask = model.encode_video(pixels, frame_mask)
             text, text_w = model.head.prepare_text(text_feat, text_mask)
             video, video_w = model.head.prepare_video(video_feat, video_mask)
-            want = 0.5 * cdcr_loss(variant, text, text_mask, video, video_mask, text_w, video_w, 0.14, 0.0)
+            want = 0.5 * cdcr_loss(
+                variant, text, text_mask, video, video_mask, text_w, video_w, 0.14, 0.0
+            )
         assert torch.allclose(out["cdcr"], want, atol=1e-6)
     model.zero_grad()
-    (out["loss"] - out["nce"]).backward()  # "nce" is detached: this is the regulariser's own gradient
+    (
+        out["loss"] - out["nce"]
+    ).backward()  # "nce" is detached: this is the regulariser's own gradient
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.clip.parameters())
     if variant == 3:
         assert model.head.text_weight_fc[0].weight.grad.abs().sum() > 0

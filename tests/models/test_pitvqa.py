@@ -3,7 +3,12 @@ import torch
 
 from models import NUM_CLASSES, PitVQAConfig, PitVQANet, tokenize
 
-QUESTIONS = ["what instrument is being used", "where is the suction located", "how many tools are there", "what"]
+QUESTIONS = [
+    "what instrument is being used",
+    "where is the suction located",
+    "how many tools are there",
+    "what",
+]
 
 
 def build(tokenizer, **kw):
@@ -30,10 +35,16 @@ def test_backward_reaches_every_trainable_part(gpt2_tokenizer):
     pixels, ids, mask = batch(gpt2_tokenizer)
     loss = torch.nn.functional.cross_entropy(model(pixels, ids, mask), torch.tensor([0, 1, 2, 3]))
     loss.backward()
-    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    silent = [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
     assert silent == []
     # The only frozen tensor is GPT-2's token embedding, which inputs_embeds bypasses.
-    assert [n for n, p in model.named_parameters() if not p.requires_grad] == ["gpt_decoder.wte.weight"]
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
+        "gpt_decoder.wte.weight"
+    ]
 
 
 def test_pinned_logits(gpt2_tokenizer):
@@ -46,7 +57,12 @@ def test_pinned_logits(gpt2_tokenizer):
     assert torch.allclose(logits[0, :4], want, atol=1e-4), logits[0, :4].tolist()
 
 
-PINNED = [0.12751888, 0.05796657, -0.01881091, 0.06739306]  # re-pinned: tiny ViT patch 16 -> 8 (issue #15)
+PINNED = [
+    0.12751888,
+    0.05796657,
+    -0.01881091,
+    0.06739306,
+]  # re-pinned: tiny ViT patch 16 -> 8 (issue #15)
 
 
 def test_architecture_follows_the_reference(gpt2_tokenizer):
@@ -84,7 +100,10 @@ def test_masked_mean_ignores_pads(gpt2_tokenizer):
 
 def test_building_the_model_leaves_its_config_as_given(gpt2_tokenizer):
     config = PitVQAConfig.tiny(vocab_size=len(gpt2_tokenizer))
-    config.text_config = {**config.text_config, "vocab_size": 30524}  # BLIP's, as PitVQAConfig.base has it
+    config.text_config = {
+        **config.text_config,
+        "vocab_size": 30524,
+    }  # BLIP's, as PitVQAConfig.base has it
     before = config.to_dict()
     model = PitVQANet(config)
     assert config.to_dict() == before

@@ -5,6 +5,7 @@ Each reference side is computed the way the reference repositories compute it (O
 modules from open_clip, CLIP4Clip's seqTransf with ``nn.MultiheadAttention`` and its -1e6
 mask, DRL's einsum WTI), from the very weights that were written to the file.
 """
+
 import contextlib
 import functools
 import io
@@ -17,14 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip_ref import open_clip
 from torch import nn
 
 from models import load_checkpoint, load_tokenizer, safe_load, tokenize
 from models.openai_clip import load_clip_file
-from open_clip_ref import open_clip
 
 ROOT = Path(__file__).resolve().parents[2]
-TEXTS = ["a red circle moves to the left", "Two DOGS, playing!  in   the park's grass", "x-ray 123 café"]
+TEXTS = [
+    "a red circle moves to the left",
+    "Two DOGS, playing!  in   the park's grass",
+    "x-ray 123 café",
+]
 
 
 def run_import(*args, cli: bool = False) -> subprocess.CompletedProcess:
@@ -33,8 +38,13 @@ def run_import(*args, cli: bool = False) -> subprocess.CompletedProcess:
     code and output; an exception escapes and fails the test (the CLI would print a traceback)."""
     args = [str(a) for a in args]
     if cli:
-        return subprocess.run([sys.executable, "jobs/import_checkpoint.py", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "jobs/import_checkpoint.py", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     from jobs import import_checkpoint
 
     out, err = io.StringIO(), io.StringIO()
@@ -64,9 +74,12 @@ def tiny_openai_clip(oc, seed=0):
     from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
     torch.manual_seed(seed)
-    model = CLIP(embed_dim=128, quick_gelu=True,
-                 vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=64),
-                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=128, heads=2, layers=4))
+    model = CLIP(
+        embed_dim=128,
+        quick_gelu=True,
+        vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=64),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=128, heads=2, layers=4),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "ln" in name:
@@ -110,9 +123,12 @@ def test_openai_clip_file_computes_open_clips_features(oc, tmp_path, layout):
     ids = oc.get_tokenizer("ViT-B-32")(TEXTS, context_length=77)
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        ours_text = converted.text_projection(converted.text_model(
-            input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state)[torch.arange(3), ids.argmax(-1)]
-        ours_image = converted.visual_projection(converted.vision_model(pixel_values=images).pooler_output)
+        ours_text = converted.text_projection(
+            converted.text_model(input_ids=ids, attention_mask=(ids != 0).long()).last_hidden_state
+        )[torch.arange(3), ids.argmax(-1)]
+        ours_image = converted.visual_projection(
+            converted.vision_model(pixel_values=images).pooler_output
+        )
         theirs_text, theirs_image = clip.encode_text(ids), clip.encode_image(images)
     text_diff = (ours_text - theirs_text).abs().max().item()
     image_diff = (ours_image - theirs_image).abs().max().item()
@@ -150,13 +166,23 @@ class ReferenceRetriever(nn.Module):
         width = clip.text_projection.shape[1]
         if sim_header == "seqTransf":
             self.frame_position_embeddings = nn.Embedding(77, width)
-            self.transformerClip = Transformer(width, 4, width // 64, act_layer=QuickGELU,
-                                               norm_layer=functools.partial(LayerNorm, eps=1e-12))
+            self.transformerClip = Transformer(
+                width,
+                4,
+                width // 64,
+                act_layer=QuickGELU,
+                norm_layer=functools.partial(LayerNorm, eps=1e-12),
+            )
         if interaction == "wti":
+
             def head():
                 if wti_arch == 1:
                     return nn.Linear(width, 1)
-                hidden = [m for _ in range(wti_arch - 1) for m in (nn.Linear(width, width), nn.ReLU(inplace=True))]
+                hidden = [
+                    m
+                    for _ in range(wti_arch - 1)
+                    for m in (nn.Linear(width, width), nn.ReLU(inplace=True))
+                ]
                 return nn.Sequential(*hidden, nn.Linear(width, 1))
 
             self.text_weight_fc, self.video_weight_fc = head(), head()
@@ -172,7 +198,9 @@ class ReferenceRetriever(nn.Module):
             return frames
         x = frames + self.frame_position_embeddings(torch.arange(num_frames))
         mask = ((1.0 - video_mask.unsqueeze(1).float()) * -1000000.0).expand(-1, num_frames, -1)
-        x = self.transformerClip(x, attn_mask=mask.repeat_interleave(self.transformerClip.resblocks[0].attn.num_heads, 0))
+        x = self.transformerClip(
+            x, attn_mask=mask.repeat_interleave(self.transformerClip.resblocks[0].attn.num_heads, 0)
+        )
         return x + frames
 
     def scores(self, ids, text_mask, pixels, video_mask):
@@ -186,9 +214,13 @@ class ReferenceRetriever(nn.Module):
             return sequence @ visual.T
         if self.interaction == "wti":
             text_weight = self.text_weight_fc(text_feat).squeeze(2)
-            text_weight = torch.softmax(text_weight.masked_fill((1 - text_mask).bool(), float("-inf")), dim=-1)
+            text_weight = torch.softmax(
+                text_weight.masked_fill((1 - text_mask).bool(), float("-inf")), dim=-1
+            )
             video_weight = self.video_weight_fc(video_feat).squeeze(2)
-            video_weight = torch.softmax(video_weight.masked_fill((1 - video_mask).bool(), float("-inf")), dim=-1)
+            video_weight = torch.softmax(
+                video_weight.masked_fill((1 - video_mask).bool(), float("-inf")), dim=-1
+            )
         text_feat = text_feat / text_feat.norm(dim=-1, keepdim=True)
         video_feat = video_feat / video_feat.norm(dim=-1, keepdim=True)
         logits = torch.einsum("atd,bvd->abtv", [text_feat, video_feat])
@@ -208,8 +240,11 @@ class ReferenceRetriever(nn.Module):
 def save_reference(model: nn.Module, path: Path) -> None:
     """As the references save: ``model.state_dict()`` with CLIP largely fp16 (CLIP4Clip's
     ``convert_weights``); the reference model then computes with the rounded values."""
-    state = {k: (v.half() if k.startswith("clip.") and v.is_floating_point() and "ln" not in k else v)
-             for k, v in model.state_dict().items() if not k.endswith("attn_mask")}
+    state = {
+        k: (v.half() if k.startswith("clip.") and v.is_floating_point() and "ln" not in k else v)
+        for k, v in model.state_dict().items()
+        if not k.endswith("attn_mask")
+    }
     torch.save(state, path)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
 
@@ -227,17 +262,32 @@ def retrieval_inputs(bpe_path):
 SLOW = pytest.mark.slow  # the fast tier keeps one case of each reference
 
 
-@pytest.mark.parametrize("kind,sim_header,interaction,wti_arch", [
-    ("drl", "seqTransf", "wti", 2), pytest.param("drl", "meanP", "wti", 3, marks=SLOW),
-    pytest.param("drl", "seqTransf", "ti", 2, marks=SLOW),
-    ("clip4clip", "seqTransf", "dp", 2), pytest.param("clip4clip", "meanP", "dp", 2, marks=SLOW),
-])
-def test_reference_state_dict_imports_exactly(oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch):
+@pytest.mark.parametrize(
+    "kind,sim_header,interaction,wti_arch",
+    [
+        ("drl", "seqTransf", "wti", 2),
+        pytest.param("drl", "meanP", "wti", 3, marks=SLOW),
+        pytest.param("drl", "seqTransf", "ti", 2, marks=SLOW),
+        ("clip4clip", "seqTransf", "dp", 2),
+        pytest.param("clip4clip", "meanP", "dp", 2, marks=SLOW),
+    ],
+)
+def test_reference_state_dict_imports_exactly(
+    oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch
+):
     reference = ReferenceRetriever(tiny_openai_clip(oc), sim_header, interaction, wti_arch).eval()
     save_reference(reference, tmp_path / "pytorch_model.bin.4")
-    result = run_import(kind, tmp_path / "pytorch_model.bin.4", "--output_dir", tmp_path / "ck",
-                        "--tokenizer_path", bpe_path, "--max_frames", 6,
-                        cli=(kind, sim_header, interaction) == ("drl", "seqTransf", "wti"))  # one case as a user runs it
+    result = run_import(
+        kind,
+        tmp_path / "pytorch_model.bin.4",
+        "--output_dir",
+        tmp_path / "ck",
+        "--tokenizer_path",
+        bpe_path,
+        "--max_frames",
+        6,
+        cli=(kind, sim_header, interaction) == ("drl", "seqTransf", "wti"),
+    )  # one case as a user runs it
     assert result.returncode == 0, result.stderr
     model, tokenizer = load_checkpoint(tmp_path / "ck")
     assert (model.config.sim_header, model.config.interaction) == (sim_header, interaction)
@@ -261,7 +311,14 @@ def test_unrepresentable_reference_files_are_refused_whole(oc, bpe_path, tmp_pat
     state = reference.state_dict()
     state["similarity_dense.weight"] = torch.zeros(1, 128)  # CLIP4Clip's tightTransf
     torch.save(state, tmp_path / "tight.bin")
-    result = run_import("clip4clip", tmp_path / "tight.bin", "--output_dir", tmp_path / "ck", "--tokenizer_path", bpe_path)
+    result = run_import(
+        "clip4clip",
+        tmp_path / "tight.bin",
+        "--output_dir",
+        tmp_path / "ck",
+        "--tokenizer_path",
+        bpe_path,
+    )
     assert result.returncode == 2
     assert "similarity_dense.weight" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -269,10 +326,20 @@ def test_unrepresentable_reference_files_are_refused_whole(oc, bpe_path, tmp_pat
     state.pop("similarity_dense.weight")
     state["clip.some_new_thing"] = torch.zeros(2)
     torch.save(state, tmp_path / "odd.bin")
-    result = run_import("drl", tmp_path / "odd.bin", "--output_dir", tmp_path / "ck", "--tokenizer_path", bpe_path)
+    result = run_import(
+        "drl", tmp_path / "odd.bin", "--output_dir", tmp_path / "ck", "--tokenizer_path", bpe_path
+    )
     assert result.returncode == 2 and "some_new_thing" in result.stderr
-    result = run_import("drl", tmp_path / "odd.bin", "--output_dir", tmp_path / "ck", "--tokenizer_path", bpe_path,
-                        "--interaction", "xti")
+    result = run_import(
+        "drl",
+        tmp_path / "odd.bin",
+        "--output_dir",
+        tmp_path / "ck",
+        "--tokenizer_path",
+        bpe_path,
+        "--interaction",
+        "xti",
+    )
     assert result.returncode == 2 and "xti" in result.stderr
 
 
@@ -282,24 +349,51 @@ def test_unrepresentable_reference_files_are_refused_whole(oc, bpe_path, tmp_pat
 def reference_pitvqa_module(gpt2_tokenizer):
     """A module named ``model`` with PitVQA's ``PitVQANet``: its attribute names, a ViT built
     with its pooler, ``LayerNorm`` that is a BatchNorm1d, and its forward."""
-    from transformers import BlipTextConfig, BlipTextModel, GPT2Config, GPT2Model, ViTConfig, ViTModel
+    from transformers import (
+        BlipTextConfig,
+        BlipTextModel,
+        GPT2Config,
+        GPT2Model,
+        ViTConfig,
+        ViTModel,
+    )
 
     module = types.ModuleType("model")
 
     class PitVQANet(nn.Module):
         def __init__(self, num_class=18):
             super().__init__()
-            self.visual_encoder = ViTModel(ViTConfig(image_size=64, patch_size=16, hidden_size=64, num_hidden_layers=2,
-                                                     num_attention_heads=2, intermediate_size=128))
+            self.visual_encoder = ViTModel(
+                ViTConfig(
+                    image_size=64,
+                    patch_size=16,
+                    hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=128,
+                )
+            )
             self.tokenizer = gpt2_tokenizer
-            self.text_encoder = BlipTextModel(BlipTextConfig(
-                vocab_size=500, hidden_size=64, encoder_hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                intermediate_size=128, max_position_embeddings=64), add_pooling_layer=False)
+            self.text_encoder = BlipTextModel(
+                BlipTextConfig(
+                    vocab_size=500,
+                    hidden_size=64,
+                    encoder_hidden_size=64,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=128,
+                    max_position_embeddings=64,
+                ),
+                add_pooling_layer=False,
+            )
             new = nn.Embedding(len(gpt2_tokenizer), 64)
             new.weight.data[:300] = self.text_encoder.embeddings.word_embeddings.weight.data[:300]
             self.text_encoder.embeddings.word_embeddings = new
-            self.gpt_decoder = GPT2Model(GPT2Config(vocab_size=len(gpt2_tokenizer), n_embd=64, n_layer=2, n_head=2,
-                                                    n_positions=64))
+            self.gpt_decoder = GPT2Model(
+                GPT2Config(
+                    vocab_size=len(gpt2_tokenizer), n_embd=64, n_layer=2, n_head=2, n_positions=64
+                )
+            )
             self.intermediate_layer = nn.Linear(64, 512)
             self.se_layer = nn.Sequential(nn.Linear(512, 512), nn.Sigmoid())
             self.LayerNorm = nn.BatchNorm1d(512)
@@ -310,8 +404,11 @@ def reference_pitvqa_module(gpt2_tokenizer):
             image_embeds = self.visual_encoder(image).last_hidden_state
             image_atts = torch.ones(image_embeds.size()[:-1], dtype=torch.long)
             text_embeds = self.text_encoder(
-                input_ids=question_inputs["input_ids"], attention_mask=question_inputs["attention_mask"],
-                encoder_hidden_states=image_embeds, encoder_attention_mask=image_atts, return_dict=True,
+                input_ids=question_inputs["input_ids"],
+                attention_mask=question_inputs["attention_mask"],
+                encoder_hidden_states=image_embeds,
+                encoder_attention_mask=image_atts,
+                return_dict=True,
             ).last_hidden_state
             decoder_output = self.gpt_decoder(inputs_embeds=text_embeds).last_hidden_state
             decoder_output = F.adaptive_avg_pool1d(decoder_output.swapaxes(1, 2), 1).squeeze(-1)
@@ -338,10 +435,23 @@ def test_pickled_pitvqa_imports_exactly_without_its_classes(gpt2_tokenizer, tmp_
     reference.eval()
     optimizer = torch.optim.Adam(reference.parameters(), lr=2e-5)
     path = tmp_path / "pitvqa_endo18_weights.pth.tar"
-    torch.save({"epoch": 3, "epochs_since_improvement": 0, "Acc": 0.5, "model": reference, "optimizer": optimizer,
-                "final_args": argparse.Namespace(dataset="endo18", lr=2e-5)}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "epochs_since_improvement": 0,
+            "Acc": 0.5,
+            "model": reference,
+            "optimizer": optimizer,
+            "final_args": argparse.Namespace(dataset="endo18", lr=2e-5),
+        },
+        path,
+    )
     images = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    questions = ["what instrument is being used", "where is the suction located", "what is the surgical phase"]
+    questions = [
+        "what instrument is being used",
+        "where is the suction located",
+        "what is the surgical phase",
+    ]
     inputs = tokenize(gpt2_tokenizer, questions, 30)
     with torch.no_grad():
         expected = reference(images, inputs)
@@ -352,7 +462,9 @@ def test_pickled_pitvqa_imports_exactly_without_its_classes(gpt2_tokenizer, tmp_
     model, tokenizer = load_checkpoint(tmp_path / "ck")
     assert model.config.num_classes == 18 and model.config.dropout == 0.1
     tokens = tokenize(tokenizer, questions, 30)
-    assert torch.equal(tokens["input_ids"], inputs["input_ids"])  # the pickled tokenizer, rebuilt from its data
+    assert torch.equal(
+        tokens["input_ids"], inputs["input_ids"]
+    )  # the pickled tokenizer, rebuilt from its data
     with torch.no_grad():
         got = model(images, tokens["input_ids"], tokens["attention_mask"])
     assert (got - expected).abs().max().item() < 1e-5
@@ -369,13 +481,18 @@ class RunsCode:
         return self.func, (self.arg,)
 
 
-@pytest.mark.parametrize("func", [os.system, pytest.param(eval, marks=SLOW), pytest.param(subprocess.getoutput, marks=SLOW)])
+@pytest.mark.parametrize(
+    "func",
+    [os.system, pytest.param(eval, marks=SLOW), pytest.param(subprocess.getoutput, marks=SLOW)],
+)
 def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, func):
     marker = tmp_path / "ran"
     payload = f"touch {marker}" if func is not eval else f"open({str(marker)!r}, 'w')"
     torch.save({"epoch": 1, "model": RunsCode(func, payload)}, tmp_path / "evil.pth.tar")
     # As a user runs it (its own process) once; the payload would run in this process too.
-    result = run_import("pitvqa", tmp_path / "evil.pth.tar", "--output_dir", tmp_path / "ck", cli=func is os.system)
+    result = run_import(
+        "pitvqa", tmp_path / "evil.pth.tar", "--output_dir", tmp_path / "ck", cli=func is os.system
+    )
     assert result.returncode == 2, result.stderr
     assert "refused" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists() and not (tmp_path / "ck").exists()

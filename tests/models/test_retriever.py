@@ -43,7 +43,11 @@ def test_backward_reaches_every_trainable_part(clip_tokenizer):
     shift_invariant = {"head.text_weight_fc.2.bias", "head.video_weight_fc.2.bias"}
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(grads[n].abs().max() < 1e-6 for n in shift_invariant)
-    silent = [n for n, g in grads.items() if n not in shift_invariant and (g is None or g.abs().sum() == 0)]
+    silent = [
+        n
+        for n, g in grads.items()
+        if n not in shift_invariant and (g is None or g.abs().sum() == 0)
+    ]
     assert silent == []
 
 

@@ -1,4 +1,5 @@
 """WTIHead and the blockwise scoring against the formula, written out plainly here."""
+
 import pytest
 import torch
 
@@ -27,11 +28,11 @@ def formula_scores(head, text_feat, video_feat, text_mask, video_mask):
             else:
                 video_w = video_mask[b].float() / video_mask[b].sum()
             sim = torch.zeros(L, num_frames)
-            for l in range(L):
+            for i in range(L):
                 for f in range(num_frames):
-                    t = text_feat[a, l] / text_feat[a, l].norm()
+                    t = text_feat[a, i] / text_feat[a, i].norm()
                     v = video_feat[b, f] / video_feat[b, f].norm()
-                    sim[l, f] = (t @ v) * text_mask[a, l] * video_mask[b, f]  # padded pair -> 0
+                    sim[i, f] = (t @ v) * text_mask[a, i] * video_mask[b, f]  # padded pair -> 0
             t2v = (sim.max(dim=1).values * text_w).sum()
             v2t = (sim.max(dim=0).values * video_w).sum()
             out[a, b] = (t2v + v2t) / 2
@@ -91,7 +92,9 @@ def test_all_padding_except_one_position(interaction):
     g = torch.Generator().manual_seed(3)
     text_mask[:] = 0
     video_mask[:] = 0
-    text_mask[torch.arange(4), torch.randint(0, 7, (4,), generator=g)] = 1  # anywhere, not only first
+    text_mask[torch.arange(4), torch.randint(0, 7, (4,), generator=g)] = (
+        1  # anywhere, not only first
+    )
     video_mask[torch.arange(5), torch.randint(0, 5, (5,), generator=g)] = 1
     with torch.no_grad():
         got = head(text, video, text_mask, video_mask)
@@ -184,7 +187,9 @@ def test_normalize_masked_zeroes_padding():
 def test_fp16_topk_ranking_on_gpu():
     torch.manual_seed(9)
     head = WTIHead(64).cuda()
-    text, video, text_mask, video_mask = (x.cuda() for x in random_case(A=64, V=2000, L=16, F=8, D=64, seed=9))
+    text, video, text_mask, video_mask = (
+        x.cuda() for x in random_case(A=64, V=2000, L=16, F=8, D=64, seed=9)
+    )
     with torch.no_grad():
         t, tw = head.prepare_text(text, text_mask)
         v, vw = head.prepare_video(video, video_mask)

@@ -6,19 +6,27 @@ candidate generation means nothing. The index holds 600 rendered clips, encoded 
 written by the index job's own encoder and writer; PitVQANet is random-init (only its wiring is
 under test).
 """
+
 import numpy as np
 import pytest
 import torch
+from serve_helpers import CANDIDATES, INDEX_VIDEOS, free_port, run_app
 
 from ingest.synthetic import render_clips
 from jobs.encode import ClipEncoder
 from jobs.index import add_encoded, index_info
 from models import (
-    ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint,
+    ContrastiveObjective,
+    PitVQAConfig,
+    PitVQANet,
+    Retriever,
+    RetrieverConfig,
+    build_bpe_tokenizer,
+    save_checkpoint,
     tokenize,
 )
 from models.index import IndexWriter
-from serve_helpers import CANDIDATES, INDEX_VIDEOS, free_port, run_app
+
 
 @pytest.fixture(scope="session")
 def trained_retriever(tmp_path_factory):
@@ -37,8 +45,12 @@ def trained_retriever(tmp_path_factory):
         for batch in np.array_split(rng.permutation(len(clips)), len(clips) // 32):
             texts = [clips[i].captions()[rng.integers(5)] for i in batch]
             tokens = tokenize(tokenizer, texts, model.config.max_words)
-            loss = objective(tokens["input_ids"], tokens["attention_mask"], pixels[batch],
-                             torch.ones(len(batch), 4, dtype=torch.long))["loss"]
+            loss = objective(
+                tokens["input_ids"],
+                tokens["attention_mask"],
+                pixels[batch],
+                torch.ones(len(batch), 4, dtype=torch.long),
+            )["loss"]
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -51,11 +63,16 @@ def trained_retriever(tmp_path_factory):
 def rendered_index(trained_retriever):
     encoder = ClipEncoder(str(trained_retriever))  # the index job's encoder, called in-process
     folder = trained_retriever.parent / "index"
-    writer = IndexWriter(folder, rows_per_shard=250, info=index_info(trained_retriever))  # 3 storage shards
+    writer = IndexWriter(
+        folder, rows_per_shard=250, info=index_info(trained_retriever)
+    )  # 3 storage shards
     clips, frames = render_clips(INDEX_VIDEOS, max_frames=4, image_size=64, seed=11)
     for first in range(0, INDEX_VIDEOS, 200):
-        batch = {"video_id": np.array([f"video{i}" for i in range(first, first + 200)], dtype=object),
-                 "frames": frames[first : first + 200], "frame_mask": np.ones((200, 4), np.uint8)}
+        batch = {
+            "video_id": np.array([f"video{i}" for i in range(first, first + 200)], dtype=object),
+            "frames": frames[first : first + 200],
+            "frame_mask": np.ones((200, 4), np.uint8),
+        }
         add_encoded(writer, encoder(batch))
     writer.close()
     return folder
@@ -86,5 +103,13 @@ def app_url(serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
     # shard_cpus=0: this app stays up for the whole session, and the training tests that
     # run beside it need the head's two CPUs (the CPU default, one per shard, is tested in
     # test_serve_nodes.py).
-    return run_app(serve_port, "default", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=2, candidates=CANDIDATES, shard_cpus=0)
+    return run_app(
+        serve_port,
+        "default",
+        checkpoint=str(trained_retriever),
+        index=str(rendered_index),
+        vqa_checkpoint=str(pitvqa_checkpoint),
+        num_shards=2,
+        candidates=CANDIDATES,
+        shard_cpus=0,
+    )

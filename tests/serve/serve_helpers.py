@@ -1,4 +1,5 @@
 """HTTP helpers for the Serve tests (imported by name: pytest puts this folder on sys.path)."""
+
 import json
 import socket
 import time
@@ -21,7 +22,11 @@ def call(url: str, body=None, raw: bytes | None = None, timeout: float = 30):
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, payload, kind = response.status, response.read(), response.headers.get("Content-Type", "")
+            status, payload, kind = (
+                response.status,
+                response.read(),
+                response.headers.get("Content-Type", ""),
+            )
     except urllib.error.HTTPError as err:
         status, payload, kind = err.code, err.read(), err.headers.get("Content-Type", "")
     return status, json.loads(payload) if "json" in kind else payload
@@ -40,7 +45,10 @@ def run_app(port: int, name: str, **args) -> str:
     while time.time() < deadline:
         try:
             status, health = call(f"{base}/healthz", timeout=10)
-            if status == 200 and health["search"]["shards_up"] + len(health["search"]["problems"]) >= 1:
+            if (
+                status == 200
+                and health["search"]["shards_up"] + len(health["search"]["problems"]) >= 1
+            ):
                 return base
         except OSError:
             pass

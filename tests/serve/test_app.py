@@ -1,4 +1,5 @@
 """The Serve app over HTTP on 127.0.0.1: search, VQA, bad input, bursts, a killed shard."""
+
 import base64
 import io
 import time
@@ -7,14 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import INDEX_VIDEOS, call, run_app
 
 from ingest.qa import load_labels
 
-from serve_helpers import INDEX_VIDEOS, call, run_app
-
-QUERIES = ["a red circle moves to the left", "a big blue square is moving up", "the green triangle slides down",
-           "small yellow circle going to the right", "a triangle in red travels up", "a blue circle moves down",
-           "a small green square is moving to the left", "the yellow triangle slides to the right"]
+QUERIES = [
+    "a red circle moves to the left",
+    "a big blue square is moving up",
+    "the green triangle slides down",
+    "small yellow circle going to the right",
+    "a triangle in red travels up",
+    "a blue circle moves down",
+    "a small green square is moving to the left",
+    "the yellow triangle slides to the right",
+]
 
 
 def png_b64(width=80, height=60, seed=0) -> str:
@@ -56,13 +63,17 @@ def test_two_stage_equals_exact(app_url):
         _, fast = call(f"{app_url}/search", {"text": text, "top_k": 10})
         _, exact = call(f"{app_url}/search", {"text": text, "top_k": 10, "exact": True})
         assert exact["exact"] and not fast["exact"]
-        assert [h["video_id"] for h in fast["results"]] == [h["video_id"] for h in exact["results"]], text
-        np.testing.assert_allclose([h["score"] for h in fast["results"]], [h["score"] for h in exact["results"]],
-                                   atol=1e-5)
+        assert [h["video_id"] for h in fast["results"]] == [
+            h["video_id"] for h in exact["results"]
+        ], text
+        np.testing.assert_allclose(
+            [h["score"] for h in fast["results"]], [h["score"] for h in exact["results"]], atol=1e-5
+        )
 
 
-def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers(app_url, trained_retriever,
-                                                                                   rendered_index):
+def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers(
+    app_url, trained_retriever, rendered_index
+):
     """The merge of the shards' top-k (ties by video id) against exact scoring of every
     video in this process, from the same checkpoint and index files."""
     import torch
@@ -81,20 +92,32 @@ def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers
         every = token_wise_scores(query.tokens, query.weights, frames, weights)[0]  # (V,)
         # The 20 best scores, and each returned video scored as this process scores it:
         # the same videos up to float rounding among near-ties.
-        np.testing.assert_allclose([h["score"] for h in merged["results"]], every.topk(20).values.numpy(), atol=1e-5)
-        np.testing.assert_allclose([h["score"] for h in merged["results"]],
-                                   [every[column[h["video_id"]]].item() for h in merged["results"]], atol=1e-5)
+        np.testing.assert_allclose(
+            [h["score"] for h in merged["results"]], every.topk(20).values.numpy(), atol=1e-5
+        )
+        np.testing.assert_allclose(
+            [h["score"] for h in merged["results"]],
+            [every[column[h["video_id"]]].item() for h in merged["results"]],
+            atol=1e-5,
+        )
         assert len({h["video_id"] for h in merged["results"]}) == 20, text
 
 
 def test_vqa_answers_with_a_known_label(app_url):
-    status, out = call(f"{app_url}/vqa", {"image": png_b64(), "question": "what is the surgical phase"})
+    status, out = call(
+        f"{app_url}/vqa", {"image": png_b64(), "question": "what is the surgical phase"}
+    )
     assert status == 200, out
     labels = load_labels("pit24")
     assert out["answer"] in labels and out["answer"] == out["top"][0]["answer"]
     assert 0 < out["confidence"] <= 1 and out["confidence"] == out["top"][0]["score"]
-    assert [t["score"] for t in out["top"]] == sorted((t["score"] for t in out["top"]), reverse=True)
-    status, again = call(f"{app_url}/vqa", {"image": "data:image/png;base64," + png_b64(), "question": "what is the surgical phase"})
+    assert [t["score"] for t in out["top"]] == sorted(
+        (t["score"] for t in out["top"]), reverse=True
+    )
+    status, again = call(
+        f"{app_url}/vqa",
+        {"image": "data:image/png;base64," + png_b64(), "question": "what is the surgical phase"},
+    )
     assert status == 200 and again["answer"] == out["answer"]
 
 
@@ -104,12 +127,15 @@ BAD_SEARCH = [
     (b'{"text": 5}', "text: Input should be a valid string"),
     (b'{"text": ""}', "text: String should have at least 1 character"),
     (b'{"text": "   "}', "text is blank"),
-    (('{"text": "%s"}' % ("x" * 1001)).encode(), "text: String should have at most 1000 characters"),
+    (
+        ('{"text": "%s"}' % ("x" * 1001)).encode(),
+        "text: String should have at most 1000 characters",
+    ),
     (b'{"text": "a red circle", "top_k": 0}', "top_k: Input should be greater than or equal to 1"),
     (b'{"text": "a red circle", "top_k": 101}', "top_k: Input should be less than or equal to 100"),
     (b'{"text": "a red circle", "top_k": "5"}', "top_k: Input should be a valid integer"),
     (b'{"text": "a red circle", "exact": "yes"}', "exact: Input should be a valid boolean"),
-    (b'[]', "Input should be a valid dictionary"),
+    (b"[]", "Input should be a valid dictionary"),
 ]
 
 
@@ -127,8 +153,16 @@ def test_bad_vqa_input_is_a_4xx_with_a_message(app_url):
     Image.fromarray(big[:20, :20]).save(gif, format="GIF")
     cases = [
         ({"image": "%%%not base64%%%", "question": "q"}, 400, "not valid base64"),
-        ({"image": base64.b64encode(b"just some bytes").decode(), "question": "q"}, 400, "does not decode"),
-        ({"image": base64.b64encode(gif.getvalue()).decode(), "question": "q"}, 400, "not PNG or JPEG"),
+        (
+            {"image": base64.b64encode(b"just some bytes").decode(), "question": "q"},
+            400,
+            "does not decode",
+        ),
+        (
+            {"image": base64.b64encode(gif.getvalue()).decode(), "question": "q"},
+            400,
+            "not PNG or JPEG",
+        ),
         ({"image": base64.b64encode(buffer.getvalue()).decode(), "question": "q"}, 413, "pixels"),
         ({"image": "A" * (15 << 20), "question": "q"}, 413, "larger than"),
         ({"image": png_b64(), "question": ""}, 422, "question"),
@@ -158,7 +192,9 @@ def test_openapi_docs_list_the_routes(app_url):
 def test_a_burst_of_concurrent_requests_has_no_errors(app_url):
     def one(i):
         if i % 4 == 3:
-            return call(f"{app_url}/vqa", {"image": png_b64(seed=i), "question": "what instrument is used"})[0]
+            return call(
+                f"{app_url}/vqa", {"image": png_b64(seed=i), "question": "what instrument is used"}
+            )[0]
         return call(f"{app_url}/search", {"text": QUERIES[i % len(QUERIES)], "top_k": 5})[0]
 
     with ThreadPoolExecutor(8) as pool:
@@ -167,19 +203,31 @@ def test_a_burst_of_concurrent_requests_has_no_errors(app_url):
 
 
 @pytest.mark.slow  # deploys an app of its own
-def test_a_killed_shard_gives_partial_answers_until_it_is_back(serve_port, trained_retriever, rendered_index,
-                                                               pitvqa_checkpoint):
+def test_a_killed_shard_gives_partial_answers_until_it_is_back(
+    serve_port, trained_retriever, rendered_index, pitvqa_checkpoint
+):
     """With a 1 s wait per shard, the answers while the killed shard's replacement starts
     (a new process, torch, its rows: several seconds) are the other shard's, marked partial."""
     import ray
     from ray import serve
 
-    base = run_app(serve_port, "flaky", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=2, shard_cpus=0, timeout_s=1.0)
+    base = run_app(
+        serve_port,
+        "flaky",
+        checkpoint=str(trained_retriever),
+        index=str(rendered_index),
+        vqa_checkpoint=str(pitvqa_checkpoint),
+        num_shards=2,
+        shard_cpus=0,
+        timeout_s=1.0,
+    )
     try:
         _, full = call(f"{base}/search", {"text": QUERIES[0], "top_k": 5})
-        replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                    if "flaky" in a["name"] and "IndexShard0" in a["name"] and a["namespace"] == "serve"]
+        replicas = [
+            a
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "flaky" in a["name"] and "IndexShard0" in a["name"] and a["namespace"] == "serve"
+        ]
         assert replicas, ray.util.list_named_actors(all_namespaces=True)
         ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
         answers, deadline = [], time.time() + 90
@@ -201,8 +249,9 @@ def test_a_killed_shard_gives_partial_answers_until_it_is_back(serve_port, train
         serve.delete("flaky")
 
 
-def test_a_model_call_that_raises_is_a_500_with_a_request_id(serve_port, trained_retriever, rendered_index,
-                                                             pitvqa_checkpoint, tmp_path):
+def test_a_model_call_that_raises_is_a_500_with_a_request_id(
+    serve_port, trained_retriever, rendered_index, pitvqa_checkpoint, tmp_path
+):
     """A bug, not an outage: a checkpoint whose text length exceeds its position table
     loads, and then every query raises inside CLIP's text model."""
     import json
@@ -211,10 +260,19 @@ def test_a_model_call_that_raises_is_a_500_with_a_request_id(serve_port, trained
     broken = tmp_path / "checkpoint"
     shutil.copytree(trained_retriever, broken)
     config = json.loads((broken / "config.json").read_text())
-    config["config"]["max_words"] = 10 * config["config"]["clip_config"]["text_config"]["max_position_embeddings"]
+    config["config"]["max_words"] = (
+        10 * config["config"]["clip_config"]["text_config"]["max_position_embeddings"]
+    )
     (broken / "config.json").write_text(json.dumps(config))
-    base = run_app(serve_port, "broken", checkpoint=str(broken), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=1, shard_cpus=0)
+    base = run_app(
+        serve_port,
+        "broken",
+        checkpoint=str(broken),
+        index=str(rendered_index),
+        vqa_checkpoint=str(pitvqa_checkpoint),
+        num_shards=1,
+        shard_cpus=0,
+    )
     try:
         status, out = call(f"{base}/search", {"text": "a red circle", "top_k": 5})
         assert status == 500, out
@@ -228,8 +286,14 @@ def test_a_model_call_that_raises_is_a_500_with_a_request_id(serve_port, trained
 
 
 def test_missing_models_start_and_answer_503_with_the_command(serve_port, tmp_path):
-    base = run_app(serve_port, "empty", checkpoint=str(tmp_path / "nope"), index=str(tmp_path / "noindex"),
-                   vqa_checkpoint=str(tmp_path / "nothing"), num_shards=1)
+    base = run_app(
+        serve_port,
+        "empty",
+        checkpoint=str(tmp_path / "nope"),
+        index=str(tmp_path / "noindex"),
+        vqa_checkpoint=str(tmp_path / "nothing"),
+        num_shards=1,
+    )
     try:
         status, health = call(f"{base}/healthz")
         assert status == 200 and health["status"] == "degraded"

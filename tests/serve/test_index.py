@@ -1,4 +1,5 @@
 """The index format, the two-stage search math, and ``jobs/index.py`` on real video files."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -8,9 +9,21 @@ import pytest
 import torch
 import yaml
 
-from models import Retriever, RetrieverConfig, build_bpe_tokenizer, save_checkpoint, token_wise_topk
-from models.index import (IndexReader, IndexRows, IndexWriter, Thumbnails, load_index, nearest_centroid, num_lists,
-                          read_manifest, remove_videos, serving_parts, slice_bounds, train_centroids)
+from models import Retriever, RetrieverConfig, save_checkpoint, token_wise_topk
+from models.index import (
+    IndexReader,
+    IndexRows,
+    IndexWriter,
+    Thumbnails,
+    load_index,
+    nearest_centroid,
+    num_lists,
+    read_manifest,
+    remove_videos,
+    serving_parts,
+    slice_bounds,
+    train_centroids,
+)
 from models.search import InvertedLists, merge, search, search_lists, trim_padding
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,13 +31,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def random_rows(n, first=0, frames=3, dim=8, seed=0):
     rng = np.random.default_rng(seed)
-    return IndexRows([f"v{first + i}" for i in range(n)], rng.standard_normal((n, frames, dim)).astype(np.float16),
-                     rng.random((n, frames)).astype(np.float32), np.ones((n, frames), np.uint8),
-                     rng.standard_normal((n, dim)).astype(np.float32))
+    return IndexRows(
+        [f"v{first + i}" for i in range(n)],
+        rng.standard_normal((n, frames, dim)).astype(np.float16),
+        rng.random((n, frames)).astype(np.float32),
+        np.ones((n, frames), np.uint8),
+        rng.standard_normal((n, dim)).astype(np.float32),
+    )
 
 
 def written(folder, parts, rows_per_shard=7, append=False):
-    writer = IndexWriter(folder, rows_per_shard=rows_per_shard, info={"checkpoint": "x"}, append=append)
+    writer = IndexWriter(
+        folder, rows_per_shard=rows_per_shard, info={"checkpoint": "x"}, append=append
+    )
     for part in parts:
         writer.add(part, [f"jpeg{v}".encode() for v in part.video_ids])
     return writer.close()
@@ -57,13 +76,19 @@ def test_append_adds_and_replaces_remove_takes_out_each_a_new_version(tmp_path):
     rows = load_index(tmp_path)
     assert sorted(rows.video_ids) == sorted(f"v{i}" for i in range(13))  # nothing twice
     at = {v: i for i, v in enumerate(rows.video_ids)}
-    np.testing.assert_array_equal(rows.frames[at["v3"]], update.frames[0])  # the new row, not the old
+    np.testing.assert_array_equal(
+        rows.frames[at["v3"]], update.frames[0]
+    )  # the new row, not the old
     np.testing.assert_array_equal(rows.frames[at["v5"]], old.frames[5])
-    assert manifest["centroids"] == read_manifest(tmp_path)["centroids"]  # an append keeps the lists' centroids
+    assert (
+        manifest["centroids"] == read_manifest(tmp_path)["centroids"]
+    )  # an append keeps the lists' centroids
 
     manifest, missing = remove_videos(tmp_path, ["v0", "v11", "nope"])
     assert manifest["version"] == 3 and manifest["count"] == 11 and missing == ["nope"]
-    assert "v0" not in load_index(tmp_path).video_ids and "v11" not in load_index(tmp_path).video_ids
+    assert (
+        "v0" not in load_index(tmp_path).video_ids and "v11" not in load_index(tmp_path).video_ids
+    )
     assert Thumbnails(tmp_path).get("v0") is None and Thumbnails(tmp_path).get("v1") == b"jpegv1"
     assert remove_videos(tmp_path, ["nope"])[0]["version"] == 3  # nothing to remove: no new version
 
@@ -78,7 +103,9 @@ def test_a_change_that_crashes_before_its_manifest_leaves_the_previous_version(t
     # The next change never reuses the stray shards' names, and deletes them.
     manifest = written(tmp_path, [random_rows(2, 200, seed=3)], append=True)
     assert manifest["version"] == 2 and manifest["count"] == 12
-    assert sorted(p.name for p in tmp_path.glob("shard_*")) == [s["name"] for s in manifest["shards"]]
+    assert sorted(p.name for p in tmp_path.glob("shard_*")) == [
+        s["name"] for s in manifest["shards"]
+    ]
 
 
 def test_serving_shards_split_every_storage_shard_and_keep_their_rows_as_it_grows(tmp_path):
@@ -89,7 +116,9 @@ def test_serving_shards_split_every_storage_shard_and_keep_their_rows_as_it_grow
     after = [serving_parts(manifest, i, 3) for i in range(3)]
     assert all(a[: len(b)] == b for a, b in zip(after, before))  # no shard gives up or moves a row
     sizes = [sum(hi - lo for _, lo, hi in parts) for parts in after]
-    assert sum(sizes) == 25 and max(sizes) - min(sizes) <= 3  # balanced: each storage shard split in three
+    assert (
+        sum(sizes) == 25 and max(sizes) - min(sizes) <= 3
+    )  # balanced: each storage shard split in three
     readers = [IndexReader(tmp_path, i, 3) for i in range(3)]
     ids = [v for r in readers for v in r.rows(manifest).video_ids]
     assert sorted(ids) == sorted(f"v{i}" for i in range(25))
@@ -115,10 +144,16 @@ def test_inverted_lists_probing_every_list_is_exhaustive_and_probing_is_by_centr
     text, weight, pooled_t, frames, frame_weight, pooled_v = random_features(2, 60)
     pooled_v = torch.nn.functional.normalize(pooled_v, dim=-1)
     centroids = train_centroids(pooled_v.numpy(), 6)
-    order, lists = InvertedLists.build(nearest_centroid(pooled_v.numpy(), centroids), centroids, frames, frame_weight)
-    exact = search(text, weight, pooled_t, frames[order], frame_weight[order], pooled_v[order], 5, exact=True)
-    for every in (search_lists(text, weight, pooled_t, lists, 5, candidates=60),
-                  search_lists(text, weight, pooled_t, lists, 5, exact=True)):
+    order, lists = InvertedLists.build(
+        nearest_centroid(pooled_v.numpy(), centroids), centroids, frames, frame_weight
+    )
+    exact = search(
+        text, weight, pooled_t, frames[order], frame_weight[order], pooled_v[order], 5, exact=True
+    )
+    for every in (
+        search_lists(text, weight, pooled_t, lists, 5, candidates=60),
+        search_lists(text, weight, pooled_t, lists, 5, exact=True),
+    ):
         torch.testing.assert_close(exact[0], every[0])
         assert torch.equal(exact[1], every[1])
     # A small budget probes the best-scoring centroid's list first, and only rows of the lists probed.
@@ -157,24 +192,55 @@ def test_two_stage_with_every_candidate_is_exhaustive_and_merge_is_global():
     every = search(text, weight, pooled_t, frames, frame_weight, pooled_v, 5, candidates=39)
     torch.testing.assert_close(exact[0], every[0])
     assert torch.equal(exact[1], every[1])
-    halves = [search(text[:1], weight[:1], pooled_t[:1], frames[lo:hi], frame_weight[lo:hi], pooled_v[lo:hi], 5,
-                     exact=True) for lo, hi in ((0, 20), (20, 40))]
-    merged = merge([[(int(r) + lo, float(s)) for s, r in zip(h[0][0], h[1][0])] for h, lo in zip(halves, (0, 20))], 5)
+    halves = [
+        search(
+            text[:1],
+            weight[:1],
+            pooled_t[:1],
+            frames[lo:hi],
+            frame_weight[lo:hi],
+            pooled_v[lo:hi],
+            5,
+            exact=True,
+        )
+        for lo, hi in ((0, 20), (20, 40))
+    ]
+    merged = merge(
+        [
+            [(int(r) + lo, float(s)) for s, r in zip(h[0][0], h[1][0])]
+            for h, lo in zip(halves, (0, 20))
+        ],
+        5,
+    )
     assert [r for r, _ in merged] == exact[1][0].tolist()
 
 
 @pytest.mark.slow
 def test_index_job_on_real_videos(ray_local, synthetic_msrvtt, clip_tokenizer, tmp_path):
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint", Retriever(RetrieverConfig.tiny(
-        vocab_size=len(clip_tokenizer), max_frames=4)), clip_tokenizer)
+    checkpoint = save_checkpoint(
+        tmp_path / "checkpoint",
+        Retriever(RetrieverConfig.tiny(vocab_size=len(clip_tokenizer), max_frames=4)),
+        clip_tokenizer,
+    )
     videos = synthetic_msrvtt / "videos"
     (videos / "broken.mp4").write_bytes(b"not a video")
     from jobs import index
 
     try:
-        assert index.main(["--checkpoint", str(checkpoint), "--features_path", str(videos),
-                           "--rows_per_shard", "7"]) == 0
+        assert (
+            index.main(
+                [
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--features_path",
+                    str(videos),
+                    "--rows_per_shard",
+                    "7",
+                ]
+            )
+            == 0
+        )
     finally:
         (videos / "broken.mp4").unlink()
     manifest = read_manifest(tmp_path / "index")
@@ -184,34 +250,68 @@ def test_index_job_on_real_videos(ray_local, synthetic_msrvtt, clip_tokenizer, t
     assert "broken.mp4" in (tmp_path / "index" / "skipped.jsonl").read_text()
     rows = load_index(tmp_path / "index")
     assert sorted(rows.video_ids) == sorted(f"video{i}" for i in range(18))
-    np.testing.assert_allclose(np.linalg.norm(rows.frames.astype(np.float32), axis=-1), 1, atol=2e-3)
+    np.testing.assert_allclose(
+        np.linalg.norm(rows.frames.astype(np.float32), axis=-1), 1, atol=2e-3
+    )
     np.testing.assert_allclose(rows.weights.sum(-1), 1, atol=1e-5)
 
 
 def test_index_job_bad_input_is_one_line_and_exit_2(tmp_path):
-    for argv, message in ((["--checkpoint", str(tmp_path / "none")], "no config.json"),
-                          (["--rows_per_shard", "0"], "must be at least 1")):
-        done = subprocess.run([sys.executable, "jobs/index.py", *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=120)
+    for argv, message in (
+        (["--checkpoint", str(tmp_path / "none")], "no config.json"),
+        (["--rows_per_shard", "0"], "must be at least 1"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "jobs/index.py", *argv],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
 
 
-def test_append_with_another_checkpoint_and_bad_removals_are_one_line_and_exit_2(clip_tokenizer, tmp_path, capsys):
+def test_append_with_another_checkpoint_and_bad_removals_are_one_line_and_exit_2(
+    clip_tokenizer, tmp_path, capsys
+):
     from jobs import index
 
     torch.manual_seed(0)
-    checkpoint = save_checkpoint(tmp_path / "checkpoint", Retriever(RetrieverConfig.tiny(
-        vocab_size=len(clip_tokenizer), max_frames=4)), clip_tokenizer)
+    checkpoint = save_checkpoint(
+        tmp_path / "checkpoint",
+        Retriever(RetrieverConfig.tiny(vocab_size=len(clip_tokenizer), max_frames=4)),
+        clip_tokenizer,
+    )
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "new.mp4").write_bytes(b"")
     folder = tmp_path / "index"
     written(folder, [random_rows(4)])  # built with another model ("checkpoint_sha256" absent)
     cases = [
-        (["--checkpoint", str(checkpoint), "--features_path", str(videos), "--output_dir", str(folder), "--append"],
-         "was built with a checkpoint of sha256"),
-        (["--checkpoint", str(checkpoint), "--features_path", str(videos), "--output_dir", str(tmp_path / "none"),
-          "--append"], "no index at"),
+        (
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--features_path",
+                str(videos),
+                "--output_dir",
+                str(folder),
+                "--append",
+            ],
+            "was built with a checkpoint of sha256",
+        ),
+        (
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--features_path",
+                str(videos),
+                "--output_dir",
+                str(tmp_path / "none"),
+                "--append",
+            ],
+            "no index at",
+        ),
         (["--output_dir", str(folder), "--remove", "nope"], "holds none of nope"),
         (["--output_dir", str(tmp_path / "none"), "--remove", "v1"], "not a finished index"),
         (["--output_dir", str(folder), "--remove", "v1", "--append"], "one change at a time"),
@@ -224,9 +324,13 @@ def test_append_with_another_checkpoint_and_bad_removals_are_one_line_and_exit_2
 
 
 def test_importing_serve_starts_nothing_and_the_config_is_valid():
-    code = ("import ray, serve; app = serve.app; from ray.serve import Application; "
-            "assert isinstance(app, Application); assert not ray.is_initialized(); print('ok')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    code = (
+        "import ray, serve; app = serve.app; from ray.serve import Application; "
+        "assert isinstance(app, Application); assert not ray.is_initialized(); print('ok')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.stdout.strip() == "ok", done.stderr[-2000:]
     from ray.serve.schema import ServeDeploySchema
 

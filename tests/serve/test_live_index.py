@@ -2,6 +2,7 @@
 ``--remove`` change it. The service picks up each version within 30 s, without a restart and
 without a failed or partial answer while it does; a removed video is never returned after
 that, and the added ones are found."""
+
 import os
 import subprocess
 import sys
@@ -11,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from serve_helpers import call
 
 from bench.full_size import stop_serve_run
-from serve_helpers import call
 
 pytestmark = pytest.mark.slow  # a `serve run` on a Ray of its own
 
@@ -32,7 +33,11 @@ def write_clip_videos(folder: Path, clips) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, clip in enumerate(clips):
         noise = np.random.default_rng(1000 + i)
-        write_video(folder / f"{clip.video_id}.mp4", [draw_frame(clip, k / 31, 80, 80, noise) for k in range(32)], 8)
+        write_video(
+            folder / f"{clip.video_id}.mp4",
+            [draw_frame(clip, k / 31, 80, 80, noise) for k in range(32)],
+            8,
+        )
 
 
 def wait_for_version(base: str, version: int, timeout: float = PICKUP_S) -> tuple[float, dict]:
@@ -42,7 +47,9 @@ def wait_for_version(base: str, version: int, timeout: float = PICKUP_S) -> tupl
         if status == 200 and health["search"]["index_version"] == version:
             return time.time() - started, health
         time.sleep(0.2)
-    raise AssertionError(f"version {version} not served {timeout} s after it was written: {health['search']}")
+    raise AssertionError(
+        f"version {version} not served {timeout} s after it was written: {health['search']}"
+    )
 
 
 def ids_found(base: str, text: str) -> tuple[int, dict]:
@@ -50,21 +57,47 @@ def ids_found(base: str, text: str) -> tuple[int, dict]:
     return status, out
 
 
-def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained_retriever, pitvqa_checkpoint,
-                                                              synthetic_msrvtt, tmp_path):
+def test_videos_added_and_removed_while_serving_are_picked_up(
+    ray_local, trained_retriever, pitvqa_checkpoint, synthetic_msrvtt, tmp_path
+):
     from ingest.synthetic import Clip
     from jobs import index
 
     checkpoint, folder = str(trained_retriever), tmp_path / "index"
     began = time.time()
-    assert index.main(["--checkpoint", checkpoint, "--features_path", str(synthetic_msrvtt / "videos"),
-                       "--output_dir", str(folder)]) == 0
+    assert (
+        index.main(
+            [
+                "--checkpoint",
+                checkpoint,
+                "--features_path",
+                str(synthetic_msrvtt / "videos"),
+                "--output_dir",
+                str(folder),
+            ]
+        )
+        == 0
+    )
     print(f"index built in {time.time() - began:.1f} s")
-    command = [str(Path(sys.executable).parent / "serve"), "run", "serve:build_app", f"checkpoint={checkpoint}",
-               f"index={folder}", f"vqa_checkpoint={pitvqa_checkpoint}", "num_shards=2"]
+    command = [
+        str(Path(sys.executable).parent / "serve"),
+        "run",
+        "serve:build_app",
+        f"checkpoint={checkpoint}",
+        f"index={folder}",
+        f"vqa_checkpoint={pitvqa_checkpoint}",
+        "num_shards=2",
+    ]
     started = time.time()
-    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True, env={**os.environ, "RAY_ADDRESS": "local", **PRODUCTION})
+    server = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "RAY_ADDRESS": "local", **PRODUCTION},
+    )
     base = f"http://127.0.0.1:{PORT}"
     answers, stop = [], threading.Event()
 
@@ -72,7 +105,9 @@ def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained
         while not stop.is_set():
             sent = time.time()
             try:
-                status, out = call(f"{base}/search", {"text": "a red circle moves to the left", "top_k": 100})
+                status, out = call(
+                    f"{base}/search", {"text": "a red circle moves to the left", "top_k": 100}
+                )
             except OSError as err:
                 status, out = 0, {"error": repr(err)}
             answers.append((sent, status, out))
@@ -83,7 +118,11 @@ def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained
         while True:
             try:
                 status, health = call(f"{base}/healthz", timeout=10)
-                if status == 200 and health["search"]["shards_up"] == 2 and health["search"]["index_version"] == 1:
+                if (
+                    status == 200
+                    and health["search"]["shards_up"] == 2
+                    and health["search"]["index_version"] == 1
+                ):
                     break
             except OSError:
                 pass
@@ -95,19 +134,42 @@ def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained
         querier.start()
 
         # Three new videos, and video5 again with other content (replaced, not duplicated).
-        added = [Clip("added0", "red", "circle", "big", "left"), Clip("added1", "blue", "square", "small", "up"),
-                 Clip("added2", "green", "triangle", "big", "down"), Clip("video5", "yellow", "circle", "big", "right")]
+        added = [
+            Clip("added0", "red", "circle", "big", "left"),
+            Clip("added1", "blue", "square", "small", "up"),
+            Clip("added2", "green", "triangle", "big", "down"),
+            Clip("video5", "yellow", "circle", "big", "right"),
+        ]
         write_clip_videos(tmp_path / "new", added)
         began = time.time()
-        assert index.main(["--checkpoint", checkpoint, "--features_path", str(tmp_path / "new"),
-                           "--output_dir", str(folder), "--append"]) == 0
+        assert (
+            index.main(
+                [
+                    "--checkpoint",
+                    checkpoint,
+                    "--features_path",
+                    str(tmp_path / "new"),
+                    "--output_dir",
+                    str(folder),
+                    "--append",
+                ]
+            )
+            == 0
+        )
         print(f"--append took {time.time() - began:.1f} s")
         took, health = wait_for_version(base, 2)
         print(f"version 2 (append) served {took:.1f} s after it was written")
-        assert health["search"]["index_size"] == 21 and health["search"]["index_on_disk"] == {"version": 2, "count": 21}
+        assert health["search"]["index_size"] == 21 and health["search"]["index_on_disk"] == {
+            "version": 2,
+            "count": 21,
+        }
         status, out = ids_found(base, "a big red circle is moving to the left")
         ids = [hit["video_id"] for hit in out["results"]]
-        assert status == 200 and {"added0", "added1", "added2"} <= set(ids) and len(ids) == len(set(ids)) == 21
+        assert (
+            status == 200
+            and {"added0", "added1", "added2"} <= set(ids)
+            and len(ids) == len(set(ids)) == 21
+        )
         assert call(f"{base}/thumbnail/added1")[0] == 200
 
         assert index.main(["--output_dir", str(folder), "--remove", "video3", "added1"]) == 0
@@ -123,12 +185,18 @@ def test_videos_added_and_removed_while_serving_are_picked_up(ray_local, trained
         failed = [(s, o) for _, s, o in answers if s != 200 or o["partial"]]
         assert not failed, failed[:3]
         versions = [o["index_version"] for _, _, o in answers]
-        assert versions == sorted(versions) and set(versions) == {1, 2, 3}  # each answer one version, in order
+        assert versions == sorted(versions) and set(versions) == {
+            1,
+            2,
+            3,
+        }  # each answer one version, in order
         for _, _, out in answers:
             ids = [hit["video_id"] for hit in out["results"]]
             assert len(ids) == len(set(ids)) == {1: 18, 2: 21, 3: 19}[out["index_version"]]
         after = [o for t, _, o in answers if t > removed_at]  # asked once /healthz showed version 3
-        assert after and all({"video3", "added1"}.isdisjoint(h["video_id"] for h in o["results"]) for o in after)
+        assert after and all(
+            {"video3", "added1"}.isdisjoint(h["video_id"] for h in o["results"]) for o in after
+        )
         assert call(f"{base}/thumbnail/video3")[0] == 404
     finally:
         stop.set()

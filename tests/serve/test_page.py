@@ -3,6 +3,7 @@ type a query, see the result thumbnails, ask a VQA question, take screenshots.
 
 Skipped where Chromium is not installed, unless REQUIRE_BROWSER=1 (as `.ci/run` sets after
 installing it), where it fails instead."""
+
 import os
 import shutil
 
@@ -12,8 +13,10 @@ from PIL import Image
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER) and not os.environ.get("REQUIRE_BROWSER"):
-    pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
 
 
 @pytest.fixture
@@ -27,9 +30,19 @@ def browser(tmp_path):
     options.binary_location = CHROMIUM
     # The background-networking flags keep Chromium from reaching for Google's hosts,
     # which this closed network refuses.
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1100,900",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     yield driver
@@ -41,17 +54,27 @@ def test_search_shows_thumbnails_and_vqa_answers(app_url, browser, tmp_path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{app_url}/")
-    WebDriverWait(browser, 30).until(lambda d: "videos in 2/2 shards" in d.find_element(By.ID, "health").text)
+    WebDriverWait(browser, 30).until(
+        lambda d: "videos in 2/2 shards" in d.find_element(By.ID, "health").text
+    )
     browser.find_element(By.ID, "query").send_keys("a red circle moves to the left")
     browser.find_element(By.ID, "search-button").click()
 
     def thumbnails_loaded(d):
         images = d.find_elements(By.CSS_SELECTOR, "figure.hit img")
-        return len(images) == 12 and all(d.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
-                                                          img) for img in images) and images
+        return (
+            len(images) == 12
+            and all(
+                d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img)
+                for img in images
+            )
+            and images
+        )
 
     images = WebDriverWait(browser, 30).until(thumbnails_loaded)
-    assert all(browser.execute_script("return arguments[0].naturalWidth", img) == 64 for img in images)
+    assert all(
+        browser.execute_script("return arguments[0].naturalWidth", img) == 64 for img in images
+    )
     scores = [float(s.text) for s in browser.find_elements(By.CSS_SELECTOR, "figure.hit .score")]
     assert scores == sorted(scores, reverse=True)
     assert "12 videos in" in browser.find_element(By.ID, "search-status").text
@@ -59,11 +82,15 @@ def test_search_shows_thumbnails_and_vqa_answers(app_url, browser, tmp_path):
     assert Image.open(tmp_path / "search.png").size[0] > 0
 
     image = tmp_path / "frame.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
+        image
+    )
     browser.find_element(By.ID, "image").send_keys(str(image))
     browser.find_element(By.ID, "question").send_keys("what is the surgical phase")
     browser.find_element(By.CSS_SELECTOR, "#vqa-form button").click()
-    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#vqa-out li")) == 5)
+    WebDriverWait(browser, 30).until(
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#vqa-out li")) == 5
+    )
     assert "%" in browser.find_element(By.ID, "vqa-out").text
     browser.save_screenshot(str(tmp_path / "vqa.png"))
     print(f"screenshots in {tmp_path}")

@@ -1,11 +1,11 @@
 """The Serve app on several nodes (the session's head plus two worker nodes): the index
 shards spread over the nodes, and when the node of a shard is lost, Serve starts the shard
 again elsewhere and ``/search`` answers fully again within a bounded time."""
+
 import time
 
 import pytest
 from ray import serve
-
 from serve_helpers import call, run_app
 
 pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full suite only
@@ -15,17 +15,27 @@ RECOVERY_BOUND_S = 120
 
 @pytest.fixture
 def spread_app(worker_nodes, serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
-    base = run_app(serve_port, "nodes", checkpoint=str(trained_retriever), index=str(rendered_index),
-                   vqa_checkpoint=str(pitvqa_checkpoint), num_shards=3)  # the CPU default: a CPU per shard
+    base = run_app(
+        serve_port,
+        "nodes",
+        checkpoint=str(trained_retriever),
+        index=str(rendered_index),
+        vqa_checkpoint=str(pitvqa_checkpoint),
+        num_shards=3,
+    )  # the CPU default: a CPU per shard
     yield base
     serve.delete("nodes")
 
 
 def full_search(base: str) -> tuple[int, dict]:
-    return call(f"{base}/search", {"text": "a red circle moves to the left", "top_k": 10}, timeout=20)
+    return call(
+        f"{base}/search", {"text": "a red circle moves to the left", "top_k": 10}, timeout=20
+    )
 
 
-def test_shards_spread_over_nodes_and_come_back_after_a_node_is_lost(ray_cluster, worker_nodes, spread_app):
+def test_shards_spread_over_nodes_and_come_back_after_a_node_is_lost(
+    ray_cluster, worker_nodes, spread_app
+):
     import ray
 
     status, health = call(f"{spread_app}/healthz")
@@ -51,9 +61,13 @@ def test_shards_spread_over_nodes_and_come_back_after_a_node_is_lost(ray_cluster
             break
         time.sleep(0.5)
     recovered = time.time() - removed
-    print(f"after the loss of a node holding a shard: full answers again in {recovered:.1f} s; "
-          f"answers meanwhile: {statuses}")
+    print(
+        f"after the loss of a node holding a shard: full answers again in {recovered:.1f} s; "
+        f"answers meanwhile: {statuses}"
+    )
     assert statuses[-1] == "full", f"no full answer within {RECOVERY_BOUND_S} s: {statuses}"
     assert out["results"] == before["results"]  # the same index, the same answer
     status, health = call(f"{spread_app}/healthz")
-    assert health["search"]["shards_up"] == 3 and lost.node_id not in health["search"]["shard_nodes"], health
+    assert (
+        health["search"]["shards_up"] == 3 and lost.node_id not in health["search"]["shard_nodes"]
+    ), health
