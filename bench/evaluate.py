@@ -7,7 +7,7 @@ Each size N is N texts x N videos (one caption per video, as MSR-VTT's test spli
 prepared features at tiny dims (L=16 tokens, F=4 frames, D=64; a caption is a noisy copy
 of its video's frames, so ranks spread from 1 to N). On the same features, in one run:
 
-- **sharded** (``jobs.similarity.sharded_ranks``, what ``jobs/evaluate.py`` runs): Ray tasks
+- **sharded** (``jobs.similarity.sliced_ranks``, what ``jobs/evaluate.py`` runs): Ray tasks
   each score one slice of the videos against all texts and return rank counts;
 - **full matrix** (the references' way, and this project's before: the ``[N, N]`` scores on
   one process, then ranks): up to ``--full_up_to`` (its matrix is 4 N^2 bytes, 10 GB at
@@ -34,7 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jobs.metrics import metrics_from_ranks, retrieval_metrics  # noqa: E402
-from jobs.similarity import sharded_ranks  # noqa: E402
+from jobs.similarity import sliced_ranks  # noqa: E402
 from models.wti import normalize_masked, token_wise_scores  # noqa: E402
 
 
@@ -162,10 +162,10 @@ def main(argv=None) -> int:
         features = _features_task.remote(size, args.tokens, args.frames, args.dim)
         text_video = np.arange(size)
         with PeakMemory() as sharded:
-            t2v, v2t, used = sharded_ranks(
+            t2v, v2t, used = sliced_ranks(
                 *features,
                 text_video,
-                num_shards=args.shards,
+                num_slices=args.shards,
                 use_gpu=use_gpu,
                 dtype=torch.float16 if use_gpu else None,
             )

@@ -1,7 +1,7 @@
 """Encoding on Ray Data: actor pools that load a checkpoint once each (on its own GPU
 when the cluster has GPUs) and run ``models.encode`` or PitVQANet over a dataset.
 
-    texts  = encode(captions_ds, TextEncoder, checkpoint, use_gpu)   # row, tokens, weights, pooled
+    texts  = encode(captions_ds, TextEncoder, checkpoint, use_gpu)   # row, features, weights, pooled
     videos = encode(clips_ds, ClipEncoder, checkpoint, use_gpu)      # index rows (jobs/index.py)
     answers = encode(vqa_ds, VQAPredictor, checkpoint, use_gpu)      # label, pred, confidence
 
@@ -20,6 +20,7 @@ import torch
 from cluster import per_gpu
 from ingest.datasets import normalize_clips
 from models import load_checkpoint
+from models.device import pick_device
 from models.encode import encode_texts, encode_videos
 
 
@@ -27,7 +28,7 @@ class CheckpointActor:
     """Loads the checkpoint once per actor, on its GPU when it has one."""
 
     def __init__(self, checkpoint: str):
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = pick_device()
         self.model, self.tokenizer = load_checkpoint(checkpoint, device=self.device)
 
 
@@ -52,7 +53,7 @@ def jpeg_bytes(frame: np.ndarray, quality: int = 85) -> bytes:
 
 class ClipEncoder(CheckpointActor):
     """Decoded clips (``video_id``, uint8 ``frames [n,F,S,S,3]``, ``frame_mask``) -> index rows:
-    ``video_id``, ``tokens`` (fp32; the index stores fp16), ``weights``, ``mask``, ``pooled`` and a JPEG ``thumbnail``
+    ``video_id``, ``frames`` (prepared frame features, fp32; the index stores fp16), ``weights``, ``mask``, ``pooled`` and a JPEG ``thumbnail``
     of the middle real frame."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -65,9 +66,9 @@ class ClipEncoder(CheckpointActor):
         ).numpy()
         return {
             "video_id": batch["video_id"],
-            "tokens": encoded["tokens"],
+            "frames": encoded["features"],
             "weights": encoded["weights"],
-            "mask": batch["frame_mask"].astype(np.uint8)[:, : encoded["tokens"].shape[1]],
+            "mask": batch["frame_mask"].astype(np.uint8)[:, : encoded["features"].shape[1]],
             "pooled": encoded["pooled"],
             "thumbnail": np.array([jpeg_bytes(frame) for frame in middle], dtype=object),
         }

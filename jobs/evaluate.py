@@ -44,7 +44,7 @@ def evaluate_retriever(
     from jobs.encode import TextEncoder, collect, encode
     from jobs.metrics import metrics_from_ranks
     from jobs.plots import plot_recall_curve
-    from jobs.similarity import sharded_ranks
+    from jobs.similarity import sliced_ranks
 
     output_dir.mkdir(parents=True, exist_ok=True)
     captions = ray.data.from_items(
@@ -57,13 +57,13 @@ def evaluate_retriever(
     column = {video_id: i for i, video_id in enumerate(test_video_ids)}
     text_video = np.array([column[video_id] for video_id, _ in test_pairs])
     num_shards = num_shards or per_gpu(use_gpu, cpu_default=2)
-    t2v, v2t, num_shards = sharded_ranks(
-        texts["tokens"][text_order],
+    t2v, v2t, num_shards = sliced_ranks(
+        texts["features"][text_order],
         texts["weights"][text_order],
-        videos["tokens"][video_order],
+        videos["frames"][video_order],
         videos["weights"][video_order],
         text_video,
-        num_shards=num_shards,
+        num_slices=num_shards,
         use_gpu=use_gpu,
         dtype=torch.float16 if use_gpu else None,
     )

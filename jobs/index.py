@@ -6,14 +6,14 @@ change it while it is served.
     python jobs/index.py --checkpoint DIR --features_path NEW_VIDEOS --output_dir DIR/index --append
     python jobs/index.py --output_dir DIR/index --remove VIDEO_ID [VIDEO_ID ...]
 
-``--append`` encodes only the videos in ``--features_path`` into new storage shards of the
+``--append`` encodes only the videos in ``--features_path`` into new segments of the
 index (a video id it already holds is replaced); the checkpoint must be the one the index was
 built with. ``--remove`` takes videos out. Each change is the index's next version, made in
-one rename of its manifest (``models.index``); a running service picks it up within seconds.
+one rename of its manifest (``retrieval.store``); a running service picks it up within seconds.
 
 Ray Data decodes the videos (the clip job, streamed: nothing but the index is written), an
 actor pool encodes them (``jobs.encode.ClipEncoder``; one GPU per actor when the cluster
-has GPUs), and the driver writes the rows into storage shards (``models.index``): per
+has GPUs), and the driver writes the rows into segments (``retrieval.store``): per
 video its id, prepared frame features (fp16), frame mask, video-side WTI weights, pooled
 vector and a thumbnail. The manifest records the checkpoint, the count, the dimensions and
 the shard layout. ``serve run serve.app`` serves ``runs/wti/index`` by default. Ray comes
@@ -56,13 +56,13 @@ def index_info(checkpoint: Path) -> dict:
 
 
 def add_encoded(writer, batch: dict) -> None:
-    """Append ``jobs.encode.ClipEncoder`` rows (a batch of columns) to a ``models.index.IndexWriter``."""
-    from models.index import IndexRows
+    """Append ``jobs.encode.ClipEncoder`` rows (a batch of columns) to a ``retrieval.store.IndexWriter``."""
+    from retrieval.store import IndexRows
 
     writer.add(
         IndexRows(
             list(batch["video_id"]),
-            batch["tokens"],
+            batch["frames"],
             batch["weights"],
             batch["mask"],
             batch["pooled"],
@@ -75,7 +75,7 @@ def write_index(
     encoded,
     output_dir: Path | None,
     info: dict | None = None,
-    rows_per_shard: int = 50_000,
+    rows_per_segment: int = 50_000,
     keep: set[str] | None = None,
     append: bool = False,
 ) -> tuple[dict | None, dict]:
@@ -85,10 +85,10 @@ def write_index(
     """
     import numpy as np
 
-    from models.index import IndexWriter
+    from retrieval.store import IndexWriter
 
     writer = (
-        IndexWriter(output_dir, rows_per_shard, info=info, append=append)
+        IndexWriter(output_dir, rows_per_segment, info=info, append=append)
         if output_dir is not None
         else None
     )
@@ -120,12 +120,12 @@ def build_index(
     clips,
     output_dir: Path,
     use_gpu: bool = False,
-    rows_per_shard: int = 50_000,
+    rows_per_segment: int = 50_000,
     keep: set[str] | None = None,
     append: bool = False,
 ) -> tuple[dict, dict]:
     """Encode ``clips`` (the clip job's rows) into an index under ``output_dir`` (``append``:
-    into new storage shards of the index there); returns (manifest, the kept rows' encodings)
+    into new segments of the index there); returns (manifest, the kept rows' encodings)
     as ``write_index``."""
     from jobs.encode import ClipEncoder, encode
 
@@ -133,7 +133,7 @@ def build_index(
         encode(clips, ClipEncoder, checkpoint, use_gpu, batch_size=16),
         output_dir,
         index_info(checkpoint),
-        rows_per_shard,
+        rows_per_segment,
         keep,
         append,
     )
@@ -158,7 +158,13 @@ def parse_args(argv):
     add(
         "--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform"
     )
-    add("--rows_per_shard", type=positive_int, default=50_000, help="videos per storage shard")
+    add(
+        "--rows_per_segment",
+        "--rows_per_shard",
+        type=positive_int,
+        default=50_000,
+        help="videos per segment (the index's immutable storage unit)",
+    )
     add(
         "--use_gpu",
         action=Switch,
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         clip_dataset(videos, spec, collector),
         output_dir,
         use_gpu,
-        args.rows_per_shard,
+        args.rows_per_segment,
         append=args.append,
     )
     report = ray.get(collector.report.remote())
@@ -264,15 +270,15 @@ def main(argv: list[str] | None = None) -> int:
         else ""
     )
     print(
-        f"index version {manifest['version']}: {manifest['count']} videos ({len(manifest['shards'])} storage "
-        f"shard(s), {manifest['lists']} inverted lists) in {output_dir}; {change}{report.summary('decode')}"
+        f"index version {manifest['version']}: {manifest['count']} videos ({len(manifest['segments'])} "
+        f"segment(s), {manifest['lists']} inverted lists) in {output_dir}; {change}{report.summary('decode')}"
     )
     return 0
 
 
 def check_append(output_dir: Path, checkpoint: Path) -> str | None:
     """Why ``checkpoint``'s videos cannot be appended to the index at ``output_dir`` (None: they can)."""
-    from models.index import read_manifest
+    from retrieval.store import read_manifest
 
     try:
         manifest = read_manifest(output_dir)
@@ -292,7 +298,7 @@ def check_append(output_dir: Path, checkpoint: Path) -> str | None:
 def remove(output_dir: Path, video_ids: list[str]) -> int:
     """``--remove``: the next version without ``video_ids``."""
     from jobs.cli import fail
-    from models.index import read_manifest, remove_videos
+    from retrieval.store import read_manifest, remove_videos
 
     try:
         read_manifest(output_dir)

@@ -256,9 +256,9 @@ def validate_retriever(model: Retriever, shard, config: dict) -> dict:
         video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
         parts.append(
             (
-                text.tokens,
+                text.features,
                 text.weights,
-                video.tokens,
+                video.features,
                 video.weights,
                 batch["video_index"].to(device),
             )

@@ -46,7 +46,7 @@ def retrieval_ranks(sim: np.ndarray, text_video: np.ndarray) -> tuple[np.ndarray
 
 def retrieval_metrics(sim: np.ndarray, text_video: np.ndarray) -> dict:
     """``metrics.json`` for retrieval from a full ``[T, V]`` matrix (small sets and tests;
-    evaluation at scale uses ``jobs.similarity.sharded_ranks`` and ``metrics_from_ranks``)."""
+    evaluation at scale uses ``jobs.similarity.sliced_ranks`` and ``metrics_from_ranks``)."""
     return metrics_from_ranks(*retrieval_ranks(sim, text_video), num_videos=sim.shape[1])
 
 

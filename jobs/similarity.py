@@ -1,17 +1,18 @@
-"""Retrieval ranks computed sharded over Ray tasks, without the ``[texts, videos]`` matrix.
+"""Retrieval ranks computed over slices of the videos in Ray tasks, without the
+``[texts, videos]`` matrix. (``--num_shards`` of the jobs sets how many slices.)
 
-Each shard holds one slice of the videos (the texts, ``A x L x D``, go to the object store
-once and every shard reads them) and scores its block with the exact blockwise kernel in
+Each task holds one slice of the videos (the texts, ``A x L x D``, go to the object store
+once and every task reads them) and scores its block with the exact blockwise kernel in
 bounded memory. What comes back is what the ranks need, not the block:
 
-1. the shard that holds a text's video returns that text's true score
+1. the slice that holds a text's video returns that text's true score
    (``models.token_wise_true_scores``);
-2. every shard returns, per text, how many of its videos score strictly higher, and, per
+2. every slice returns, per text, how many of its videos score strictly higher, and, per
    caption of its own videos, the caption's rank among all texts on that video
    (``models.token_wise_rank_counts``).
 
-t2v rank = 1 + the sum of the shards' counts; v2t rank of a video = its best caption's
-rank. Ties count in the true item's favour, as CLIP4Clip's ``compute_metrics``. Shards are
+t2v rank = 1 + the sum of the slices' counts; v2t rank of a video = its best caption's
+rank. Ties count in the true item's favour, as CLIP4Clip's ``compute_metrics``. Slices are
 cut on the kernel's block grid, so every score is bit-identical to the full matrix's and
 the ranks equal the full-matrix path's exactly. Memory per process: O(texts + videos).
 """
@@ -24,11 +25,9 @@ import numpy as np
 import ray
 import torch
 
+from retrieval.ranges import even_ranges
+from models.device import pick_device
 from models.wti import token_wise_rank_counts, token_wise_true_scores, videos_per_block
-
-
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _tensor(array: np.ndarray, device: str) -> torch.Tensor:
@@ -45,8 +44,8 @@ def _columns(text_video: np.ndarray, lo: int, hi: int) -> torch.Tensor:
     return torch.from_numpy(np.where(inside, text_video - lo, -1)).long()
 
 
-def _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi):
-    device = _device()
+def _slice_inputs(text, text_weight, video, video_weight, text_video, lo, hi):
+    device = pick_device()
     return (
         _tensor(text, device),
         _tensor(text_weight, device),
@@ -58,7 +57,7 @@ def _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi):
 
 @ray.remote
 def _true_scores(text, text_weight, video, video_weight, text_video, lo, hi, dtype_name):
-    inputs = _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
+    inputs = _slice_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
     dtype = getattr(torch, dtype_name) if dtype_name else None
     return token_wise_true_scores(*inputs, offset=lo, dtype=dtype).cpu().numpy()
 
@@ -67,7 +66,7 @@ def _true_scores(text, text_weight, video, video_weight, text_video, lo, hi, dty
 def _rank_counts(
     text, text_weight, video, video_weight, text_video, true_score, lo, hi, dtype_name
 ):
-    inputs = _shard_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
+    inputs = _slice_inputs(text, text_weight, video, video_weight, text_video, lo, hi)
     dtype = getattr(torch, dtype_name) if dtype_name else None
     higher, text_rank = token_wise_rank_counts(
         *inputs, _tensor(true_score, inputs[0].device), offset=lo, dtype=dtype
@@ -75,16 +74,15 @@ def _rank_counts(
     return higher.cpu().numpy(), text_rank.cpu().numpy()
 
 
-def shard_bounds(
-    num_videos: int, num_shards: int, num_tokens: int, num_frames: int, use_gpu: bool
+def slice_bounds(
+    num_videos: int, num_slices: int, num_tokens: int, num_frames: int, use_gpu: bool
 ) -> list[int]:
-    """``num_shards + 1`` cut points, each on the kernel's block grid (so the shards' scores
-    are the full matrix's, bit for bit), as even as that allows."""
+    """At most ``num_slices + 1`` cut points, each on the kernel's block grid (so the slices'
+    scores are the full matrix's, bit for bit): the blocks cut into even ranges."""
     block = videos_per_block(num_tokens, num_frames, "cuda" if use_gpu else "cpu")
     blocks = -(-num_videos // block)
-    num_shards = max(1, min(num_shards, blocks))
-    cuts = [min(num_videos, block * round(i * blocks / num_shards)) for i in range(num_shards + 1)]
-    return sorted(set(cuts))
+    ranges = even_ranges(blocks, max(1, min(num_slices, blocks)))
+    return [0] + [min(num_videos, block * hi) for _, hi in ranges]
 
 
 def _in_object_store(x) -> ray.ObjectRef:
@@ -93,54 +91,54 @@ def _in_object_store(x) -> ray.ObjectRef:
     return ray.put(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x))
 
 
-def sharded_ranks(
+def sliced_ranks(
     text,
     text_weight,
     video,
     video_weight,
     text_video: np.ndarray,
-    num_shards: int,
+    num_slices: int,
     use_gpu: bool = False,
     dtype: torch.dtype | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """(t2v ranks ``[A]``, v2t ranks ``[V']``, shards used) from prepared features;
+    """(t2v ranks ``[A]``, v2t ranks ``[V']``, slices used) from prepared features;
     ``text_video[t]`` is text t's video (a position in ``video``). v2t covers the videos
     that have a caption, in video order. On GPUs pass ``dtype=torch.float16``.
 
     The features are tensors, arrays or object refs to arrays (then this process never
-    reads them: the shards map them zero-copy). Each goes to the object store once; a
-    shard reads the texts and its slice of the videos, and holds one column block.
+    reads them: the tasks map them zero-copy). Each goes to the object store once; a
+    task reads the texts and its slice of the videos, and holds one column block.
     """
     text_video = np.asarray(text_video, dtype=np.int64)
     refs = [_in_object_store(x) for x in (text, text_weight, video, video_weight)]
     num_tokens, (num_videos, num_frames) = _shape(text)[1], _shape(video)[:2]
-    bounds = shard_bounds(num_videos, num_shards, num_tokens, num_frames, use_gpu)
+    bounds = slice_bounds(num_videos, num_slices, num_tokens, num_frames, use_gpu)
     text_video_ref = ray.put(text_video)
     dtype_name = str(dtype).replace("torch.", "") if dtype else None
     resources = {"num_gpus": 1, "num_cpus": 0} if use_gpu else {"num_cpus": 1}
-    shards = list(zip(bounds[:-1], bounds[1:]))
+    slices = list(zip(bounds[:-1], bounds[1:]))
     true_score = np.full(len(text_video), np.nan, np.float32)
     for part in ray.get(
         [
             _true_scores.options(**resources).remote(*refs, text_video_ref, lo, hi, dtype_name)
-            for lo, hi in shards
+            for lo, hi in slices
         ]
     ):
         np.copyto(true_score, part, where=~np.isnan(part))
     true_ref = ray.put(true_score)
     higher = np.zeros(len(text_video), np.int64)
     text_rank = np.zeros(len(text_video), np.int64)
-    for shard_higher, shard_rank in ray.get(
+    for slice_higher, slice_rank in ray.get(
         [
             _rank_counts.options(**resources).remote(
                 *refs, text_video_ref, true_ref, lo, hi, dtype_name
             )
-            for lo, hi in shards
+            for lo, hi in slices
         ]
     ):
-        higher += shard_higher
-        text_rank += shard_rank
-    return 1 + higher, best_caption_ranks(text_rank, text_video, num_videos), len(shards)
+        higher += slice_higher
+        text_rank += slice_rank
+    return 1 + higher, best_caption_ranks(text_rank, text_video, num_videos), len(slices)
 
 
 def _shape(value) -> tuple[int, ...]:

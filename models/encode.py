@@ -4,10 +4,10 @@ and score. One function per side, so that every caller encodes the same way.
 An encoding is what exact scoring (``token_wise_scores``) reads, plus one vector per item
 for candidate generation:
 
-- ``tokens``  ``[N, T, D]``: prepared features (``Retriever.prepare_text``/``prepare_video``:
+- ``features`` ``[N, T, D]``: prepared features (``Retriever.prepare_text``/``prepare_video``:
   normalised, padding zeroed); T is the text length L or the frame count F;
-- ``weights`` ``[N, T]``: the WTI weights (uniform for TI, one 1 for dot product);
-- ``pooled``  ``[N, D]``: the normalised weighted mean of ``tokens``.
+- ``weights``  ``[N, T]``: the WTI weights (uniform for TI, one 1 for dot product);
+- ``pooled``   ``[N, D]``: the normalised weighted mean of ``features``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .tokenizer import tokenize
 
 @dataclass
 class Encoded:
-    tokens: torch.Tensor  # (N, T, D)
+    features: torch.Tensor  # (N, T, D): text tokens or video frames
     weights: torch.Tensor  # (N, T)
     pooled: torch.Tensor  # (N, D)
 
@@ -31,7 +31,7 @@ class Encoded:
         """fp32 arrays on the CPU, keyed by field name."""
         return {
             name: getattr(self, name).float().cpu().numpy()
-            for name in ("tokens", "weights", "pooled")
+            for name in ("features", "weights", "pooled")
         }
 
 
@@ -52,7 +52,7 @@ def encode_tokens(model, input_ids, attention_mask) -> Encoded:
     feat, mask = model.encode_text(
         torch.as_tensor(input_ids, device=device), torch.as_tensor(attention_mask, device=device)
     )
-    tokens, weights = model.prepare_text(feat, mask)
+    tokens, weights = model.prepare_text(feat, mask)  # (A, L, D), (A, L)
     return Encoded(tokens, weights, pooled(tokens, weights))
 
 
@@ -70,5 +70,5 @@ def encode_videos(model, pixel_values, frame_mask) -> Encoded:
     feat, mask = model.encode_video(
         torch.as_tensor(pixel_values, device=device), torch.as_tensor(frame_mask, device=device)
     )
-    tokens, weights = model.prepare_video(feat, mask)
-    return Encoded(tokens, weights, pooled(tokens, weights))
+    frames, weights = model.prepare_video(feat, mask)  # (V, F, D), (V, F)
+    return Encoded(frames, weights, pooled(frames, weights))

@@ -21,6 +21,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from retrieval.store import MANIFEST, read_manifest
+from retrieval.thumbnails import Thumbnails
+
 from .schemas import (
     ErrorResponse,
     Hit,
@@ -80,6 +83,21 @@ def _bug(route: str, exc: BaseException) -> JSONResponse:
         f"internal error in {route}; the server log has the traceback under request id {request_id}",
         request_id,
     )
+
+
+def merge(results: list[list[tuple[str, float]]], top_k: int) -> list[tuple[str, float]]:
+    """Merge per-shard ``[(video_id, score), ...]`` lists into the global best ``top_k``.
+
+    Ties are broken by video id, so that the answer does not depend on how the index is split.
+    An id answered twice (a replaced video, while the shards move to a new version) counts once.
+    """
+    every = sorted((hit for hits in results for hit in hits), key=lambda hit: (-hit[1], hit[0]))
+    seen, out = set(), []
+    for hit in every:
+        if hit[0] not in seen:
+            seen.add(hit[0])
+            out.append(hit)
+    return out[:top_k]
 
 
 api = FastAPI(
@@ -144,9 +162,7 @@ class Ingress:
         return min(known) if len(known) == len(self.newest) else None
 
     def _thumbnails(self):
-        from models.index import Thumbnails
-
-        if self.thumbnails is None and (self.index / "manifest.json").is_file():
+        if self.thumbnails is None and (self.index / MANIFEST).is_file():
             self.thumbnails = Thumbnails(self.index)
         elif self.thumbnails is not None:
             self.thumbnails.refresh()
@@ -159,7 +175,6 @@ class Ingress:
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """What is loaded: the retriever, each index shard (rows, up or down) and PitVQANet."""
-        from models.index import read_manifest
 
         async def ask(handle):
             try:
@@ -173,7 +188,7 @@ class Ingress:
         for i, shard in enumerate(shards):
             if shard.get("version") is not None:
                 self._saw(i, shard["version"])
-        manifest = read_manifest(self.index) if (self.index / "manifest.json").is_file() else {}
+        manifest = read_manifest(self.index) if (self.index / MANIFEST).is_file() else {}
         ready = encoder.get("loaded") and vqa.get("loaded") and len(up) == len(shards)
         served = {s.get("version") for s in up}
         return {
@@ -214,8 +229,6 @@ class Ingress:
         },
     )
     async def search(self, request: SearchRequest):
-        from models.search import merge
-
         started = time.perf_counter()
         try:
             query = self.encoder.encode([request.text])[0]

@@ -2,9 +2,9 @@
 
 - ``QueryEncoder``: text encoding (``models.encode``), held by the ingress itself: a query
   costs one replica call fewer (the hop cost 10 ms of a 23 ms answer here; encoding 1 ms);
-- ``IndexShard`` x N: part of every storage shard of the index each (on its own GPU when
+- ``IndexShard`` x N: part of every segment of the index each (on its own GPU when
   there are GPUs, else on a CPU of its own), answering its top-k, two-stage
-  (``models.search``) unless asked ``exact``, and following the index's new versions;
+  (``retrieval.lists``) unless asked ``exact``, and following the index's new versions;
 - ``VQAModel``: batched PitVQANet with image decoding, preprocessing and tokenization.
 
 What a replica cannot do *by design* (its checkpoint or index is missing) it answers as
@@ -17,11 +17,25 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
+import threading
+import time
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
+from PIL import Image
 from ray import serve
+
+from ingest.datasets import image_pixels
+from ingest.qa import SPLITS, load_labels
+from models import load_checkpoint, tokenize
+from models.checkpoint import read_config
+from models.device import pick_device
+from models.encode import encode_texts
+from retrieval.lists import InvertedLists, lists_for, search_lists
+from retrieval.store import IndexReader, read_manifest
 
 from .schemas import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
@@ -35,10 +49,10 @@ def _missing(what: str, path: Path, command: str) -> str:
 
 def _setup_torch() -> str:
     """Device for a replica; on a CPU one thread per replica, as replicas share the cores."""
-    if torch.cuda.is_available():
-        return "cuda"
-    torch.set_num_threads(1)
-    return "cpu"
+    device = pick_device()
+    if device == "cpu":
+        torch.set_num_threads(1)
+    return device
 
 
 def _node() -> str:
@@ -51,8 +65,6 @@ class _CheckpointReplica:
     (``problem``) so that the app still starts and the route can answer 503."""
 
     def __init__(self, checkpoint: str, what: str, command: str):
-        from models import load_checkpoint
-
         self.device, self.checkpoint = _setup_torch(), Path(checkpoint)
         self.model = self.tokenizer = self.problem = None
         if (self.checkpoint / "config.json").is_file():
@@ -80,8 +92,6 @@ class QueryEncoder(_CheckpointReplica):
     def encode(self, texts: list[str]) -> list[dict]:
         if self.model is None:
             return [{"problem": self.problem}] * len(texts)
-        from models.encode import encode_texts
-
         encoded = encode_texts(self.model, self.tokenizer, texts).numpy()
         return [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
 
@@ -90,14 +100,9 @@ POLL_S = 2.0  # how often a shard looks for a new version of the index
 
 
 class ShardView:
-    """One version of a shard's rows on its device, as inverted lists (``models.search``)."""
+    """One version of a shard's rows on its device, as inverted lists (``retrieval.lists``)."""
 
     def __init__(self, version: int, rows, centroids, device: str, candidates: int | None):
-        import numpy as np
-
-        from models.index import nearest_centroid, num_lists, train_centroids
-        from models.search import InvertedLists
-
         self.version, self.candidates = version, candidates
         self.rows = len(rows) if rows is not None else 0
         if not self.rows:
@@ -105,8 +110,7 @@ class ShardView:
         if (
             centroids is None or rows.lists is None
         ):  # an index written before the lists: make them here
-            centroids = train_centroids(rows.pooled, num_lists(len(rows)))
-            rows.lists = nearest_centroid(rows.pooled, centroids)
+            centroids, rows.lists = lists_for(rows.pooled)
         dtype = (
             torch.float16 if device == "cuda" else torch.float32
         )  # the CPU has no fast fp16 matmul
@@ -126,8 +130,6 @@ class ShardView:
         self.probe = self.run_probe()  # what the health check must get again
 
     def search(self, tokens, weights, pooled, top_k: int, exact: bool) -> list[tuple[str, float]]:
-        from models.search import search_lists
-
         if not self.rows:
             return []
         scores, rows = search_lists(
@@ -144,16 +146,12 @@ class ShardView:
     ray_actor_options={"num_cpus": 0}, health_check_period_s=10, health_check_timeout_s=30
 )
 class IndexShard:
-    """Part of every storage shard of the index (``models.index.serving_parts``); answers its
+    """Part of every segment of the index (``retrieval.store.serving_parts``); answers its
     own top-k. It follows the index as it changes: every ``POLL_S`` seconds it looks for a new
-    version, loads it beside the one it serves (reading only new storage shards) and keeps the
+    version, loads it beside the one it serves (reading only new segments) and keeps the
     last two, so that the ingress can ask every shard for the same version while they move."""
 
     def __init__(self, index: str, shard: int, num_shards: int, candidates: int | None = None):
-        import threading
-
-        from models.index import IndexReader
-
         self.device, self.index, self.shard, self.candidates = (
             _setup_torch(),
             Path(index),
@@ -168,10 +166,6 @@ class IndexShard:
 
     def refresh(self) -> None:
         """Load the index's current version if this shard does not hold it yet."""
-        import numpy as np
-
-        from models.index import read_manifest
-
         try:
             manifest = read_manifest(self.index)
         except FileNotFoundError:
@@ -196,9 +190,6 @@ class IndexShard:
         self.problem = None
 
     def _follow(self) -> None:
-        import logging
-        import time
-
         while True:
             time.sleep(POLL_S)
             try:
@@ -252,7 +243,7 @@ class IndexShard:
         view = self._view(version)
         as_tensor = lambda name: torch.as_tensor(query[name], device=self.device).unsqueeze(0)  # noqa: E731
         hits = view.search(
-            as_tensor("tokens"), as_tensor("weights"), as_tensor("pooled"), top_k, exact
+            as_tensor("features"), as_tensor("weights"), as_tensor("pooled"), top_k, exact
         )
         return {"hits": hits, "version": view.version, "newest": max(self.views)}
 
@@ -265,8 +256,6 @@ class BadImage(ValueError):
 
 def decode_image(data: str):
     """base64 PNG/JPEG -> PIL image, or ``BadImage`` (400, or 413 when too large)."""
-    from PIL import Image
-
     if data.startswith("data:"):
         data = data.partition(",")[2]
     if len(data) > MAX_IMAGE_BYTES * 4 // 3 + 4:
@@ -296,8 +285,6 @@ class VQAModel(_CheckpointReplica):
     """(base64 image, question) -> answer class, its probability and the top five."""
 
     def __init__(self, checkpoint: str):
-        from models.checkpoint import read_config
-
         super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA)
         if self.model is not None:
             self.labels = read_config(self.checkpoint).get("labels") or _labels_for(
@@ -308,9 +295,6 @@ class VQAModel(_CheckpointReplica):
     async def answer(self, items: list[tuple[str, str]]) -> list[dict]:
         if self.model is None:
             return [{"problem": self.problem}] * len(items)
-        from ingest.datasets import image_pixels
-        from models import tokenize
-
         out: list[dict] = [{} for _ in items]
         images, good = [], []
         for i, (data, _) in enumerate(items):
@@ -349,8 +333,6 @@ class VQAModel(_CheckpointReplica):
 
 
 def _labels_for(num_classes: int) -> list[str]:
-    from ingest.qa import SPLITS, load_labels
-
     for dataset in SPLITS:
         labels = load_labels(dataset)
         if len(labels) == num_classes:

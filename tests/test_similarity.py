@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from jobs.metrics import metrics_from_ranks, retrieval_metrics, retrieval_ranks
-from jobs.similarity import shard_bounds, sharded_ranks
+from jobs.similarity import slice_bounds, sliced_ranks
 from models import WTIHead, token_wise_scores
 
 
@@ -18,17 +18,17 @@ def _features(num_texts, num_videos, seed=0, tokens=8, frames=5, dim=32):
         return (*head.prepare_text(text, text_mask), *head.prepare_video(video, video_mask))
 
 
-def test_shard_bounds_cut_on_the_block_grid_and_cover_every_video():
-    bounds = shard_bounds(1500, 3, 8, 5, use_gpu=False)  # blocks of 614 videos here
+def test_slice_bounds_cut_on_the_block_grid_and_cover_every_video():
+    bounds = slice_bounds(1500, 3, 8, 5, use_gpu=False)  # blocks of 614 videos here
     assert bounds[0] == 0 and bounds[-1] == 1500
     assert all(b % 614 == 0 for b in bounds[:-1])
-    assert shard_bounds(10, 4, 8, 5, use_gpu=False) == [
+    assert slice_bounds(10, 4, 8, 5, use_gpu=False) == [
         0,
         10,
     ]  # fewer videos than a block: one shard
 
 
-def test_sharded_ranks_equal_the_full_matrix_exactly(ray_local):
+def test_sliced_ranks_equal_the_full_matrix_exactly(ray_local):
     """Several captions per video in shuffled order, three shards of uneven size: every t2v
     and v2t rank equals the full matrix's, and so every metric."""
     text, text_weight, video, video_weight = _features(90, 1500)
@@ -38,8 +38,8 @@ def test_sharded_ranks_equal_the_full_matrix_exactly(ray_local):
     full = token_wise_scores(text, text_weight, video, video_weight).numpy()
     want_t2v, want_v2t = retrieval_ranks(full, text_video)
     for shards in (1, 3):
-        t2v, v2t, used = sharded_ranks(
-            text, text_weight, video, video_weight, text_video, num_shards=shards
+        t2v, v2t, used = sliced_ranks(
+            text, text_weight, video, video_weight, text_video, num_slices=shards
         )
         assert used == shards
         np.testing.assert_array_equal(t2v, want_t2v)
@@ -60,7 +60,7 @@ def test_ties_rank_the_true_item_first_in_both_paths(ray_local):
     )  # text 0 -> video 1 (tied with 0); text 1 -> video 2 (scores 0, two beat it)
     full = token_wise_scores(text, weights_t, video, weights_v).numpy()
     assert full[0, 0] == full[0, 1] == 1.0
-    t2v, v2t, _ = sharded_ranks(text, weights_t, video, weights_v, text_video, num_shards=2)
+    t2v, v2t, _ = sliced_ranks(text, weights_t, video, weights_v, text_video, num_slices=2)
     want_t2v, want_v2t = retrieval_ranks(full, text_video)
     np.testing.assert_array_equal(t2v, want_t2v)
     np.testing.assert_array_equal(v2t, want_v2t)

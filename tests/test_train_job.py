@@ -104,7 +104,7 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(
         assert (out / plot).stat().st_size > 1000
     assert "results in" in capsys.readouterr().out
     # ... and the main job indexed every decoded video (16 train + 8 test) for serving.
-    from models.index import read_manifest
+    from retrieval.store import read_manifest
 
     index = read_manifest(out / "index")
     assert index["count"] == 24 and index["checkpoint"] == str(out / "checkpoint")

@@ -84,7 +84,7 @@ def test_three_workers_score_every_validation_row(ray_local, tmp_path):
     text = encode_tokens(model, stack["input_ids"], stack["attention_mask"])
     first = np.unique(stack["video_index"].numpy(), return_index=True)[1]
     video = encode_videos(model, stack["pixel_values"][first], stack["frame_mask"][first])
-    scores = token_wise_scores(text.tokens, text.weights, video.tokens, video.weights).numpy()
+    scores = token_wise_scores(text.features, text.weights, video.features, video.weights).numpy()
     want = retrieval_metrics(scores, stack["video_index"].numpy())
     for key, value in (
         ("R@1", want["t2v"]["R@1"]),

@@ -28,21 +28,21 @@ def test_encodings_score_as_the_model_does(clip_tokenizer, interaction):
         model, pixels.numpy(), frame_mask.numpy()
     )  # arrays, as Ray Data hands them
     frames = 1 if interaction == "dp" else 4
-    assert texts.tokens.shape == (
+    assert texts.features.shape == (
         3,
         1 if interaction == "dp" else 16,
         64,
-    ) and videos.tokens.shape == (3, frames, 64)
+    ) and videos.features.shape == (3, frames, 64)
     # The kernel on the encodings gives the model's own scores.
     ids = tokenize(clip_tokenizer, CAPTIONS, 16)
     with torch.no_grad():
         want = model(ids["input_ids"], ids["attention_mask"], pixels, frame_mask)
-    got = token_wise_scores(texts.tokens, texts.weights, videos.tokens, videos.weights)
+    got = token_wise_scores(texts.features, texts.weights, videos.features, videos.weights)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     # The pooled vector is the unit-length weighted mean of the prepared tokens.
-    mean = torch.einsum("ntd,nt->nd", videos.tokens, videos.weights)
+    mean = torch.einsum("ntd,nt->nd", videos.features, videos.weights)
     torch.testing.assert_close(videos.pooled, mean / mean.norm(dim=-1, keepdim=True))
     assert (
-        set(texts.numpy()) == {"tokens", "weights", "pooled"}
-        and texts.numpy()["tokens"].dtype.name == "float32"
+        set(texts.numpy()) == {"features", "weights", "pooled"}
+        and texts.numpy()["features"].dtype.name == "float32"
     )

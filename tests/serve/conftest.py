@@ -25,7 +25,7 @@ from models import (
     save_checkpoint,
     tokenize,
 )
-from models.index import IndexWriter
+from retrieval.store import IndexWriter
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def rendered_index(trained_retriever):
     encoder = ClipEncoder(str(trained_retriever))  # the index job's encoder, called in-process
     folder = trained_retriever.parent / "index"
     writer = IndexWriter(
-        folder, rows_per_shard=250, info=index_info(trained_retriever)
+        folder, rows_per_segment=250, info=index_info(trained_retriever)
     )  # 3 storage shards
     clips, frames = render_clips(INDEX_VIDEOS, max_frames=4, image_size=64, seed=11)
     for first in range(0, INDEX_VIDEOS, 200):

@@ -80,7 +80,7 @@ def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers
 
     from models import load_checkpoint, token_wise_scores
     from models.encode import encode_texts
-    from models.index import load_index
+    from retrieval.store import load_index
 
     model, tokenizer = load_checkpoint(trained_retriever)
     rows = load_index(rendered_index)
@@ -89,7 +89,7 @@ def test_two_shards_answer_what_one_exhaustive_search_of_the_whole_index_answers
     for text in QUERIES[:4]:
         _, merged = call(f"{app_url}/search", {"text": text, "top_k": 20, "exact": True})
         query = encode_texts(model, tokenizer, [text])
-        every = token_wise_scores(query.tokens, query.weights, frames, weights)[0]  # (V,)
+        every = token_wise_scores(query.features, query.weights, frames, weights)[0]  # (V,)
         # The 20 best scores, and each returned video scored as this process scores it:
         # the same videos up to float rounding among near-ties.
         np.testing.assert_allclose(

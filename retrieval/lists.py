@@ -1,19 +1,18 @@
-"""Top-k search over a slice of the index: a first stage picks candidates, exact WTI ranks them.
+"""The first stage of search: inverted lists over the pooled vectors, and the top-k of a
+slice of the index through them.
 
 Exact scoring of one query against V videos costs ``L x F x D`` multiply-adds per video
 (every token against every frame). The first stage is an inverted file over the pooled
 vectors (the query's tokens averaged by their WTI weights against each video's frames
-averaged by theirs): the index's k-means centroids (``models.index``) split the videos into
-about sqrt(N) lists; a query ranks the centroids (``K x D``) and takes the best lists until
-they hold ``candidates`` videos (default: as many as ``probe_lists`` lists hold on
-average), all of which are scored exactly with the kernel of training and evaluation
-(``models.wti``). The scores returned are always the exact WTI scores; only which videos get
-scored is approximate (``search_lists``). A slice holds each list's frames as one
-frame-major slab (``InvertedLists``), which the kernel reads with no gather or transpose.
-
-``search`` is the first stage the lists replaced: every pooled vector scanned, the best
-re-scored (kept for ``bench/search.py``, which measures both and the peer, and chose
-``probe_lists``).
+averaged by theirs): k-means centroids (``train_centroids``, trained when the index is
+built, ``retrieval.store``) split the videos into about sqrt(N) lists (``num_lists``); a
+query ranks the centroids (``K x D``) and takes the best lists until they hold
+``candidates`` videos (default: as many as ``probe_lists`` lists hold on average), all of
+which are scored exactly with the kernel of training and evaluation (``models.wti``). The
+scores returned are always the exact WTI scores; only which videos get scored is
+approximate (``search_lists``). A slice holds each list's frames as one frame-major slab
+(``InvertedLists``), which the kernel reads with no gather or transpose. An index written
+before the lists gets them when it is loaded (``lists_for``).
 """
 
 from __future__ import annotations
@@ -24,7 +23,53 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .wti import frame_major_scores, token_wise_scores, token_wise_topk
+from models.wti import frame_major_scores
+
+
+def num_lists(count: int) -> int:
+    """Inverted lists for ``count`` videos: about ``sqrt(count)`` (1,000 at 1M), each of about
+    as many videos; a query probes the few best lists, whatever the index size."""
+    return int(max(1, min(4096, round(np.sqrt(count)))))
+
+
+def nearest_centroid(pooled: np.ndarray, centroids: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    """The list of each row: its centroid of largest inner product (the pooled vectors and
+    the centroids are unit vectors)."""
+    c = torch.from_numpy(np.ascontiguousarray(centroids, np.float32))
+    out = np.empty(len(pooled), np.int32)
+    for lo in range(0, len(pooled), chunk):
+        block = torch.from_numpy(np.array(pooled[lo : lo + chunk], np.float32))
+        out[lo : lo + chunk] = (block @ c.T).argmax(1).numpy()
+    return out
+
+
+def train_centroids(
+    pooled: np.ndarray, count: int, iterations: int = 12, seed: int = 0, sample_per_list: int = 64
+) -> np.ndarray:
+    """Spherical k-means: ``count`` unit centroids of the pooled vectors, trained on a sample
+    of ``sample_per_list`` rows per list (``[count, D]`` float32)."""
+    rng = np.random.default_rng(seed)
+    sample = pooled[
+        np.sort(rng.choice(len(pooled), min(len(pooled), count * sample_per_list), replace=False))
+    ]
+    sample = np.asarray(sample, np.float32)
+    centroids = sample[rng.choice(len(sample), count, replace=False)].copy()
+    for _ in range(iterations):
+        assigned = nearest_centroid(sample, centroids)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, assigned, sample)
+        empty = ~np.bincount(assigned, minlength=count).astype(bool)
+        sums[empty] = sample[rng.choice(len(sample), int(empty.sum()))]  # re-seed empty lists
+        centroids = sums / np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return centroids.astype(np.float32)
+
+
+def lists_for(pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(centroids, the list of each row) for rows of an index written before the lists:
+    the same rule as a build (``num_lists``, ``train_centroids``), on these rows only."""
+    centroids = train_centroids(pooled, num_lists(len(pooled)))
+    return centroids, nearest_centroid(pooled, centroids)
+
 
 # Lists probed per query (inverted lists): sqrt(lists), at least MIN_PROBE_LISTS. With about
 # sqrt(N) lists the videos re-scored exactly grow as N^(3/4), a falling share of the shard
@@ -38,18 +83,10 @@ def probe_lists(num_lists: int) -> int:
     return max(MIN_PROBE_LISTS, math.ceil(math.sqrt(num_lists)))
 
 
-# The pooled scan: at least MIN_CANDIDATES, and CANDIDATE_FRACTION of the shard (100k index).
-MIN_CANDIDATES = 256
-CANDIDATE_FRACTION = 0.03
-
-
-def candidate_count(shard_size: int, top_k: int, lists: InvertedLists | None = None) -> int:
-    """Videos re-scored exactly by default: those of ``probe_lists`` lists of average size
-    (with lists), else the pooled scan's best ``max(MIN_CANDIDATES, CANDIDATE_FRACTION)``."""
-    if lists is not None:
-        num_lists = len(lists.centroids)
-        return max(top_k, probe_lists(num_lists) * math.ceil(shard_size / num_lists))
-    return max(MIN_CANDIDATES, top_k, math.ceil(CANDIDATE_FRACTION * shard_size))
+def candidate_count(slice_size: int, top_k: int, lists: InvertedLists) -> int:
+    """Videos re-scored exactly by default: those of ``probe_lists`` lists of average size."""
+    num_lists = len(lists.centroids)
+    return max(top_k, probe_lists(num_lists) * math.ceil(slice_size / num_lists))
 
 
 @dataclass
@@ -140,7 +177,7 @@ def search_lists(
     exact: bool = False,
     candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``search`` over a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
+    """The best ``top_k`` of a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
     list order), best first. ``exact`` scores every list."""
     top_k = min(top_k, len(lists))
     candidates = max(top_k, candidates or candidate_count(len(lists), top_k, lists))
@@ -172,63 +209,3 @@ def trim_padding(
     if keep < text.shape[1] and not text[:, keep:].any() and not text_weight[:, keep:].any():
         return text[:, :keep], text_weight[:, :keep]
     return text, text_weight
-
-
-def top_rows(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the ``count`` largest of a 1-D score vector, unordered. On a CPU numpy's
-    linear-time partition (about 8x faster than ``torch.topk`` at 100k)."""
-    if scores.device.type == "cpu":
-        return torch.from_numpy(np.argpartition(-scores.float().numpy(), count - 1)[:count])
-    return scores.topk(count, sorted=False).indices
-
-
-@torch.no_grad()
-def search(
-    text: torch.Tensor,
-    text_weight: torch.Tensor,
-    text_pooled: torch.Tensor,
-    frames: torch.Tensor,
-    frame_weight: torch.Tensor,
-    frame_pooled: torch.Tensor,
-    top_k: int,
-    exact: bool = False,
-    candidates: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best ``top_k`` rows for each query, best first: (scores ``[A, k]``, row indices ``[A, k]``),
-    with the pooled scan as the first stage (``search_lists`` is the inverted-list one).
-
-    text ``[A, L, D]``/``[A, L]``/``[A, D]`` and the slice's frames ``[V, F, D]``/``[V, F]``/
-    ``[V, D]``, all prepared (``models.encode``). ``exact`` scores every row.
-    """
-    V = frames.shape[0]
-    top_k = min(top_k, V)
-    candidates = candidates or candidate_count(V, top_k)
-    text, text_weight = trim_padding(text, text_weight)
-    if exact or candidates >= V:
-        return token_wise_topk(text, text_weight, frames, frame_weight, top_k, dtype=frames.dtype)
-    coarse = text_pooled.to(frame_pooled.dtype) @ frame_pooled.T  # (A, V)
-    best, found = [], []
-    for a in range(text.shape[0]):
-        rows = top_rows(coarse[a], max(candidates, top_k))
-        scores = token_wise_scores(
-            text[a : a + 1], text_weight[a : a + 1], frames[rows], frame_weight[rows]
-        )[0]
-        top = scores.topk(top_k)
-        best.append(top.values)
-        found.append(rows.to(frames.device)[top.indices])
-    return torch.stack(best), torch.stack(found)
-
-
-def merge(results: list[list[tuple[str, float]]], top_k: int) -> list[tuple[str, float]]:
-    """Merge per-shard ``[(video_id, score), ...]`` lists into the global best ``top_k``.
-
-    Ties are broken by video id, so that the answer does not depend on how the index is split.
-    An id answered twice (a replaced video, while the shards move to a new version) counts once.
-    """
-    every = sorted((hit for hits in results for hit in hits), key=lambda hit: (-hit[1], hit[0]))
-    seen, out = set(), []
-    for hit in every:
-        if hit[0] not in seen:
-            seen.add(hit[0])
-            out.append(hit)
-    return out[:top_k]
