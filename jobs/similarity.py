@@ -25,9 +25,9 @@ import numpy as np
 import ray
 import torch
 
-from retrieval.ranges import even_ranges
 from models.device import pick_device
 from models.wti import token_wise_rank_counts, token_wise_true_scores, videos_per_block
+from retrieval.ranges import even_ranges
 
 
 def _tensor(array: np.ndarray, device: str) -> torch.Tensor:

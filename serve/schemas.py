@@ -103,7 +103,9 @@ class AppArgs(BaseModel):
         None, description="one GPU per shard; default: when the cluster has GPUs"
     )
     candidates: int | None = Field(
-        None, ge=1, description="re-scored candidates per shard (default: retrieval.lists.candidate_count)"
+        None,
+        ge=1,
+        description="re-scored candidates per shard (default: retrieval.lists.candidate_count)",
     )
     timeout_s: float = Field(
         15.0,
