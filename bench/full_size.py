@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -36,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cluster.processes import stop_serve_run  # noqa: E402
 
 
 def memory_in_use() -> int:
@@ -154,18 +155,6 @@ def http(url: str, body=None, timeout=300):
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         return json.loads(response.read())
-
-
-def stop_serve_run(process: subprocess.Popen, grace_s: float = 10.0) -> None:
-    """Ctrl-C to a ``serve run`` started with ``start_new_session=True``, as a user stops it,
-    then SIGKILL to its process group after ``grace_s``: its graceful shutdown took a whole
-    minute after another ``serve run`` on the same machine, and nothing of it is reused."""
-    os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
 
 
 def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: int = 8000) -> None:

@@ -3,8 +3,10 @@
     python bench/train.py                      # tiny retriever, batch 32, 4 frames at 64 px, CPU
     python bench/train.py --model pitvqa --batch 32
 
-Both sides run, in one process tree and on the same rows, the same step: the retriever's
-contrastive objective (or PitVQANet's cross-entropy) with AdamW. The plain loop slices
+Both sides run, in one process tree and on the same rows, the job's own step: the recipe
+``jobs/train.py`` runs (``jobs.recipes``: the retriever's contrastive objective with its
+AdamW parameter groups, clipping and warm-up + cosine schedule, or PitVQANet's
+cross-entropy with Adam), built with the same seed on both sides. The plain loop slices
 pre-built tensors; the Ray Train worker gets its batches from a materialised Ray Dataset
 shard through ``iter_torch_batches`` (the training job's path) inside a ``TorchTrainer``.
 Each side times its steps after a warm-up epoch, with the same number of torch threads
@@ -26,7 +28,6 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models import ContrastiveObjective, PitVQAConfig, PitVQANet, Retriever, RetrieverConfig  # noqa: E402
 
 
 def make_rows(
@@ -51,47 +52,42 @@ def make_rows(
     }
 
 
-def build(model: str, size: int, frames: int):
-    """(module to train, step function batch -> loss), seeded so both sides start equal."""
-    torch.manual_seed(0)
+def build(model: str, size: int, frames: int, num_rows: int, batch: int, epochs: int):
+    """The job's recipe (``jobs.recipes``), seeded so both sides start equal: its model,
+    optimizer, schedule, clipping and step, as ``jobs/train.py`` builds them."""
+    from jobs.config import TrainConfig
+    from jobs.recipes import recipe_for
+    from models import PitVQAConfig, RetrieverConfig
+
     if model == "retriever":
-        objective = ContrastiveObjective(
-            Retriever(RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames))
-        )
-
-        def loss_of(net, batch):
-            return net(
-                batch["input_ids"],
-                batch["attention_mask"],
-                batch["pixel_values"],
-                batch["frame_mask"],
-            )["loss"]
-
-        return objective, loss_of
-    net = PitVQANet(PitVQAConfig.tiny(vocab_size=256, image_size=size))
-    criterion = torch.nn.CrossEntropyLoss()
-
-    def loss_of(net, batch):
-        return criterion(
-            net(batch["pixel_values"], batch["input_ids"], batch["attention_mask"]), batch["label"]
-        )
-
-    return net, loss_of
+        model_config = RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames)
+        lr = 1e-3  # the tiny preset's
+    else:
+        model_config = PitVQAConfig.tiny(vocab_size=256, image_size=size)
+        lr = 1e-3
+    config = TrainConfig(
+        model=model,
+        model_config=model_config.to_dict(),
+        output_dir="unused",
+        num_train_rows=num_rows,
+        epochs=epochs,
+        batch_size=batch,
+        lr=lr,
+        seed=0,
+        coef_lr=1.0,
+        train_labels=[0],
+    )
+    return recipe_for(model)(config)
 
 
-def timed_epochs(net, loss_of, batches_per_epoch, epochs: int) -> float:
+def timed_epochs(recipe, batches_per_epoch, epochs: int) -> float:
     """Samples per second of the fastest epoch after the first (a warm-up). The best epoch,
     not the mean: on a small shared VM other processes steal whole slices of an epoch."""
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-4)
-    net.train()
     rates = []
     for epoch in range(epochs):
         seen, started = 0, time.perf_counter()
         for batch in batches_per_epoch():
-            loss = loss_of(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            recipe.step(batch)
             seen += len(batch["input_ids"])
         if epoch:
             rates.append(seen / (time.perf_counter() - started))
@@ -102,29 +98,44 @@ def plain_loop(config: dict) -> float:
     torch.set_num_threads(config["threads"])
     rows = {k: torch.from_numpy(v) for k, v in config["rows"].items()}
     batch = config["batch"]
-    net, loss_of = build(config["model"], config["size"], config["frames"])
+    recipe = build(
+        config["model"],
+        config["size"],
+        config["frames"],
+        len(rows["input_ids"]),
+        batch,
+        config["epochs"],
+    )
 
     def batches():
         for start in range(0, len(rows["input_ids"]) - batch + 1, batch):
             yield {k: v[start : start + batch] for k, v in rows.items()}
 
-    return timed_epochs(net, loss_of, batches, config["epochs"])
+    return timed_epochs(recipe, batches, config["epochs"])
 
 
 def ray_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from jobs.loops import torch_batches
+    from jobs.train_loop import torch_batches
 
-    net, loss_of = build(config["model"], config["size"], config["frames"])
-    net = ray.train.torch.prepare_model(net)
-    shard = ray.train.get_dataset_shard("train")
+    num_rows = config["batch"] * config["steps"]
+    recipe = build(
+        config["model"],
+        config["size"],
+        config["frames"],
+        num_rows,
+        config["batch"],
+        config["epochs"],
+    )
+    recipe.prepare(ray.train.torch.prepare_model)
+    split = ray.train.get_dataset_shard("train")
 
     def batches():  # the training job's iterator (without its shuffle buffer)
-        return torch_batches(shard, config["batch"])
+        return torch_batches(split, config["batch"])
 
-    rate = timed_epochs(net, loss_of, batches, config["epochs"])
+    rate = timed_epochs(recipe, batches, config["epochs"])
     # Train V2 keeps metrics only with checkpoints; the figure goes to a file beside them.
     (Path(config["storage"]) / "worker.json").write_text(
         json.dumps({"samples_per_s": rate, "threads": torch.get_num_threads()})
@@ -185,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = make_rows(args.model, args.batch * args.steps, args.frames, args.size)
     config = {
+        "steps": args.steps,
         "model": args.model,
         "batch": args.batch,
         "epochs": args.epochs,

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 
 from cluster import wait_until_released
+from cluster.ray_private import blocks_as_dataset
 from ingest.clips import clip_ids, read_clips, update_clips
 from ingest.datasets import caption_clip_dataset, qa_dataset
 from ingest.msrvtt import MsrvttSplit, read_test, read_train
@@ -39,11 +40,7 @@ def _keep_if_small(ds: ray.data.Dataset, num_rows: int, bytes_per_row: int) -> r
     if num_rows * bytes_per_row > MATERIALIZE_BYTES:
         return ds
     wait_until_released()  # the previous stage's pool may still hold the CPUs
-    # The blocks, computed once, become the dataset. (What ``materialize()`` does, without
-    # its second pass, which finds the CPUs still held by the run that just finished and
-    # warns that the job "will hang".)
-    bundles = ds.repartition(max(1, num_rows // ROWS_PER_BLOCK)).iter_internal_ref_bundles()
-    return ray.data.from_arrow_refs([block for bundle in bundles for block in bundle.block_refs])
+    return blocks_as_dataset(ds, max(1, num_rows // ROWS_PER_BLOCK))
 
 
 class DataError(ValueError):

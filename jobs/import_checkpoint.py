@@ -18,9 +18,7 @@ output folder is written whole or not at all.
 
 from __future__ import annotations
 
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -146,16 +144,10 @@ def convert(args):
 def write_atomically(output_dir: Path, model, tokenizer, extra: dict) -> None:
     """Write the folder beside ``output_dir`` and move it in place whole."""
     from models import save_checkpoint
+    from models.folders import replace_folder
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with replace_folder(output_dir) as staging:
         save_checkpoint(staging, model, tokenizer, extra)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

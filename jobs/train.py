@@ -48,52 +48,20 @@ def parse_args(argv):
     return args
 
 
-def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
-    """Ray Train V2: one TorchTrainer over the recipe in ``jobs.loops``; returns its Result."""
+def fit(config, tokenizer, data, args, workers: int):
+    """Ray Train V2: one TorchTrainer over ``jobs.train_loop`` with ``config`` (a
+    ``TrainConfig``); returns its Result."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.loops import LOOPS, EveryValidationRow
+    from cluster.ray_private import EveryValidationRow
+    from jobs.train_loop import train_loop
 
-    config = {
-        "model_config": model_config.to_dict(),
-        "tokenizer": tokenizer,
-        "output_dir": args.output_dir,
-        "epochs": args.epochs,
-        "batch_size": args.batch_size,
-        "batch_size_val": args.batch_size_val,
-        "lr": args.lr,
-        "seed": args.seed,
-        "n_display": args.n_display,
-        "inject_failure": args.inject_failure,
-        "use_gpu": use_gpu,
-        "num_train_rows": data.num_train_rows,
-    }
-    if args.kind == "retriever":
-        config.update(
-            {
-                k: getattr(args, k)
-                for k in (
-                    "coef_lr",
-                    "weight_decay",
-                    "warmup_proportion",
-                    "max_grad_norm",
-                    "cdcr",
-                    "cdcr_alpha1",
-                    "cdcr_alpha2",
-                    "cdcr_lambda",
-                )
-            }
-        )
-    else:
-        config.update(
-            train_labels=data.train_labels, labels=data.labels
-        )  # the labels go into the checkpoint
     trainer = TorchTrainer(
-        LOOPS[args.kind],
-        train_loop_config=config,
+        train_loop,
+        train_loop_config={"config": config.to_dict(), "tokenizer": tokenizer},
         scaling_config=ScalingConfig(
-            num_workers=workers, use_gpu=use_gpu, placement_strategy=args.placement_strategy
+            num_workers=workers, use_gpu=config.use_gpu, placement_strategy=args.placement_strategy
         ),
         run_config=RunConfig(
             name=RUN_NAME,
@@ -127,14 +95,17 @@ def fit(args, data, tokenizer, model_config, workers: int, use_gpu: bool):
             signal.signal(signal.SIGINT, sigint)
 
 
-def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]]:
-    """Copy the best epoch's model to ``checkpoint/``, write ``history.jsonl`` from the last
+def write_outputs(result, output_dir: Path, model: str) -> tuple[Path, list[dict]]:
+    """Copy the best epoch's model to ``checkpoint/`` (replaced whole: a service or an
+    evaluation reading it never sees half a folder), write ``history.jsonl`` from the last
     epoch's checkpoint and plot it. Both are read from Ray Train's storage (a local folder,
     a shared one or S3), whichever node wrote them."""
     import pyarrow.fs
 
-    from jobs.loops import HISTORY
     from jobs.plots import plot_history
+    from jobs.recipes import recipe_module
+    from jobs.train_loop import HISTORY
+    from models.folders import replace_folder
 
     if not result.best_checkpoints:
         raise RuntimeError(f"training finished without a checkpoint in {result.path}")
@@ -143,14 +114,13 @@ def write_outputs(result, output_dir: Path, kind: str) -> tuple[Path, list[dict]
         result.best_checkpoints, key=lambda kept: (kept[1]["val_score"], -kept[1]["epoch"])
     )
     checkpoint = output_dir / "checkpoint"
-    shutil.rmtree(checkpoint, ignore_errors=True)
-    checkpoint.mkdir(parents=True)
-    pyarrow.fs.copy_files(f"{best.path}/model", str(checkpoint), source_filesystem=best.filesystem)
+    with replace_folder(checkpoint) as staging:
+        pyarrow.fs.copy_files(f"{best.path}/model", str(staging), source_filesystem=best.filesystem)
     latest = result.checkpoint
     with latest.filesystem.open_input_stream(f"{latest.path}/{HISTORY}") as f:
         history = json.loads(f.read())
     (output_dir / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-    plot_history(history, output_dir / "loss.png", "R@1" if kind == "retriever" else "f1")
+    plot_history(history, output_dir / "loss.png", recipe_module(model).METRIC)
     return checkpoint, history
 
 
@@ -162,7 +132,7 @@ def forget_run(args) -> None:
     if fs.get_file_info(f"{root}/{RUN_NAME}").type == pyarrow.fs.FileType.Directory:
         fs.delete_dir(f"{root}/{RUN_NAME}")
     output_dir = Path(args.output_dir)
-    for name in ("checkpoint", "history.jsonl", ".injected_failure"):
+    for name in ("checkpoint", "history.jsonl", "train_config.json", ".injected_failure"):
         path = output_dir / name
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
@@ -176,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cluster import connect, training_scale, wait_until_released
     from jobs.build import build_model_config, build_tokenizer
+    from jobs.config import TrainConfig
     from jobs.data import DataError, load_data, read_source
     from jobs.evaluate import evaluate, evaluate_checkpoint
 
@@ -205,7 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
         flush=True,
     )
-    result = fit(args, data, tokenizer, model_config, workers, use_gpu)
+    config = TrainConfig.from_args(
+        args,
+        model=args.kind,
+        model_config=model_config.to_dict(),
+        num_train_rows=data.num_train_rows,
+        use_gpu=use_gpu,
+        labels=getattr(data, "labels", None),  # PitVQANet's answer classes
+        train_labels=[int(label) for label in getattr(data, "train_labels", [])],
+    )
+    config.write(output_dir)
+    result = fit(config, tokenizer, data, args, workers)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
     wait_until_released()  # Ray Train's worker group goes down asynchronously
     videos = None

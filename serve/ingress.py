@@ -13,7 +13,6 @@ answers.
 import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -21,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
 
+from cluster.ray_private import serve_request_id
 from retrieval.store import MANIFEST, read_manifest
 from retrieval.thumbnails import Thumbnails
 
@@ -66,17 +66,8 @@ def _unavailable(exc: BaseException) -> bool:
     return False
 
 
-def _request_id() -> str:
-    """Serve's id of this request (the ``x-request-id`` header of the response, and the id in
-    Serve's access log); a fresh one outside Serve."""
-    try:
-        return serve.context._get_serve_request_context().request_id or uuid.uuid4().hex
-    except Exception:  # a Serve without the private accessor
-        return uuid.uuid4().hex
-
-
 def _bug(route: str, exc: BaseException) -> JSONResponse:
-    request_id = _request_id()
+    request_id = serve_request_id()
     log.error("%s failed (request id %s)", route, request_id, exc_info=exc)
     return error(
         500,

@@ -103,7 +103,7 @@ def packed_run(ray_local, synthetic_dir, tmp_path_factory):
     epoch 2) and recovered, no index. ``test_train_job.py`` checks the recovery and the
     evaluate CLI on it; ``test_cluster_nodes.py`` compares its first epoch with the same 2
     workers spread over two nodes."""
-    from test_train_job import PACKED_MODEL, retriever_args
+    from helpers import PACKED_MODEL, retriever_args
 
     from jobs import train
 

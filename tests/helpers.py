@@ -1,5 +1,7 @@
 """Helpers the tests share (importable as ``helpers``: ``tests/`` is on the test path)."""
 
+import json
+
 import numpy as np
 
 from retrieval.store import IndexRows, IndexWriter
@@ -23,3 +25,53 @@ def written(folder, parts, rows_per_segment=7, append=False):
     for part in parts:
         writer.add(part, [f"jpeg{v}".encode() for v in part.video_ids])
     return writer.close()
+
+
+# -- the training jobs' tests --------------------------------------------------------------
+
+VQA_SCHEMA = {
+    "type": "object",
+    "required": [
+        "acc",
+        "precision",
+        "recall",
+        "f1",
+        "balanced_acc",
+        "num_questions",
+        "num_classes",
+    ],
+    "properties": {
+        k: {"type": "number", "minimum": 0, "maximum": 1}
+        for k in ("acc", "precision", "recall", "f1")
+    },
+}
+
+
+def retriever_args(synthetic_dir, output_dir, *extra):
+    return [
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--synthetic_train",
+        "16",
+        "--synthetic_test",
+        "8",
+        "--output_dir",
+        str(output_dir),
+        "--batch_size",
+        "8",
+        "--n_display",
+        "0",
+        *extra,
+    ]
+
+
+PACKED_MODEL = (
+    "--interaction",
+    "dp",
+    "--sim_header",
+    "meanP",
+)  # conftest's packed run and the spread run
+
+
+def history(output_dir):
+    return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]

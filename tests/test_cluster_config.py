@@ -117,8 +117,18 @@ def test_the_job_runtime_env_ships_the_code_and_not_the_data(tmp_path):
         assert not name.endswith((".parquet", ".safetensors", ".mp4", ".npy")), name
 
 
-def test_sizes_follow_the_gpus(ray_local):
-    from cluster import index_shards, per_gpu, training_scale, use_gpus
+def test_sizes_follow_the_gpus(ray_local, monkeypatch):
+    from cluster import index_shards, per_gpu, resources, training_scale, use_gpus
+
+    # A cluster of 4 GPUs, as the sizing rules see it (they ask ``cluster_gpus`` only).
+    monkeypatch.setattr(resources, "cluster_gpus", lambda: 4)
+    assert (index_shards(), index_shards(3)) == (4, 3)
+    assert (per_gpu(True), per_gpu(False, cpu_default=2)) == (4, 2)
+    assert use_gpus(None) is True and use_gpus(False) is False
+    assert training_scale(None, None) == (4, True) and training_scale(2, None) == (2, True)
+    assert training_scale(8, None) == "--num_workers 8 needs 8 GPUs; the cluster has 4"
+    assert training_scale(None, False) == (1, False)
+    monkeypatch.undo()
 
     assert ray_local.cluster_resources().get("GPU", 0) == 0  # the session's cluster: CPUs only
     assert (index_shards(), index_shards(5)) == (2, 5)

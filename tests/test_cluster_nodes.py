@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from test_train_job import PACKED_MODEL, history, retriever_args
+from helpers import PACKED_MODEL, history, retriever_args
 
 from jobs import train
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import torch
-from test_train_job import VQA_SCHEMA
+from helpers import VQA_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +76,7 @@ def test_pitvqa_trains_and_evaluates(seed_run):
     assert sum(t["num_questions"] for t in metrics["per_type"].values()) == metrics["num_questions"]
 
     # --do_train 0 (CLIP4Clip's --do_eval): the checkpoint of this --output_dir, evaluated again.
+    weights = (run / "checkpoint" / "model.safetensors").read_bytes()
     (run / "metrics.json").unlink()
     assert (
         train.main(
@@ -94,8 +95,10 @@ def test_pitvqa_trains_and_evaluates(seed_run):
     )
     again = json.loads((run / "metrics.json").read_text())
     assert again["acc"] == metrics["acc"] and again["per_type"] == metrics["per_type"]
-    assert [row["epoch"] for row in rows] == list(range(1, 61))  # nothing was trained
-    assert (run / "history.jsonl").read_text().count("\n") == 60
+    # Nothing was trained: the history and the checkpoint are the ones before.
+    after = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
+    assert after == rows and [row["epoch"] for row in after] == list(range(1, 61))
+    assert (run / "checkpoint" / "model.safetensors").read_bytes() == weights
 
 
 def test_the_dataset_names_the_model():

@@ -5,6 +5,7 @@ import json
 
 import jsonschema
 import pytest
+from helpers import VQA_SCHEMA, history, retriever_args
 
 from jobs import evaluate, train
 from models import load_checkpoint
@@ -21,52 +22,6 @@ RETRIEVAL_SCHEMA = {
         for direction in ("t2v", "v2t")
     },
 }
-VQA_SCHEMA = {
-    "type": "object",
-    "required": [
-        "acc",
-        "precision",
-        "recall",
-        "f1",
-        "balanced_acc",
-        "num_questions",
-        "num_classes",
-    ],
-    "properties": {
-        k: {"type": "number", "minimum": 0, "maximum": 1}
-        for k in ("acc", "precision", "recall", "f1")
-    },
-}
-
-
-def retriever_args(synthetic_dir, output_dir, *extra):
-    return [
-        "--synthetic_dir",
-        str(synthetic_dir),
-        "--synthetic_train",
-        "16",
-        "--synthetic_test",
-        "8",
-        "--output_dir",
-        str(output_dir),
-        "--batch_size",
-        "8",
-        "--n_display",
-        "0",
-        *extra,
-    ]
-
-
-PACKED_MODEL = (
-    "--interaction",
-    "dp",
-    "--sim_header",
-    "meanP",
-)  # conftest's packed run and the spread run
-
-
-def history(output_dir):
-    return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
 
 
 def test_one_worker_trains_then_resumes_at_the_next_epoch(

@@ -43,31 +43,42 @@ def test_three_workers_score_every_validation_row(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from jobs.loops import EveryValidationRow
+    from cluster.ray_private import EveryValidationRow
     from jobs.metrics import retrieval_metrics
     from models import token_wise_scores
     from models.encode import encode_tokens, encode_videos
 
-    def validate_on_workers(
-        config,
-    ):  # nested: Ray pickles it by value (this module is not on the workers' path)
+    def validate_on_workers(config):
+        # Nested: Ray pickles it by value (this module is not on the workers' path).
         import ray.train
 
-        from jobs.loops import validate_retriever
-        from models import Retriever, RetrieverConfig
+        from jobs.config import TrainConfig
+        from jobs.recipes import recipe_for
+        from jobs.train_loop import torch_batches
+        from models import RetrieverConfig
 
-        torch.manual_seed(0)
-        model = Retriever(
-            RetrieverConfig.tiny(vocab_size=64, image_size=32, max_words=8, max_frames=2)
-        ).eval()
-        metrics = validate_retriever(model, ray.train.get_dataset_shard("val"), config)
+        model_config = RetrieverConfig.tiny(
+            vocab_size=64, image_size=32, max_words=8, max_frames=2
+        ).to_dict()
+        train_config = TrainConfig(
+            model="retriever",
+            model_config=model_config,
+            output_dir=config["out"],
+            num_train_rows=1,
+            epochs=1,
+            batch_size=4,
+            lr=1e-3,
+            seed=0,  # the weights of _model()
+        )
+        recipe = recipe_for("retriever")(train_config)
+        metrics = recipe.validate(torch_batches(ray.train.get_dataset_shard("val"), 4))
         rank = ray.train.get_context().get_world_rank()
         (Path(config["out"]) / f"rank{rank}.json").write_text(json.dumps(metrics))
 
     rows = _rows()
     trainer = TorchTrainer(
         validate_on_workers,
-        train_loop_config={"batch_size_val": 4, "out": str(tmp_path)},
+        train_loop_config={"out": str(tmp_path)},
         scaling_config=ScalingConfig(num_workers=WORKERS, resources_per_worker={"CPU": 0.5}),
         run_config=RunConfig(storage_path=str(tmp_path)),
         datasets={"val": ray_local.data.from_items(rows, override_num_blocks=7)},

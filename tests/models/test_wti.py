@@ -165,15 +165,23 @@ def test_topk_larger_than_collection():
     assert scores.shape == (2, 3) and sorted(index[0].tolist()) == [0, 1, 2]
 
 
-def test_backward_reaches_weight_networks():
+def test_backward_reaches_the_weight_networks_except_the_shift_invariant_last_bias():
     torch.manual_seed(8)
     head = WTIHead(16)
     text, video, text_mask, video_mask = random_case(seed=8)
     text.requires_grad_(True)
     head(text, video, text_mask, video_mask).sum().backward()
+    # A softmax is shift-invariant: the last bias before each weight softmax moves every
+    # logit alike, so its gradient is analytically zero (float noise only). Every other
+    # parameter of the weight networks gets a real gradient.
+    shift_invariant = {"text_weight_fc.2.bias", "video_weight_fc.2.bias"}
     for name, p in head.named_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0, name
-    assert text.grad.abs().sum() > 0
+        assert p.grad is not None, name
+        if name in shift_invariant:
+            assert p.grad.abs().max() < 1e-6, name
+        else:
+            assert p.grad.abs().max() > 1e-4, (name, p.grad.abs().max())
+    assert text.grad.abs().max() > 1e-4
 
 
 def test_normalize_masked_zeroes_padding():

@@ -16,10 +16,8 @@ from ingest.synthetic import render_clips
 from jobs.encode import ClipEncoder
 from jobs.index import add_encoded, index_info
 from models import (
-    ContrastiveObjective,
     PitVQAConfig,
     PitVQANet,
-    Retriever,
     RetrieverConfig,
     build_bpe_tokenizer,
     save_checkpoint,
@@ -30,32 +28,43 @@ from retrieval.store import IndexWriter
 
 @pytest.fixture(scope="session")
 def trained_retriever(tmp_path_factory):
-    torch.manual_seed(0)
+    """A few seconds of the job's own recipe (``jobs.recipes.retriever``) in a plain loop."""
+    from ingest.datasets import normalize_clips
+    from jobs.config import TrainConfig
+    from jobs.recipes import recipe_for
+
     clips, frames = render_clips(192, max_frames=4, image_size=64, seed=5)
     captions = [c for clip in clips for c in clip.captions()]
     tokenizer = build_bpe_tokenizer(captions, vocab_size=400, style="clip")
-    model = Retriever(RetrieverConfig.tiny(vocab_size=len(tokenizer), max_frames=4))
-    objective = ContrastiveObjective(model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    from ingest.datasets import normalize_clips
-
+    model_config = RetrieverConfig.tiny(vocab_size=len(tokenizer), max_frames=4)
+    epochs, batch_size = 8, 32
+    config = TrainConfig(
+        model="retriever",
+        model_config=model_config.to_dict(),
+        output_dir=str(tmp_path_factory.mktemp("wti_run")),
+        num_train_rows=len(clips),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=1e-3,
+        coef_lr=1.0,
+        seed=0,
+    )
+    recipe = recipe_for("retriever")(config)
     pixels = torch.from_numpy(normalize_clips({"frames": frames})["pixel_values"])
     rng = np.random.default_rng(0)
-    for _ in range(4):
-        for batch in np.array_split(rng.permutation(len(clips)), len(clips) // 32):
+    for _ in range(epochs):
+        for batch in np.array_split(rng.permutation(len(clips)), len(clips) // batch_size):
             texts = [clips[i].captions()[rng.integers(5)] for i in batch]
-            tokens = tokenize(tokenizer, texts, model.config.max_words)
-            loss = objective(
-                tokens["input_ids"],
-                tokens["attention_mask"],
-                pixels[batch],
-                torch.ones(len(batch), 4, dtype=torch.long),
-            )["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+            tokens = tokenize(tokenizer, texts, model_config.max_words)
+            recipe.step(
+                {
+                    **tokens,
+                    "pixel_values": pixels[batch],
+                    "frame_mask": torch.ones(len(batch), 4, dtype=torch.long),
+                }
+            )
     folder = tmp_path_factory.mktemp("wti") / "checkpoint"
-    save_checkpoint(folder, model.eval(), tokenizer)
+    save_checkpoint(folder, recipe.model.eval(), tokenizer)
     return folder
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from serve_helpers import call
 
-from bench.full_size import stop_serve_run
+from cluster.processes import stop_serve_run
 
 pytestmark = pytest.mark.slow  # a `serve run` on a Ray of its own
 
@@ -53,7 +53,8 @@ def wait_for_version(base: str, version: int, timeout: float = PICKUP_S) -> tupl
 
 
 def ids_found(base: str, text: str) -> tuple[int, dict]:
-    status, out = call(f"{base}/search", {"text": text, "top_k": 100})
+    """Every video the served version holds, ranked (exact, top_k above the index size)."""
+    status, out = call(f"{base}/search", {"text": text, "top_k": 100, "exact": True})
     return status, out
 
 
@@ -87,6 +88,9 @@ def test_videos_added_and_removed_while_serving_are_picked_up(
         f"index={folder}",
         f"vqa_checkpoint={pitvqa_checkpoint}",
         "num_shards=2",
+        # A shard re-scores 4 candidates: queries with a small top_k go through the first
+        # stage's probing (with the default, an index this small is scored whole).
+        "candidates=4",
     ]
     started = time.time()
     server = subprocess.Popen(
@@ -102,15 +106,16 @@ def test_videos_added_and_removed_while_serving_are_picked_up(
     answers, stop = [], threading.Event()
 
     def burst():  # queries all along, one after the other, as a client would send them
+        exact = False
         while not stop.is_set():
+            exact = not exact  # both paths: every video scored, and the probed lists
+            query = {"text": "a red circle moves to the left", "top_k": 100 if exact else 5}
             sent = time.time()
             try:
-                status, out = call(
-                    f"{base}/search", {"text": "a red circle moves to the left", "top_k": 100}
-                )
+                status, out = call(f"{base}/search", {**query, "exact": exact})
             except OSError as err:
                 status, out = 0, {"error": repr(err)}
-            answers.append((sent, status, out))
+            answers.append((sent, status, out, exact))
             time.sleep(0.02)  # a steady stream, leaving the cores to the index job
 
     try:
@@ -182,20 +187,26 @@ def test_videos_added_and_removed_while_serving_are_picked_up(
         querier.join(timeout=30)
 
         assert len(answers) > 20
-        failed = [(s, o) for _, s, o in answers if s != 200 or o["partial"]]
+        failed = [(s, o) for _, s, o, _ in answers if s != 200 or o["partial"]]
         assert not failed, failed[:3]
-        versions = [o["index_version"] for _, _, o in answers]
-        assert versions == sorted(versions) and set(versions) == {
-            1,
-            2,
-            3,
-        }  # each answer one version, in order
-        for _, _, out in answers:
+        versions = [o["index_version"] for _, _, o, _ in answers]
+        assert versions == sorted(versions) and set(versions) == {1, 2, 3}  # in order
+        # What each version holds: an exact answer (top_k above the index size) lists exactly
+        # that; a probed one (top_k 5 of the few candidates its lists hold) only videos of it.
+        live = {1: {f"video{i}" for i in range(18)}}
+        live[2] = live[1] | {"added0", "added1", "added2"}
+        live[3] = live[2] - {"video3", "added1"}
+        for _, _, out, exact in answers:
             ids = [hit["video_id"] for hit in out["results"]]
-            assert len(ids) == len(set(ids)) == {1: 18, 2: 21, 3: 19}[out["index_version"]]
-        after = [o for t, _, o in answers if t > removed_at]  # asked once /healthz showed version 3
-        assert after and all(
-            {"video3", "added1"}.isdisjoint(h["video_id"] for h in o["results"]) for o in after
+            assert len(ids) == len(set(ids)), ids
+            if exact:
+                assert set(ids) == live[out["index_version"]], (out["index_version"], ids)
+            else:
+                assert len(ids) == 5 and set(ids) <= live[out["index_version"]], ids
+        after = [(o, e) for t, _, o, e in answers if t > removed_at]  # once /healthz showed v3
+        assert {True, False} <= {exact for _, exact in after}  # both paths asked after it
+        assert all(
+            {"video3", "added1"}.isdisjoint(h["video_id"] for h in o["results"]) for o, _ in after
         )
         assert call(f"{base}/thumbnail/video3")[0] == 404
     finally:

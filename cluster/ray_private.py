@@ -1,0 +1,73 @@
+"""Every place the project leans on Ray beyond its public API, in one module, so that a Ray
+upgrade breaks here and in ``tests/test_ray_private.py``, not somewhere in a job.
+
+- ``EveryValidationRow``: Ray Train's dataset split with ``val`` kept whole (``DataConfig``
+  internals: ``_resolve_execution_options``, ``_enable_shard_locality``);
+- ``blocks_as_dataset``: a dataset's blocks, computed once, as a new dataset
+  (``Dataset.iter_internal_ref_bundles``);
+- ``serve_request_id``: Serve's id of the request being answered (the Serve request context);
+- ``quiet_ray_train``: Ray Train's per-report log lines (loggers named by file path).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import ray
+import ray.train
+
+RAY_VERSION = "2.60.0"  # the release these were written against (pyproject pins it)
+
+
+class EveryValidationRow(ray.train.DataConfig):
+    """Ray Train's dataset split: ``train`` into equal shards (as by default: every worker
+    takes the same number of steps, which DDP needs), ``val`` into shards that keep every
+    row. The default is ``equal=True`` for every dataset, which drops rows to even the
+    shards out: with 3 workers and 49 test videos the best epoch was chosen on 48."""
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        others = {k: v for k, v in datasets.items() if k != "val"}
+        out = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
+        if "val" in datasets:
+            val = datasets["val"]
+            if val.name is None:
+                val.set_name("val")
+            val = val.copy(val)
+            val.context.execution_options = self._resolve_execution_options("val")
+            hints = worker_node_ids if self._enable_shard_locality else None
+            splits = val.streaming_split(world_size, equal=False, locality_hints=hints)
+            for worker, split in zip(out, splits):
+                worker["val"] = split
+        return out
+
+
+def blocks_as_dataset(ds: ray.data.Dataset, num_blocks: int) -> ray.data.Dataset:
+    """``ds`` computed once into ``num_blocks`` blocks, which become the dataset. (What
+    ``materialize()`` does, without its second pass, which finds the CPUs still held by the
+    run that just finished and warns that the job "will hang".)"""
+    bundles = ds.repartition(num_blocks).iter_internal_ref_bundles()
+    return ray.data.from_arrow_refs([block for bundle in bundles for block in bundle.block_refs])
+
+
+def serve_request_id() -> str:
+    """Serve's id of this request (the ``x-request-id`` header of the response, and the id in
+    Serve's access log); a fresh one outside a request."""
+    from ray import serve
+
+    try:
+        return serve.context._get_serve_request_context().request_id or uuid.uuid4().hex
+    except Exception:  # outside a request, or a Serve without the private accessor
+        return uuid.uuid4().hex
+
+
+def quiet_ray_train() -> None:
+    """One line per report from Ray Train is noise next to the epoch lines the jobs print.
+    (Some of Ray Train's loggers are named by file path, e.g. ``.../ray/train/v2/...``.)"""
+    names = [
+        n
+        for n in logging.root.manager.loggerDict
+        if n.startswith("ray.train") or "/ray/train/" in n
+    ]
+    for name in names + ["ray.train"]:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,0 +1,185 @@
+"""The retriever's recipe, as DRL trains CLIP4Clip + WTI: the model, AdamW with CLIP at
+``lr * coef_lr`` and no decay on 1-D parameters, a linear warm-up then cosine schedule,
+the contrastive objective (+ CDCR), gradient clipping and the logit-scale clamp: one
+``step(batch) -> loss``; and validation: t2v/v2t recall over every worker's rows.
+
+Runs without Ray: ``jobs/train_loop.py`` calls it on each Ray Train worker, ``bench/train.py``
+in a plain loop and inside Ray Train, the tests on a fixed batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import get_cosine_schedule_with_warmup
+
+from jobs.config import TrainConfig
+from jobs.distributed import all_gather_rows, all_reduce, world_rank
+from jobs.metrics import metrics_from_ranks
+from jobs.similarity import best_caption_ranks
+from models import (
+    ContrastiveObjective,
+    Retriever,
+    RetrieverConfig,
+    clamp_logit_scale_,
+    token_wise_rank_counts,
+    token_wise_true_scores,
+)
+from models.encode import encode_tokens, encode_videos
+
+METRIC = "R@1"  # the validation metric plotted beside the loss
+
+
+def param_groups(model: Retriever, lr: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """CLIP at ``lr * coef_lr``, the new modules at ``lr``; no weight decay on biases, norm
+    weights and other 1-D parameters (CLIP's logit scale and class embedding included)."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            groups.setdefault((name.startswith("clip."), param.ndim >= 2), []).append(param)
+    return [
+        {
+            "params": params,
+            "lr": lr * coef_lr if is_clip else lr,
+            "weight_decay": weight_decay if decays else 0.0,
+        }
+        for (is_clip, decays), params in groups.items()
+    ]
+
+
+class Recipe:
+    """Build (seeded), then ``prepare`` (DDP on Ray Train; nothing without it), then ``step``."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.model = Retriever(RetrieverConfig(**config.model_config))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, config.lr, config.coef_lr or 1.0, config.weight_decay),
+            betas=(0.9, 0.98),
+            eps=1e-6,
+        )
+        steps_per_epoch = max(1, config.num_train_rows // config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        # DRL's schedule: linear warm-up over warmup_proportion of the steps, then cosine to 0.
+        self.scheduler = get_cosine_schedule_with_warmup(
+            self.optimizer, int(config.warmup_proportion * total_steps), total_steps
+        )
+        self.objective = ContrastiveObjective(
+            self.model, config.cdcr, config.cdcr_alpha1, config.cdcr_alpha2, config.cdcr_lambda
+        )
+        self.trained = self.objective  # what ``step`` calls: the objective, or its DDP wrapper
+        self.global_batch = 0  # the last step's batch over every worker
+
+    def prepare(self, wrap) -> None:
+        """Wrap the trained module (``ray.train.torch.prepare_model``) after a restore."""
+        self.trained = wrap(self.objective)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> float:
+        """One optimisation step on ``batch`` (``input_ids``, ``attention_mask``,
+        ``pixel_values``, ``frame_mask``); returns the loss."""
+        self.trained.train()
+        out = self.trained(
+            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        clamp_logit_scale_(self.model.logit_scale)
+        self.global_batch = int(out["global_batch"])
+        return out["loss"].item()
+
+    def step_line(self, loss: float) -> str:
+        return f"loss {loss:.4f} lr {self.scheduler.get_last_lr()[-1]:.2e}"
+
+    @torch.no_grad()
+    def validate(self, batches) -> dict:
+        """Test-set t2v/v2t metrics without any worker holding the ``[texts, videos]`` matrix.
+
+        Each worker encodes its share of the rows (``models.encode``, as the final
+        evaluation). The texts are all-gathered (``A x L x D``, small); each video is scored
+        by one worker (the lowest rank that holds a caption of it) against all texts, and the
+        rank counts are all-reduced (``models.token_wise_rank_counts``, the evaluation's
+        kernel), so every worker computes the same metrics from every row.
+        """
+        model = self.model.eval()
+        device = next(model.parameters()).device
+        parts = []
+        for batch in batches:
+            text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
+            video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
+            index = batch["video_index"].to(device)
+            parts.append((text.features, text.weights, video.features, video.weights, index))
+        # A worker whose share is empty still joins the collectives, with empty tensors of
+        # the others' shapes (text tokens, dim, frames).
+        shape = (*parts[0][0].shape[1:], parts[0][2].shape[1]) if parts else (0, 0, 0)
+        tokens, dim, frames = all_reduce(torch.tensor(shape, device=device), "max").tolist()
+        parts = parts or [
+            (
+                torch.zeros(0, tokens, dim, device=device),
+                torch.zeros(0, tokens, device=device),
+                torch.zeros(0, frames, dim, device=device),
+                torch.zeros(0, frames, device=device),
+                torch.zeros(0, dtype=torch.long, device=device),
+            )
+        ]
+        text, text_weight, video, video_weight, video_index = (torch.cat(x) for x in zip(*parts))
+        rank = world_rank()
+        all_index = all_gather_rows(video_index)
+        if not len(all_index):
+            return {}
+        all_text, all_weight = all_gather_rows(text), all_gather_rows(text_weight)
+        owner_of_row = all_gather_rows(torch.full_like(video_index, rank))
+        owner = torch.full((int(all_index.max()) + 1,), 1 << 30, dtype=torch.long, device=device)
+        owner.scatter_reduce_(0, all_index, owner_of_row, reduce="amin")  # its lowest-ranked holder
+        mine = owner[video_index] == rank
+        local_ids, first = np.unique(video_index[mine].cpu().numpy(), return_index=True)
+        local_video, local_weight = video[mine][first], video_weight[mine][first]
+        position = torch.full_like(owner, -1)
+        position[torch.as_tensor(local_ids, device=device, dtype=torch.long)] = torch.arange(
+            len(local_ids), device=device
+        )
+        columns = position[all_index]  # each text's video among this worker's, or -1
+        true_score = token_wise_true_scores(
+            all_text, all_weight, local_video, local_weight, columns
+        )
+        true_score = all_reduce(torch.nan_to_num(true_score, nan=0.0))
+        higher, text_rank = token_wise_rank_counts(
+            all_text, all_weight, local_video, local_weight, columns, true_score
+        )
+        higher, text_rank = all_reduce(higher), all_reduce(text_rank)
+        videos = torch.unique(all_index)
+        v2t = best_caption_ranks(
+            text_rank.cpu().numpy(),
+            torch.searchsorted(videos, all_index).cpu().numpy(),
+            len(videos),
+        )
+        metrics = metrics_from_ranks((1 + higher).cpu().numpy(), v2t, len(videos))
+        t2v = metrics["t2v"]
+        return {
+            "R@1": t2v["R@1"],
+            "R@5": t2v["R@5"],
+            "R@10": t2v["R@10"],
+            "v2t_R@1": metrics["v2t"]["R@1"],
+            "MdR": t2v["MdR"],
+            "chance_R@1": metrics["chance_R@1"],
+            "val_texts": metrics["num_texts"],
+            "val_videos": metrics["num_videos"],
+        }
+
+    @staticmethod
+    def score(metrics: dict) -> float:
+        """The best epoch's measure: R@1, ties broken by R@5."""
+        return metrics.get("R@1", 0.0) + metrics.get("R@5", 0.0) / 100
+
+    def epoch_row(self) -> dict:
+        return {"global_batch": self.global_batch}
+
+    @staticmethod
+    def epoch_line(metrics: dict) -> str:
+        return (
+            f"test t2v R@1 {metrics.get('R@1', 0):.1f} R@5 {metrics.get('R@5', 0):.1f} "
+            f"(chance {metrics.get('chance_R@1', 0):.1f})"
+        )
