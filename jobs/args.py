@@ -21,6 +21,8 @@ DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
 
 MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
 DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
+# The local weights a base preset is built from (their presence also selects the preset).
+WEIGHT_FLAGS = {"retriever": ("clip_path",), "pitvqa": ("vit_path", "blip_path", "gpt2_path")}
 
 
 def model_for(model: str | None, dataset: str | None) -> str:
@@ -319,7 +321,7 @@ def resolve(args, kind: str) -> str | None:
     """Fill the preset defaults and derived paths in place; return an error line or None."""
     defaults = PRESET_DEFAULTS[kind]
     if hasattr(args, "preset") and args.preset is None:
-        weights = ("clip_path",) if kind == "retriever" else ("vit_path", "blip_path", "gpt2_path")
+        weights = WEIGHT_FLAGS[kind]
         args.preset = "base" if any(getattr(args, name) for name in weights) else "tiny"
     column = 0 if getattr(args, "preset", "tiny") == "tiny" else 1
     for name, values in defaults.items():
@@ -335,8 +337,7 @@ def resolve(args, kind: str) -> str | None:
         args.val_csv = args.val_csv or str(anno / "MSRVTT_JSFUSION_test.csv")
         args.data_path = args.data_path or str(anno / "MSRVTT_data.json")
     if getattr(args, "preset", None) == "base":
-        needed = ["clip_path"] if kind == "retriever" else ["vit_path", "blip_path", "gpt2_path"]
-        missing = [f"--{name}" for name in needed if not getattr(args, name)]
+        missing = [f"--{name}" for name in WEIGHT_FLAGS[kind] if not getattr(args, name)]
         if missing:
             return f"--preset base needs the local weight folder(s) {' '.join(missing)}"
     for name in ("vit_path", "blip_path", "gpt2_path"):

@@ -1,11 +1,12 @@
 """The data side of the jobs: find (or generate) a dataset, decode it once, and hand Ray
 Datasets of model-ready rows to training and evaluation.
 
-Two steps, so that the tokenizer and the model config can come in between (from the
-flags, ``jobs.build``, or from a checkpoint): ``read_source`` finds the annotations (or
-generates the built-in synthetic data, in the real layouts, under ``--synthetic_dir``),
-``load_data`` decodes the videos once and builds the datasets. The same readers run on the
-synthetic sets as on the real ones.
+Two steps per model, so that the tokenizer and the model config can come in between (from
+the flags, or from a checkpoint): the source (``msrvtt_files`` + the split readers, or
+``vqa_root`` + ``vqa_questions``) finds the annotations or generates the built-in
+synthetic data, in the real layouts; ``retrieval_data`` / ``vqa_data`` decode the videos
+once and build the datasets. The same readers run on the synthetic sets as on the real
+ones. Each model's recipe (``jobs/recipes/``) calls its pair with the flags' values.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cluster import wait_until_released
 from cluster.ray_private import blocks_as_dataset
 from ingest.clips import clip_ids, read_clips, update_clips
 from ingest.datasets import caption_clip_dataset, qa_dataset
-from ingest.msrvtt import MsrvttSplit, read_test, read_train
+from ingest.msrvtt import MsrvttSplit
 from ingest.qa import answer_types, load_labels, read_qa
 from ingest.report import Report
 from ingest.video import ClipSpec, find_videos
@@ -59,9 +60,19 @@ class MsrvttFiles:
     cache_dir: Path  # where decoded clips are kept
 
 
-def msrvtt_files(args) -> MsrvttFiles:
-    """The user's MSR-VTT files, or the synthetic corpus (generated if absent)."""
-    given = [args.train_csv, args.val_csv, args.data_path, args.features_path]
+def msrvtt_files(
+    train_csv: str | None,
+    val_csv: str | None,
+    data_path: str | None,
+    features_path: str | None,
+    cache_dir: str,
+    synthetic_dir: str,
+    synthetic_train: int,
+    synthetic_test: int,
+) -> MsrvttFiles:
+    """The user's MSR-VTT files (decoded clips cached under ``cache_dir``), or the synthetic
+    corpus under ``synthetic_dir`` (generated if absent)."""
+    given = [train_csv, val_csv, data_path, features_path]
     if any(given):
         if not all(given):
             raise DataError(
@@ -70,17 +81,17 @@ def msrvtt_files(args) -> MsrvttFiles:
         for path in given:
             if not Path(path).exists():
                 raise DataError(f"{path}: no such file or folder")
-        return MsrvttFiles(*(Path(p) for p in given), cache_dir=Path(args.output_dir))
-    root = Path(args.synthetic_dir) / f"msrvtt_{args.synthetic_train}x{args.synthetic_test}"
+        return MsrvttFiles(*(Path(p) for p in given), cache_dir=Path(cache_dir))
+    root = Path(synthetic_dir) / f"msrvtt_{synthetic_train}x{synthetic_test}"
     if not (root / COMPLETE).is_file():
         from ingest.synthetic import make_msrvtt
 
         print(
             f"generating the synthetic MSR-VTT-layout corpus under {root} "
-            f"({args.synthetic_train} train + {args.synthetic_test} test videos, once)",
+            f"({synthetic_train} train + {synthetic_test} test videos, once)",
             flush=True,
         )
-        make_msrvtt(root, num_train=args.synthetic_train, num_test=args.synthetic_test)
+        make_msrvtt(root, num_train=synthetic_train, num_test=synthetic_test)
         (root / COMPLETE).touch()
     return MsrvttFiles(
         root / "MSRVTT_train.9k.csv",
@@ -190,50 +201,50 @@ def retrieval_data(
 # --- PitVQA layouts (VQA) ---------------------------------------------------------------
 
 
-def vqa_root(args) -> Path:
-    """``--data_root``, or the synthetic PitVQA-layout tree (generated if absent)."""
-    if args.data_root:
-        root = Path(args.data_root)
+def vqa_root(
+    dataset: str, data_root: str | None, synthetic_dir: str, synthetic_videos: int
+) -> Path:
+    """``data_root``, or the synthetic PitVQA-layout tree (generated if absent)."""
+    if data_root:
+        root = Path(data_root)
         if not root.is_dir():
             raise DataError(f"{root}: no such dataset folder")
         return root
-    if args.dataset != "pit24":
+    if dataset != "pit24":
         raise DataError(
-            f"--dataset {args.dataset} needs --data_root (only pit24 has built-in synthetic data)"
+            f"--dataset {dataset} needs --data_root (only pit24 has built-in synthetic data)"
         )
-    root = (
-        Path(args.synthetic_dir) / f"pit24_v2_{args.synthetic_videos}"
-    )  # v2: first = the large instrument
+    root = Path(synthetic_dir) / f"pit24_v2_{synthetic_videos}"  # v2: first = the large instrument
     if not (root / COMPLETE).is_file():
         from ingest.synthetic import make_pit24
 
         print(
-            f"generating the synthetic PitVQA-layout tree under {root} ({args.synthetic_videos} videos, once)",
+            f"generating the synthetic PitVQA-layout tree under {root} ({synthetic_videos} videos, once)",
             flush=True,
         )
-        make_pit24(root, videos=args.synthetic_videos)
+        make_pit24(root, videos=synthetic_videos)
         (root / COMPLETE).touch()
     return root
 
 
-def vqa_questions(args, root: Path) -> tuple[list[dict], list[dict], Report]:
-    """(train rows, validation rows, report of skipped lines and images)."""
+def vqa_questions(
+    dataset: str, root: Path, report_dir: str
+) -> tuple[list[dict], list[dict], Report]:
+    """(train rows, validation rows, report of skipped lines and images; written to
+    ``report_dir/skipped_qa.jsonl`` when it has any)."""
     report = Report()
-    train, val = (
-        read_qa(args.dataset, root, "train", report),
-        read_qa(args.dataset, root, "val", report),
-    )
+    train, val = read_qa(dataset, root, "train", report), read_qa(dataset, root, "val", report)
     if report.records:
-        report.write(Path(args.output_dir) / "skipped_qa.jsonl")
+        report.write(Path(report_dir) / "skipped_qa.jsonl")
     print(
-        f"{args.dataset}: {len(train)} training and {len(val)} validation questions; "
+        f"{dataset}: {len(train)} training and {len(val)} validation questions; "
         f"{report.summary('read')}",
         flush=True,
     )
     if not train or not val:
         raise DataError(
             f"{root}: no usable {'training' if not train else 'validation'} questions "
-            f"for {args.dataset} (expected layout: see the README)"
+            f"for {dataset} (expected layout: see the README)"
         )
     return train, val, report
 
@@ -284,35 +295,4 @@ def vqa_data(
         num_train_rows=len(source.train_rows),
         report=source.report,
         class_types=answer_types(dataset),
-    )
-
-
-# --- both --------------------------------------------------------------------------------
-
-
-def read_source(args) -> RetrievalSource | VQASource:
-    """The annotations of ``args.dataset`` (generating the synthetic data if no data flags)."""
-    if args.kind == "retriever":
-        files = msrvtt_files(args)
-        return RetrievalSource(
-            files, read_train(files.train_csv, files.data_path), read_test(files.val_csv)
-        )
-    root = vqa_root(args)
-    return VQASource(root, *vqa_questions(args, root))
-
-
-def load_data(
-    args, source, tokenizer, model_config, training: bool = True
-) -> RetrievalData | VQAData:
-    """Model-ready datasets for ``source`` (``read_source``), tokenized and sized for the model."""
-    if args.kind == "retriever":
-        spec = ClipSpec(
-            args.feature_framerate,
-            model_config.max_frames,
-            args.slice_framepos,
-            model_config.image_size,
-        )
-        return retrieval_data(source, spec, tokenizer, model_config.max_words, training)
-    return vqa_data(
-        args.dataset, source, tokenizer, model_config.image_size, model_config.max_length, training
     )

@@ -102,45 +102,17 @@ def evaluate_vqa(
     return metrics
 
 
-def evaluate(
-    args, checkpoint: Path, data, output_dir: Path, use_gpu: bool, videos: dict | None = None
-) -> dict:
-    """Evaluate ``checkpoint`` on loaded data (``jobs.data.load_data``). A retriever's test
-    videos are encoded here unless ``videos`` brings their encodings (``jobs/train.py``
-    reuses the ones it indexed)."""
-    if args.kind == "pitvqa":
-        return evaluate_vqa(
-            checkpoint,
-            data.val,
-            data.labels,
-            data.train_labels,
-            output_dir,
-            use_gpu,
-            data.class_types,
-        )
-    if videos is None:
-        from jobs.encode import ClipEncoder, collect, encode
-
-        videos = collect(encode(data.test_clips, ClipEncoder, checkpoint, use_gpu, batch_size=16))
-    return evaluate_retriever(
-        checkpoint,
-        data.test_pairs,
-        data.test_video_ids,
-        videos,
-        output_dir,
-        args.num_shards,
-        use_gpu,
-    )
-
-
 def evaluate_checkpoint(args, checkpoint: Path, output_dir: Path, use_gpu: bool) -> dict:
-    """Read the data the flags name, sized and tokenized for the checkpoint, and evaluate."""
-    from jobs.data import load_data, read_source
+    """Read the data the flags name, sized and tokenized for the checkpoint, and evaluate
+    (the model's recipe, ``jobs.recipes``, knows its data and its evaluation)."""
+    from jobs.recipes import recipe_module
     from models.checkpoint import load_checkpoint
 
+    recipe = recipe_module(args.kind)
     model, tokenizer = load_checkpoint(checkpoint)
-    data = load_data(args, read_source(args), tokenizer, model.config, training=False)
-    return evaluate(args, checkpoint, data, output_dir, use_gpu)
+    source = recipe.read_source(args)
+    data = recipe.load_data(args, source, tokenizer, model.config, training=False)
+    return recipe.evaluate(args, checkpoint, data, output_dir, use_gpu)
 
 
 def _write(metrics: dict, output_dir: Path) -> None:

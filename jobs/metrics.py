@@ -14,6 +14,15 @@ import numpy as np
 TIE_RULE = "optimistic: a tie ranks the true item first (CLIP4Clip / DRL compute_metrics)"
 
 
+def best_caption_ranks(
+    text_rank: np.ndarray, text_video: np.ndarray, num_videos: int
+) -> np.ndarray:
+    """v2t: each video's best (lowest) caption rank, for the videos that have a caption."""
+    best = np.full(num_videos, np.iinfo(np.int64).max)
+    np.minimum.at(best, text_video, text_rank)
+    return best[best != np.iinfo(np.int64).max]
+
+
 def _recall_stats(ranks: np.ndarray) -> dict[str, float]:
     """Ranks are 1-based. Recall in percent, as the papers print them."""
     return {

@@ -25,6 +25,7 @@ import numpy as np
 import ray
 import torch
 
+from jobs.metrics import best_caption_ranks
 from models.device import pick_device
 from models.wti import token_wise_rank_counts, token_wise_true_scores, videos_per_block
 from retrieval.ranges import even_ranges
@@ -145,12 +146,3 @@ def _shape(value) -> tuple[int, ...]:
     """The shape of a feature array or of the one a ref names, without reading its data
     (an object-store array is mapped, not copied)."""
     return tuple((ray.get(value) if isinstance(value, ray.ObjectRef) else value).shape)
-
-
-def best_caption_ranks(
-    text_rank: np.ndarray, text_video: np.ndarray, num_videos: int
-) -> np.ndarray:
-    """v2t: each video's best (lowest) caption rank, for the videos that have a caption."""
-    best = np.full(num_videos, np.iinfo(np.int64).max)
-    np.minimum.at(best, text_video, text_rank)
-    return best[best != np.iinfo(np.int64).max]

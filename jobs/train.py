@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, error)
 
     from cluster import connect, training_scale, wait_until_released
-    from jobs.build import build_model_config, build_tokenizer
     from jobs.config import TrainConfig
-    from jobs.data import DataError, load_data, read_source
-    from jobs.evaluate import evaluate, evaluate_checkpoint
+    from jobs.data import DataError
+    from jobs.evaluate import evaluate_checkpoint
+    from jobs.recipes import recipe_module
 
     output_dir = Path(args.output_dir)
     if args.fresh:
@@ -164,10 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate_checkpoint(args, output_dir / "checkpoint", output_dir, use_gpu)
             _print_results(output_dir, metrics, [], 0.0)
             return 0
-        source = read_source(args)
-        tokenizer = build_tokenizer(args, source.train_texts)
-        model_config = build_model_config(args, tokenizer)
-        data = load_data(args, source, tokenizer, model_config)
+        recipe = recipe_module(args.kind)  # everything about training this model
+        source = recipe.read_source(args)
+        tokenizer = recipe.build_tokenizer(args, source.train_texts)
+        model_config = recipe.build_model_config(args, tokenizer)
+        data = recipe.load_data(args, source, tokenizer, model_config)
     except (DataError, FileNotFoundError, ValueError) as err:
         return fail(PROG, str(err))
     data.report.write(output_dir / "skipped.jsonl")
@@ -189,26 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     result = fit(config, tokenizer, data, args, workers)
     checkpoint, history = write_outputs(result, output_dir, args.kind)
     wait_until_released()  # Ray Train's worker group goes down asynchronously
-    videos = None
-    if (
-        args.kind == "retriever"
-    ):  # one encoding of the videos: the index (all) and the evaluation (test)
-        from jobs.index import build_index
-
-        clips = data.clips if args.index else data.test_clips
-        print(
-            f"encoding {'every decoded video for the index' if args.index else 'the test videos'} "
-            f"with the best epoch",
-            flush=True,
-        )
-        _, videos = build_index(
-            checkpoint,
-            clips,
-            output_dir / "index" if args.index else None,
-            use_gpu,
-            keep=set(data.test_video_ids),
-        )
-    metrics = evaluate(args, checkpoint, data, output_dir, use_gpu, videos)
+    metrics = recipe.after_training(args, checkpoint, data, output_dir, use_gpu)
     _print_results(output_dir, metrics, history, time.time() - started)
     return 0
 

@@ -1,9 +1,14 @@
-"""PitVQANet's recipe, as the PitVQA reference trains it: Adam at a fixed learning rate,
-cross-entropy over the answer classes: one ``step(batch) -> loss``; and validation:
-accuracy, macro P/R/F1 and the majority-class baseline over every worker's rows.
+"""PitVQANet's recipe, as the PitVQA reference trains it.
 
-Runs without Ray: ``jobs/train_loop.py`` calls it on each Ray Train worker, ``bench/train.py``
-in a plain loop and inside Ray Train, the tests on a fixed batch.
+The step (``Recipe``): Adam at a fixed learning rate, cross-entropy over the answer
+classes: one ``step(batch) -> loss``; and validation: accuracy, macro P/R/F1 and the
+majority-class baseline over every worker's rows. It runs without Ray:
+``jobs/train_loop.py`` calls it on each Ray Train worker, ``bench/train.py`` in a plain loop
+and inside Ray Train, the tests on a fixed batch.
+
+Around it, what the driver does for this model, in run order: the tokenizer and the model
+config from the flags, the pit24 / endo18 data (``jobs.data``), and the evaluation of the
+best checkpoint (``jobs.evaluate``).
 """
 
 from __future__ import annotations
@@ -93,3 +98,76 @@ class Recipe:
             f"val acc {100 * metrics.get('acc', 0):.1f}% macro-F1 {metrics.get('f1', 0):.3f} "
             f"(majority class {100 * metrics.get('majority_acc', 0):.1f}%)"
         )
+
+
+# -- the run around the step (the driver; flags in, nothing of it on the workers) ---------
+
+
+def build_tokenizer(args, train_texts: list[str]):
+    """``--tokenizer_path``, else the GPT-2 folder's, else a tiny GPT-2-style BPE trained on
+    the training questions."""
+    from models import build_bpe_tokenizer, load_tokenizer
+
+    path = args.tokenizer_path or args.gpt2_path
+    if path:
+        return load_tokenizer(path)
+    return build_bpe_tokenizer(train_texts, vocab_size=1000, style="gpt2")
+
+
+def build_model_config(args, tokenizer) -> PitVQAConfig:
+    """The typed model config from the preset, the ViT/BLIP/GPT-2 weights and the flags."""
+    from models import NUM_CLASSES
+
+    common = dict(num_classes=NUM_CLASSES[args.dataset], max_length=args.max_length)
+    if args.preset == "base":
+        return PitVQAConfig.base(
+            args.vit_path,
+            args.blip_path,
+            args.gpt2_path,
+            vocab_size=len(tokenizer),
+            text_encoder_init=args.text_encoder_init,
+            **common,
+        )
+    return PitVQAConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
+
+
+def read_source(args):
+    """The questions of ``--data_root`` (pit24 / endo18), or the synthetic pit24 tree."""
+    from jobs.data import VQASource, vqa_questions, vqa_root
+
+    root = vqa_root(args.dataset, args.data_root, args.synthetic_dir, args.synthetic_videos)
+    return VQASource(root, *vqa_questions(args.dataset, root, args.output_dir))
+
+
+def load_data(args, source, tokenizer, model_config: PitVQAConfig, training: bool = True):
+    """Tokenized and sized for the model (``jobs.data.vqa_data``)."""
+    from jobs.data import vqa_data
+
+    return vqa_data(
+        args.dataset,
+        source,
+        tokenizer,
+        model_config.image_size,
+        model_config.max_length,
+        training,
+    )
+
+
+def evaluate(args, checkpoint, data, output_dir, use_gpu: bool) -> dict:
+    """The validation questions: ``metrics.json`` and the confusion matrix."""
+    from jobs.evaluate import evaluate_vqa
+
+    return evaluate_vqa(
+        checkpoint,
+        data.val,
+        data.labels,
+        data.train_labels,
+        output_dir,
+        use_gpu,
+        data.class_types,
+    )
+
+
+def after_training(args, checkpoint, data, output_dir, use_gpu: bool) -> dict:
+    """The evaluation of the best checkpoint (nothing else to build for this model)."""
+    return evaluate(args, checkpoint, data, output_dir, use_gpu)

@@ -1,10 +1,15 @@
-"""The retriever's recipe, as DRL trains CLIP4Clip + WTI: the model, AdamW with CLIP at
-``lr * coef_lr`` and no decay on 1-D parameters, a linear warm-up then cosine schedule,
-the contrastive objective (+ CDCR), gradient clipping and the logit-scale clamp: one
-``step(batch) -> loss``; and validation: t2v/v2t recall over every worker's rows.
+"""The retriever's recipe, as DRL trains CLIP4Clip + WTI.
 
-Runs without Ray: ``jobs/train_loop.py`` calls it on each Ray Train worker, ``bench/train.py``
-in a plain loop and inside Ray Train, the tests on a fixed batch.
+The step (``Recipe``): the model, AdamW with CLIP at ``lr * coef_lr`` and no decay on 1-D
+parameters, a linear warm-up then cosine schedule, the contrastive objective (+ CDCR),
+gradient clipping and the logit-scale clamp: one ``step(batch) -> loss``; and validation:
+t2v/v2t recall over every worker's rows. It runs without Ray: ``jobs/train_loop.py`` calls
+it on each Ray Train worker, ``bench/train.py`` in a plain loop and inside Ray Train, the
+tests on a fixed batch.
+
+Around it, what the driver does for this model, in run order: the tokenizer and the model
+config from the flags, the MSR-VTT-layout data (``jobs.data``), and the evaluation of the
+best checkpoint (``jobs.evaluate``).
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from jobs.config import TrainConfig
 from jobs.distributed import all_gather_rows, all_reduce, world_rank
-from jobs.metrics import metrics_from_ranks
-from jobs.similarity import best_caption_ranks
+from jobs.metrics import best_caption_ranks, metrics_from_ranks
 from models import (
     ContrastiveObjective,
     Retriever,
@@ -183,3 +187,106 @@ class Recipe:
             f"test t2v R@1 {metrics.get('R@1', 0):.1f} R@5 {metrics.get('R@5', 0):.1f} "
             f"(chance {metrics.get('chance_R@1', 0):.1f})"
         )
+
+
+# -- the run around the step (the driver; flags in, nothing of it on the workers) ---------
+
+
+def build_tokenizer(args, train_texts: list[str]):
+    """``--tokenizer_path``, else the CLIP folder's, else a tiny CLIP-style BPE trained on
+    the training captions."""
+    from models import build_bpe_tokenizer, load_tokenizer
+
+    path = args.tokenizer_path or args.clip_path
+    if path:
+        return load_tokenizer(path)
+    return build_bpe_tokenizer(train_texts, vocab_size=1000, style="clip")
+
+
+def build_model_config(args, tokenizer) -> RetrieverConfig:
+    """The typed model config from the preset, the CLIP weights and the data flags."""
+    common = dict(
+        sim_header=args.sim_header,
+        interaction=args.interaction,
+        max_words=args.max_words,
+        max_frames=args.max_frames,
+        temporal_layers=args.cross_num_hidden_layers,
+    )
+    if args.preset == "base":
+        return RetrieverConfig.base(args.clip_path, **common)
+    return RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
+
+
+def read_source(args):
+    """The MSR-VTT annotations the flags name, or the synthetic corpus (generated once)."""
+    from ingest.msrvtt import read_test, read_train
+    from jobs.data import RetrievalSource, msrvtt_files
+
+    files = msrvtt_files(
+        args.train_csv,
+        args.val_csv,
+        args.data_path,
+        args.features_path,
+        args.output_dir,
+        args.synthetic_dir,
+        args.synthetic_train,
+        args.synthetic_test,
+    )
+    return RetrievalSource(
+        files, read_train(files.train_csv, files.data_path), read_test(files.val_csv)
+    )
+
+
+def load_data(args, source, tokenizer, model_config: RetrieverConfig, training: bool = True):
+    """Decoded once, tokenized and sized for the model (``jobs.data.retrieval_data``)."""
+    from ingest.video import ClipSpec
+    from jobs.data import retrieval_data
+
+    spec = ClipSpec(
+        args.feature_framerate,
+        model_config.max_frames,
+        args.slice_framepos,
+        model_config.image_size,
+    )
+    return retrieval_data(source, spec, tokenizer, model_config.max_words, training)
+
+
+def evaluate(args, checkpoint, data, output_dir, use_gpu: bool, videos: dict | None = None) -> dict:
+    """The test captions against the test videos; the videos are encoded here unless
+    ``videos`` brings their encodings (``jobs/train.py`` reuses the ones it indexed)."""
+    from jobs.encode import ClipEncoder, collect, encode
+    from jobs.evaluate import evaluate_retriever
+
+    if videos is None:
+        videos = collect(encode(data.test_clips, ClipEncoder, checkpoint, use_gpu, batch_size=16))
+    return evaluate_retriever(
+        checkpoint,
+        data.test_pairs,
+        data.test_video_ids,
+        videos,
+        output_dir,
+        args.num_shards,
+        use_gpu,
+    )
+
+
+def after_training(args, checkpoint, data, output_dir, use_gpu: bool) -> dict:
+    """Encode every decoded video once with the best checkpoint: into the index that
+    ``serve run serve.app`` serves (unless ``--no-index``), keeping the test videos'
+    encodings for the evaluation that follows."""
+    from jobs.index import build_index
+
+    clips = data.clips if args.index else data.test_clips
+    print(
+        f"encoding {'every decoded video for the index' if args.index else 'the test videos'} "
+        "with the best epoch",
+        flush=True,
+    )
+    _, videos = build_index(
+        checkpoint,
+        clips,
+        output_dir / "index" if args.index else None,
+        use_gpu,
+        keep=set(data.test_video_ids),
+    )
+    return evaluate(args, checkpoint, data, output_dir, use_gpu, videos)
