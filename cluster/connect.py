@@ -20,8 +20,13 @@ def connect():
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
     import ray
 
+    from .ray_private import local_cluster_running
+
     if not ray.is_initialized():
-        ray.init(address=None if os.environ.get("RAY_ADDRESS") or _cluster_running() else "local")
+        # Without a `ray start` cluster here, a stale address file left by one that died
+        # would make a bare ``ray.init()`` wait for it forever: start a local instance.
+        attach = os.environ.get("RAY_ADDRESS") or local_cluster_running()
+        ray.init(address=None if attach else "local")
     from .resources import note_free_resources
 
     note_free_resources()
@@ -35,13 +40,3 @@ def connect():
     for name in ("ray.data", "ray.train"):
         logging.getLogger(name).setLevel(logging.WARNING)
     return ray
-
-
-def _cluster_running() -> bool:
-    """Whether a `ray start` cluster runs on this machine. Without one, a stale address
-    file left by a cluster that died would make a bare ``ray.init()`` wait for it forever."""
-    try:
-        from ray._private.services import find_gcs_addresses
-    except ImportError:  # a future Ray: let ray.init() decide
-        return True
-    return bool(find_gcs_addresses())

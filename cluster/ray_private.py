@@ -6,7 +6,9 @@ upgrade breaks here and in ``tests/test_ray_private.py``, not somewhere in a job
 - ``blocks_as_dataset``: a dataset's blocks, computed once, as a new dataset
   (``Dataset.iter_internal_ref_bundles``);
 - ``serve_request_id``: Serve's id of the request being answered (the Serve request context);
-- ``quiet_ray_train``: Ray Train's per-report log lines (loggers named by file path).
+- ``quiet_ray_train``: Ray Train's per-report log lines (loggers named by file path);
+- ``local_cluster_running``: whether a ``ray start`` cluster runs on this machine
+  (``ray._private.services.find_gcs_addresses``).
 """
 
 from __future__ import annotations
@@ -71,3 +73,12 @@ def quiet_ray_train() -> None:
     ]
     for name in names + ["ray.train"]:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def local_cluster_running() -> bool:
+    """Whether a ``ray start`` cluster runs on this machine."""
+    try:
+        from ray._private.services import find_gcs_addresses
+    except ImportError:  # a Ray without it: let ray.init() decide
+        return True
+    return bool(find_gcs_addresses())

@@ -207,6 +207,7 @@ def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds
     for name, what in (
         ("metrics.json", "the evaluation above"),
         ("history.jsonl", "one line per epoch"),
+        ("train_config.json", "the training settings (jobs/config.py)"),
         ("loss.png", "training loss and validation metric per epoch"),
         ("recall.png", "recall@K curves"),
         ("index", "the retrieval index `serve run serve.app` serves"),

@@ -26,6 +26,9 @@ def test_every_private_api_the_adapter_uses_is_there():
     assert callable(getattr(ray.data.Dataset, "iter_internal_ref_bundles", None))
     assert callable(getattr(serve.context, "_get_serve_request_context", None))
     assert hasattr(serve.context._get_serve_request_context(), "request_id")
+    from ray._private.services import find_gcs_addresses
+
+    assert isinstance(find_gcs_addresses(), (list, set, frozenset))
 
 
 def test_outside_a_request_the_request_id_is_a_fresh_one():

@@ -46,6 +46,10 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(
     assert [row["epoch"] for row in rows] == [1, 2]
     assert rows[0] == first[0]  # epoch 1 was not trained again
     assert rows[1]["steps"] == 80 // 8  # 16 videos x 5 captions, batch 8, the full second epoch
+    # The run folder records what it trained with (the second command's settings).
+    settings = json.loads((out / "train_config.json").read_text())
+    assert (settings["model"], settings["epochs"], settings["cdcr"]) == ("retriever", 2, 3)
+    assert settings["num_train_rows"] == 80 and settings["model_config"]["interaction"] == "wti"
 
     # The best epoch was copied out, rebuilds from the folder alone, and was evaluated.
     model, tokenizer = load_checkpoint(out / "checkpoint")
