@@ -118,7 +118,7 @@ def ray_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from jobs.train_loop import torch_batches
+    from jobs.batches import torch_batches
 
     num_rows = config["batch"] * config["steps"]
     recipe = build(

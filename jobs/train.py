@@ -102,9 +102,9 @@ def write_outputs(result, output_dir: Path, model: str) -> tuple[Path, list[dict
     a shared one or S3), whichever node wrote them."""
     import pyarrow.fs
 
+    from jobs.checkpoints import HISTORY
     from jobs.plots import plot_history
     from jobs.recipes import recipe_module
-    from jobs.train_loop import HISTORY
     from models.folders import replace_folder
 
     if not result.best_checkpoints:

@@ -52,9 +52,9 @@ def test_three_workers_score_every_validation_row(ray_local, tmp_path):
         # Nested: Ray pickles it by value (this module is not on the workers' path).
         import ray.train
 
+        from jobs.batches import torch_batches
         from jobs.config import TrainConfig
         from jobs.recipes import recipe_for
-        from jobs.train_loop import torch_batches
         from models import RetrieverConfig
 
         model_config = RetrieverConfig.tiny(
