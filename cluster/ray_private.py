@@ -47,9 +47,15 @@ class EveryValidationRow(ray.train.DataConfig):
 def blocks_as_dataset(ds: ray.data.Dataset, num_blocks: int) -> ray.data.Dataset:
     """``ds`` computed once into ``num_blocks`` blocks, which become the dataset. (What
     ``materialize()`` does, without its second pass, which finds the CPUs still held by the
-    run that just finished and warns that the job "will hang".)"""
+    run that just finished and warns that the job "will hang".)
+
+    Each block is copied into this process's node (``ray.put``, one block at a time), so
+    the dataset lives on the driver's node, which a run cannot lose and go on: a block left
+    on a worker node died with it, and rebuilding it from lineage re-ran the decoding and
+    normalisation stages behind it (a lost-node test hung there, 1 free CPU on the head)."""
     bundles = ds.repartition(num_blocks).iter_internal_ref_bundles()
-    return ray.data.from_arrow_refs([block for bundle in bundles for block in bundle.block_refs])
+    local = [ray.put(ray.get(block)) for bundle in bundles for block in bundle.block_refs]
+    return ray.data.from_arrow_refs(local)
 
 
 def serve_request_id() -> str:
