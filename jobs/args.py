@@ -21,6 +21,45 @@ DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
 
 MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
 DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
+# CLIP's model names (CLIP4Clip's --pretrained_clip_name, DRL's --base_encoder) -> the file
+# OpenAI's ``clip.load`` keeps in its download cache, with the BPE vocabulary beside it.
+OPENAI_CLIP_FILES = {
+    "ViT-B/32": "ViT-B-32.pt",
+    "ViT-B/16": "ViT-B-16.pt",
+    "ViT-L/14": "ViT-L-14.pt",
+}
+CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def clip_cache() -> Path:
+    """OpenAI's CLIP download cache (``clip.load``'s default root)."""
+    return Path.home() / ".cache" / "clip"
+
+
+def resolve_clip_name(args) -> str | None:
+    """A CLIP model name in ``--clip_path`` becomes OpenAI's file in the cache, and its BPE
+    vocabulary the tokenizer when none is given; an error line when a file is not there
+    (nothing is downloaded)."""
+    if args.clip_path not in OPENAI_CLIP_FILES:
+        return None
+    file = clip_cache() / OPENAI_CLIP_FILES[args.clip_path]
+    if not file.is_file():
+        return (
+            f"--pretrained_clip_name {args.clip_path}: no {file}; put OpenAI's "
+            f"{file.name} there (where clip.load keeps it; nothing is downloaded)"
+        )
+    args.clip_path = str(file)
+    if not args.tokenizer_path:
+        found = [p for p in (file.parent / CLIP_BPE, clip_cache() / CLIP_BPE) if p.is_file()]
+        if not found:
+            return (
+                f"--pretrained_clip_name: no {CLIP_BPE} beside {file}; put CLIP's BPE "
+                "vocabulary there or give --tokenizer_path"
+            )
+        args.tokenizer_path = str(found[0])
+    return None
+
+
 # The local weights a base preset is built from (their presence also selects the preset).
 WEIGHT_FLAGS = {"retriever": ("clip_path",), "pitvqa": ("vit_path", "blip_path", "gpt2_path")}
 
@@ -176,8 +215,10 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument(
         "--clip_path",
         "--pretrained_clip_name",
+        "--base_encoder",
         default=None,
-        help="CLIP for the base retriever: a HF CLIP folder or OpenAI's ViT-B-32.pt",
+        help="CLIP for the base retriever: a HF CLIP folder, OpenAI's ViT-B-32.pt, or a name "
+        f"({', '.join(OPENAI_CLIP_FILES)}: OpenAI's file in ~/.cache/clip/, as clip.load keeps it)",
     )
     g.add_argument("--vit_path", default=None, help="ViT folder (base PitVQANet)")
     g.add_argument("--blip_path", default=None, help="BLIP folder (base PitVQANet)")
@@ -320,6 +361,9 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
 def resolve(args, kind: str) -> str | None:
     """Fill the preset defaults and derived paths in place; return an error line or None."""
     defaults = PRESET_DEFAULTS[kind]
+    error = resolve_clip_name(args)
+    if error:
+        return error
     if hasattr(args, "preset") and args.preset is None:
         weights = WEIGHT_FLAGS[kind]
         args.preset = "base" if any(getattr(args, name) for name in weights) else "tiny"

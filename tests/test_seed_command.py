@@ -123,3 +123,35 @@ def test_clip_path_takes_openais_file_and_asks_for_its_tokenizer(tmp_path, capsy
 
     args.tokenizer_path = str(shutil.which("python3"))  # a file that is not a BPE vocabulary
     assert "no such folder or file" in resolve(args, "retriever")
+
+
+def test_a_clip_model_name_means_openais_file_in_its_download_cache(tmp_path, monkeypatch, capsys):
+    """``--pretrained_clip_name ViT-B/32`` (and DRL's ``--base_encoder``) is the file
+    OpenAI's ``clip.load`` keeps in ``~/.cache/clip``, with CLIP's BPE vocabulary found beside
+    it; a missing file is one line naming it, exit 2. Nothing is downloaded."""
+    import importlib.util
+
+    from jobs import train
+    from jobs.args import resolve
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = tmp_path / ".cache" / "clip"
+    cache.mkdir(parents=True)
+    code = train.main(["--pretrained_clip_name", "ViT-B/32", "--output_dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and str(cache / "ViT-B-32.pt") in err[0], err
+
+    torch.save({}, cache / "ViT-B-32.pt")
+    args = train.parse_args(["--base_encoder", "ViT-B/32"])
+    assert "bpe_simple_vocab_16e6.txt.gz" in resolve(args, "retriever")  # no vocabulary yet
+
+    # CLIP's real BPE vocabulary, as open_clip ships it, where clip.load keeps it.
+    open_clip = Path(importlib.util.find_spec("open_clip").submodule_search_locations[0])
+    shutil.copy(open_clip / "bpe_simple_vocab_16e6.txt.gz", cache)
+    args = train.parse_args(["--pretrained_clip_name", "ViT-B/32"])
+    assert resolve(args, "retriever") is None
+    assert args.clip_path == str(cache / "ViT-B-32.pt") and args.preset == "base"
+    assert args.tokenizer_path == str(cache / "bpe_simple_vocab_16e6.txt.gz")
+    # A path stays a path; a given tokenizer is kept.
+    args = train.parse_args(["--clip_path", str(cache / "ViT-B-32.pt"), "--tokenizer_path", "x"])
+    assert resolve(args, "retriever") is not None and args.tokenizer_path == "x"
