@@ -2,7 +2,8 @@
 every Ray Train worker and written to the run folder as ``train_config.json``.
 
 Adding a training setting is a flag in ``jobs/args.py`` and a field here: ``from_args``
-takes every field by its flag's name.
+takes every field by its flag's name. The checkpoint folder carries the same file, and a
+resumed run must match the saved one in its model and data (``resume_conflicts``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 FILE = "train_config.json"
+# What a resumed run must share with the run it resumes: the model and the data. (Epochs,
+# learning rate, logging and the like may change between the two commands.)
+RESUME_MUST_MATCH = (
+    "model",
+    "model_config",
+    "num_train_rows",
+    "dataset",
+    "train_csv",
+    "val_csv",
+    "data_path",
+    "features_path",
+    "data_root",
+    "feature_framerate",
+    "slice_framepos",
+)
 
 
 @dataclass
@@ -41,6 +57,15 @@ class TrainConfig:
     # the majority-class baseline of validation).
     labels: list[str] | None = None
     train_labels: list[int] = field(default_factory=list)
+    # What it was trained on (recorded; a resume must train on the same).
+    dataset: str | None = None
+    train_csv: str | None = None
+    val_csv: str | None = None
+    data_path: str | None = None
+    features_path: str | None = None
+    data_root: str | None = None
+    feature_framerate: float | None = None
+    slice_framepos: int | None = None
 
     @classmethod
     def from_args(cls, args, **derived) -> TrainConfig:
@@ -52,6 +77,23 @@ class TrainConfig:
             if getattr(args, name, None) is not None
         }
         return cls(**taken, **derived)
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """The model and data settings in which this config differs from ``saved`` (the
+        run being resumed): ``name saved -> now``, model config fields by their own name."""
+        now = self.to_dict()
+        out = []
+        for name in RESUME_MUST_MATCH:
+            if name == "model_config":
+                before, after = saved.get(name) or {}, now[name]
+                out += [
+                    f"{k} {before.get(k)} -> {after.get(k)}"
+                    for k in sorted(set(before) | set(after))
+                    if before.get(k) != after.get(k)
+                ]
+            elif saved.get(name) != now[name]:
+                out.append(f"{name} {saved.get(name)} -> {now[name]}")
+        return out
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -95,10 +95,10 @@ def fit(config, tokenizer, data, args, workers: int):
             signal.signal(signal.SIGINT, sigint)
 
 
-def write_outputs(result, output_dir: Path, model: str) -> tuple[Path, list[dict]]:
-    """Copy the best epoch's model to ``checkpoint/`` (replaced whole: a service or an
-    evaluation reading it never sees half a folder), write ``history.jsonl`` from the last
-    epoch's checkpoint and plot it. Both are read from Ray Train's storage (a local folder,
+def write_outputs(result, output_dir: Path, config) -> tuple[Path, list[dict]]:
+    """Copy the best epoch's model to ``checkpoint/`` with the run's ``train_config.json``
+    (replaced whole: a service or an evaluation reading it never sees half a folder), write
+    ``history.jsonl`` from the last epoch's checkpoint and plot it. Both are read from Ray Train's storage (a local folder,
     a shared one or S3), whichever node wrote them."""
     import pyarrow.fs
 
@@ -116,11 +116,12 @@ def write_outputs(result, output_dir: Path, model: str) -> tuple[Path, list[dict
     checkpoint = output_dir / "checkpoint"
     with replace_folder(checkpoint) as staging:
         pyarrow.fs.copy_files(f"{best.path}/model", str(staging), source_filesystem=best.filesystem)
+        config.write(staging)  # the checkpoint says how it was made
     latest = result.checkpoint
     with latest.filesystem.open_input_stream(f"{latest.path}/{HISTORY}") as f:
         history = json.loads(f.read())
     (output_dir / "history.jsonl").write_text("".join(json.dumps(row) + "\n" for row in history))
-    plot_history(history, output_dir / "loss.png", recipe_module(model).METRIC)
+    plot_history(history, output_dir / "loss.png", recipe_module(config.model).METRIC)
     return checkpoint, history
 
 
@@ -145,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, error)
 
     from cluster import connect, training_scale, wait_until_released
+    from jobs.config import FILE as CONFIG_FILE
     from jobs.config import TrainConfig
     from jobs.data import DataError
     from jobs.evaluate import evaluate_checkpoint
@@ -186,9 +188,18 @@ def main(argv: list[str] | None = None) -> int:
         labels=getattr(data, "labels", None),  # PitVQANet's answer classes
         train_labels=[int(label) for label in getattr(data, "train_labels", [])],
     )
+    saved = output_dir / CONFIG_FILE
+    if saved.is_file():  # the run in --output_dir is resumed: the same model and data only
+        conflicts = config.resume_conflicts(json.loads(saved.read_text()))
+        if conflicts:
+            return fail(
+                PROG,
+                f"--output_dir {output_dir} holds a run with other model or data settings "
+                f"({'; '.join(conflicts)}): give its flags to resume it, or --fresh to start over",
+            )
     config.write(output_dir)
     result = fit(config, tokenizer, data, args, workers)
-    checkpoint, history = write_outputs(result, output_dir, args.kind)
+    checkpoint, history = write_outputs(result, output_dir, config)
     wait_until_released()  # Ray Train's worker group goes down asynchronously
     metrics = recipe.after_training(args, checkpoint, data, output_dir, use_gpu)
     _print_results(output_dir, metrics, history, time.time() - started)
@@ -202,7 +213,7 @@ def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds
     print(f"\n{summary(metrics)}")
     print(f"results in {output_dir}" + (f" (after {seconds:.0f} s)" if seconds else ""))
     print(
-        f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer"
+        f"  checkpoint/     the best epoch{f' ({best})' if best else ''}: config.json, model.safetensors, tokenizer, train_config.json"
     )
     for name, what in (
         ("metrics.json", "the evaluation above"),

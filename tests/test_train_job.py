@@ -67,6 +67,14 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(
 
     index = read_manifest(out / "index")
     assert index["count"] == 24 and index["checkpoint"] == str(out / "checkpoint")
+    # The checkpoint says how it was made, and a resume must train the same model on the
+    # same data: another interaction is one line naming it, exit 2, nothing trained.
+    assert json.loads((out / "checkpoint" / "train_config.json").read_text()) == settings
+    argv = retriever_args(synthetic_dir, out, "--epochs", "3", "--cdcr", "3", "--interaction", "ti")
+    assert train.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "interaction wti -> ti" in err[0] and "--fresh" in err[0], err
+    assert [row["epoch"] for row in history(out)] == [1, 2]
 
 
 @pytest.mark.slow
