@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_model
 
 from jobs.config import TrainConfig
-from jobs.distributed import gather_objects
+from jobs.distributed import gather_objects, print_once
 from models import save_checkpoint
 
 HISTORY = "history.json"  # in each checkpoint: every epoch's row so far
@@ -37,8 +37,7 @@ def restore(recipe) -> dict:
         state["history"] = json.loads((Path(folder) / HISTORY).read_text())
     recipe.optimizer.load_state_dict(state.pop("optimizer"))
     recipe.scheduler.load_state_dict(state.pop("scheduler"))
-    if ray.train.get_context().get_world_rank() == 0:
-        print(f"resuming after epoch {state['epoch']} from {checkpoint.path}", flush=True)
+    print_once(f"resuming after epoch {state['epoch']} from {checkpoint.path}")
     return state
 
 

@@ -16,6 +16,12 @@ def world_rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 
 
+def print_once(message: str) -> None:
+    """Print on rank 0 only (every worker runs the same loop)."""
+    if world_rank() == 0:
+        print(message, flush=True)
+
+
 def gather_objects(value) -> list:
     """Every worker's ``value``, in rank order (``[value]`` on one worker)."""
     if not is_distributed():

@@ -20,6 +20,7 @@ from cluster.ray_private import quiet_ray_train
 from jobs.batches import torch_batches
 from jobs.checkpoints import report_epoch, restore
 from jobs.config import TrainConfig
+from jobs.distributed import print_once
 from jobs.recipes import recipe_for
 
 FAILURE_MARKER = ".injected_failure"
@@ -31,11 +32,6 @@ def maybe_fail(config: TrainConfig, step: int) -> None:
     if config.inject_failure == step and not marker.exists():
         marker.touch()
         raise RuntimeError(f"injected failure at step {step} (--inject_failure)")
-
-
-def _log(message: str) -> None:
-    if ray.train.get_context().get_world_rank() == 0:
-        print(message, flush=True)
 
 
 def train_loop(loop_config: dict) -> None:
@@ -58,7 +54,7 @@ def train_loop(loop_config: dict) -> None:
             maybe_fail(config, state["step"])
             losses.append(recipe.step(batch))
             if config.n_display and state["step"] % config.n_display == 0:
-                _log(
+                print_once(
                     f"epoch {epoch}/{config.epochs} step {state['step']}: "
                     f"{recipe.step_line(losses[-1])}"
                 )
@@ -72,7 +68,7 @@ def train_loop(loop_config: dict) -> None:
             "seconds": round(time.time() - started, 2),
             **metrics,
         }
-        _log(
+        print_once(
             f"epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f}, "
             f"{recipe.epoch_line(metrics)}, {row['seconds']:.0f} s"
         )

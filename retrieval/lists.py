@@ -83,10 +83,10 @@ def probe_lists(num_lists: int) -> int:
     return max(MIN_PROBE_LISTS, math.ceil(math.sqrt(num_lists)))
 
 
-def candidate_count(slice_size: int, top_k: int, lists: InvertedLists) -> int:
+def candidate_count(lists: InvertedLists, top_k: int) -> int:
     """Videos re-scored exactly by default: those of ``probe_lists`` lists of average size."""
     num_lists = len(lists.centroids)
-    return max(top_k, probe_lists(num_lists) * math.ceil(slice_size / num_lists))
+    return max(top_k, probe_lists(num_lists) * math.ceil(len(lists) / num_lists))
 
 
 @dataclass
@@ -180,7 +180,7 @@ def search_lists(
     """The best ``top_k`` of a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
     list order), best first. ``exact`` scores every list."""
     top_k = min(top_k, len(lists))
-    candidates = max(top_k, candidates or candidate_count(len(lists), top_k, lists))
+    candidates = max(top_k, candidates or candidate_count(lists, top_k))
     text, text_weight = trim_padding(text, text_weight)
     every = np.flatnonzero(np.diff(lists.offsets))
     best, found = [], []
