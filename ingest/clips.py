@@ -49,9 +49,10 @@ class ClipDecoder:
     def __call__(self, batch: dict[str, np.ndarray]):
         # A generator, so that a batch of only bad videos yields no rows at all.
         ids, frames, masks, skipped = [], [], [], []
-        for video_id, path in zip(batch["video_id"], batch["path"]):
+        ends = batch.get("end", np.full(len(batch["path"]), np.nan))
+        for video_id, path, end in zip(batch["video_id"], batch["path"], ends):
             try:
-                clip, mask = decode_clip(path, self.spec)
+                clip, mask = decode_clip(path, self.spec, None if np.isnan(end) else float(end))
             except BadVideo as bad:
                 skipped.append(Skipped(bad.kind, str(path), str(bad)))
                 continue
@@ -75,18 +76,27 @@ def clip_dataset(
     collector,
     concurrency: int | None = None,
     batch_size: int = 4,
+    ends: dict[str, float] | None = None,
 ) -> ray.data.Dataset:
     """Lazy Ray Dataset of decoded clips: ``video_id``, ``frames [F,S,S,3] uint8``, ``frame_mask [F]``.
 
-    ``videos`` maps video id to path. Decoding runs on a bounded pool of actors (one CPU
-    each; ``concurrency`` defaults to the cluster's CPUs).
+    ``videos`` maps video id to path; ``ends`` a video's window end in seconds (ActivityNet's
+    ``ceil(duration)``), where it has one. Decoding runs on a bounded pool of actors (one
+    CPU each; ``concurrency``, CLIP4Clip's --num_thread_reader, DRL's --workers, at most the
+    cluster's CPUs, which is also the default).
     """
-    rows = [{"video_id": vid, "path": str(path)} for vid, path in videos.items()]
+    ends = ends or {}
+    rows = [
+        {"video_id": vid, "path": str(path), "end": float(ends.get(vid, np.nan))}
+        for vid, path in videos.items()
+    ]
     # One batch per block: clips stream out as soon as they are decoded and the actors
     # stay evenly loaded (bench/decode.py measured this against 4 and 16 batches a block).
     blocks = max(1, -(-len(rows) // batch_size))
-    workers = concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    workers = max(1, min(workers, blocks))  # no more actors than blocks to give them
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    # At most one actor per CPU of the cluster (each takes one: more would wait forever for
+    # their CPU) and per block to give them.
+    workers = max(1, min(concurrency or cpus, cpus, blocks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     return ds.map_batches(
         ClipDecoder,
@@ -105,6 +115,7 @@ def write_clips(
     rows_per_file: int = 256,
     progress_every: int = 100,
     prefix: str = "part",
+    ends: dict[str, float] | None = None,
 ) -> tuple[int, Report]:
     """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
 
@@ -122,7 +133,7 @@ def write_clips(
     out_dir = Path(out_dir)
     (out_dir / "clips").mkdir(parents=True, exist_ok=True)
     collector = DecodeLog.remote()
-    ds = clip_dataset(videos, spec, collector, concurrency)
+    ds = clip_dataset(videos, spec, collector, concurrency, ends=ends)
     written, files, started, shown = 0, 0, time.time(), 0
     pending: list[dict] = []
 
@@ -205,8 +216,10 @@ def update_clips(
     out_dir: str | Path,
     spec: ClipSpec,
     concurrency: int | None = None,
+    ends: dict[str, float] | None = None,
 ) -> CacheUpdate:
-    """Bring the decoded clips in ``out_dir`` up to date with ``videos`` (id -> path).
+    """Bring the decoded clips in ``out_dir`` up to date with ``videos`` (id -> path; ``ends``:
+    per-video window ends, see ``clip_dataset``; a changed end decodes the video again).
 
     A video whose file (path, size, mtime) is the one decoded before is reused; a new or
     changed one is decoded (``write_clips``) into new Parquet files; a missing one is tried
@@ -226,7 +239,11 @@ def update_clips(
     for part in (out_dir / "clips").glob("*.parquet"):
         if part.name not in referenced:
             part.unlink()  # written by a run that did not finish
+    ends = ends or {}
     sources = {vid: _source(path) for vid, path in videos.items()}
+    for vid, source in sources.items():
+        if source is not None and vid in ends:
+            source["end"] = ends[vid]
     todo = {
         vid: path
         for vid, path in videos.items()
@@ -241,7 +258,7 @@ def update_clips(
             f"({len(videos) - len(todo)} reused)",
             flush=True,
         )
-        decoded, report = write_clips(todo, out_dir, spec, concurrency, prefix=prefix)
+        decoded, report = write_clips(todo, out_dir, spec, concurrency, prefix=prefix, ends=ends)
         by_path = {str(path): vid for vid, path in todo.items()}
         skipped = {vid: [] for vid in todo}
         for record in report.records:

@@ -14,6 +14,8 @@ import numpy as np
 import ray
 from PIL import Image
 
+from .video import frame_permutation
+
 Tokenize = Callable[
     [list[str]], dict
 ]  # texts -> input_ids / attention_mask [N, L] (tensors or arrays)
@@ -108,12 +110,35 @@ def normalize_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def order_frames(batch: dict[str, np.ndarray], order: int, seed: int) -> dict[str, np.ndarray]:
+    """``map_batches`` over decoded clips: their frames in ``order`` (``frame_permutation``);
+    a shuffle is seeded by ``seed`` and the video id, so it is the same every run."""
+    import zlib
+
+    frames, masks = batch["frames"], batch["frame_mask"]
+    out = dict(batch)
+    out["frames"] = np.empty_like(frames)
+    for row, video_id in enumerate(batch["video_id"]):
+        rng = np.random.default_rng([seed, zlib.crc32(str(video_id).encode())])
+        index = frame_permutation([masks[row].sum()], frames.shape[1], order, rng)[0]
+        out["frames"][row] = frames[row][index]
+    return out
+
+
 class CaptionExpander:
     """``map_batches`` callable over decoded clips: one output row per caption of each clip
-    (a broadcast join: captions are small, clips are large), tokenized here."""
+    (a broadcast join: captions are small, clips are large), tokenized here.
 
-    def __init__(self, captions: dict[str, list[str]], tokenize: Tokenize):
+    ``one_row_per_video``: one row per clip instead, holding all its captions
+    (``input_ids``/``attention_mask [max_captions, L]``, zero rows past ``caption_count``);
+    the training step draws one (CLIP4Clip's MSR-VTT without --expand_msrvtt_sentences)."""
+
+    def __init__(
+        self, captions: dict[str, list[str]], tokenize: Tokenize, one_row_per_video: bool = False
+    ):
         self.captions, self.tokenize = captions, tokenize
+        self.one_row_per_video = one_row_per_video
+        self.max_captions = max((len(c) for c in captions.values()), default=1)
 
     def __call__(self, batch: dict[str, np.ndarray]):
         # A generator: a batch of clips without captions (say, test videos while building
@@ -127,6 +152,9 @@ class CaptionExpander:
             return
         texts = [c for video_id in batch["video_id"] for c in self.captions.get(video_id, [])]
         input_ids, attention_mask = _arrays(self.tokenize(texts))
+        if self.one_row_per_video:
+            yield self._per_video(batch, np.array(owners), texts, input_ids, attention_mask)
+            return
         yield {
             "video_id": batch["video_id"][owners],
             "caption": np.array(texts, dtype=object),
@@ -136,6 +164,27 @@ class CaptionExpander:
             "frame_mask": batch["frame_mask"][owners],
         }
 
+    def _per_video(self, batch, owners, texts, input_ids, attention_mask):
+        rows = np.unique(owners)
+        shape = (len(rows), self.max_captions, input_ids.shape[1])
+        ids, mask = np.zeros(shape, input_ids.dtype), np.zeros(shape, attention_mask.dtype)
+        counts = np.zeros(len(rows), np.int64)
+        for row, owner in enumerate(rows):
+            mine = np.flatnonzero(owners == owner)
+            ids[row, : len(mine)], mask[row, : len(mine)] = input_ids[mine], attention_mask[mine]
+            counts[row] = len(mine)
+        return {
+            "video_id": batch["video_id"][rows],
+            "caption": np.array(
+                [texts[np.flatnonzero(owners == o)[0]] for o in rows], dtype=object
+            ),
+            "input_ids": ids,
+            "attention_mask": mask,
+            "caption_count": counts,
+            "frames": batch["frames"][rows],
+            "frame_mask": batch["frame_mask"][rows],
+        }
+
 
 def caption_clip_dataset(
     pairs: list[tuple[str, str]],
@@ -143,6 +192,7 @@ def caption_clip_dataset(
     tokenize: Tokenize,
     report=None,
     decoded: set[str] | None = None,
+    one_row_per_video: bool = False,
 ) -> ray.data.Dataset:
     """One row per caption with its video's decoded clip: ``input_ids``, ``attention_mask``,
     ``pixel_values [F,3,S,S]`` (CLIP-normalised) and ``frame_mask``.
@@ -164,5 +214,5 @@ def caption_clip_dataset(
                     video_id,
                     f"no decoded clip for caption {caption[:60]!r}",
                 )
-    expand = CaptionExpander(captions, tokenize)
+    expand = CaptionExpander(captions, tokenize, one_row_per_video)
     return clips.map_batches(expand, batch_size=1).map_batches(normalize_clips)

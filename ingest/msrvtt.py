@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LAYOUTS = {"sentences": "video_id", "annotations": "image_id"}
@@ -60,24 +60,26 @@ def _read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict[str, str
 
 
 @dataclass
-class MsrvttSplit:
-    """Caption-video pairs of one split. ``pairs[i] = (video_id, caption)``."""
+class RetrievalSplit:
+    """Text-video pairs of one split of a retrieval benchmark: ``pairs[i] = (video_id,
+    text)``; ``ends``: a video's window end in seconds, where the benchmark cuts one."""
 
     pairs: list[tuple[str, str]]
+    ends: dict[str, float] = field(default_factory=dict)
 
     @property
     def video_ids(self) -> list[str]:
         return list(dict.fromkeys(v for v, _ in self.pairs))
 
 
-def read_train(train_csv: str | Path, json_path: str | Path) -> MsrvttSplit:
+def read_train(train_csv: str | Path, json_path: str | Path) -> RetrievalSplit:
     """Every caption of every training video is its own sample (``--expand_msrvtt_sentences``)."""
     captions = read_captions(json_path)
     video_ids = [row["video_id"] for row in _read_csv(train_csv, ("video_id",))]
-    return MsrvttSplit([(v, c) for v in video_ids for c in captions.get(v, [])])
+    return RetrievalSplit([(v, c) for v in video_ids for c in captions.get(v, [])])
 
 
-def read_test(test_csv: str | Path) -> MsrvttSplit:
+def read_test(test_csv: str | Path) -> RetrievalSplit:
     """The JSFusion test list: one sentence per video, from the CSV itself."""
     rows = _read_csv(test_csv, ("video_id", "sentence"))
-    return MsrvttSplit([(row["video_id"], row["sentence"]) for row in rows])
+    return RetrievalSplit([(row["video_id"], row["sentence"]) for row in rows])

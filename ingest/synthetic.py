@@ -126,6 +126,42 @@ def write_video(
         container.mux(stream.encode())
 
 
+def sample_clips(rng: random.Random, num_train: int, num_test: int, name) -> list[Clip]:
+    """Training clips (any attributes) then test clips (distinct attribute combinations, so
+    that each test caption has one right answer); ``name(i)`` is the i-th clip's id."""
+    combos = list(itertools.product(COLORS, SHAPES, SIZES, DIRECTIONS))
+    if num_test > len(combos):
+        raise ValueError(f"num_test is at most {len(combos)} (one per attribute combination)")
+    test_combos = rng.sample(combos, num_test)
+    train_combos = [rng.choice(combos) for _ in range(num_train)]
+    return [Clip(name(i), *c) for i, c in enumerate(train_combos + test_combos)]
+
+
+def write_clip_videos(
+    clips: list[Clip],
+    paths: dict[str, Path],
+    seconds: int,
+    fps: int,
+    width: int,
+    height: int,
+    seed: int,
+    codec: str = "mpeg4",
+    gop: int | None = None,
+) -> None:
+    """Each clip's video at ``paths[clip.video_id]`` (its folder made)."""
+    for i, clip in enumerate(clips):
+        noise = np.random.default_rng(seed * 100003 + i)
+        n = seconds * fps
+        paths[clip.video_id].parent.mkdir(parents=True, exist_ok=True)
+        write_video(
+            paths[clip.video_id],
+            [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)],
+            fps,
+            codec=codec,
+            gop=gop,
+        )
+
+
 def make_msrvtt(
     root: str | Path,
     num_train: int = 240,
@@ -145,24 +181,10 @@ def make_msrvtt(
     combinations, so each test caption has exactly one right answer.
     """
     root = Path(root)
-    combos = list(itertools.product(COLORS, SHAPES, SIZES, DIRECTIONS))
-    if num_test > len(combos):
-        raise ValueError(f"num_test is at most {len(combos)} (one per attribute combination)")
     rng = random.Random(seed)
-    test_combos = rng.sample(combos, num_test)
-    train_combos = [rng.choice(combos) for _ in range(num_train)]
-    clips = [Clip(f"video{i}", *c) for i, c in enumerate(train_combos + test_combos)]
-    (root / "videos").mkdir(parents=True, exist_ok=True)
-    for i, clip in enumerate(clips):
-        noise = np.random.default_rng(seed * 100003 + i)
-        n = seconds * fps
-        write_video(
-            root / "videos" / f"{clip.video_id}.mp4",
-            [draw_frame(clip, k / (n - 1), width, height, noise) for k in range(n)],
-            fps,
-            codec=codec,
-            gop=gop,
-        )
+    clips = sample_clips(rng, num_train, num_test, lambda i: f"video{i}")
+    paths = {clip.video_id: root / "videos" / f"{clip.video_id}.mp4" for clip in clips}
+    write_clip_videos(clips, paths, seconds, fps, width, height, seed, codec, gop)
     train, test = clips[:num_train], clips[num_train:]
     with (root / "MSRVTT_train.9k.csv").open("w", newline="") as f:
         csv.writer(f).writerows([["video_id"]] + [[c.video_id] for c in train])
@@ -182,6 +204,109 @@ def make_msrvtt(
         for i, c in enumerate(clips)
     ]
     (root / "MSRVTT_data.json").write_text(json.dumps({"sentences": sentences, "videos": videos}))
+    (root / "attributes.json").write_text(json.dumps({c.video_id: c.__dict__ for c in clips}))
+    return root
+
+
+# --- CLIP4Clip's other benchmarks, in their layouts -----------------------------------
+# The same clips as the MSR-VTT-layout corpus; each layout's annotation files, names and
+# quirks (MSVD's pickle of word lists and .avi files, LSMDC's tab-separated lines, the
+# ``v_`` ids of ActivityNet and DiDeMo's file names with extensions as ids, the paragraph
+# protocols), so that the readers run on them as on the real downloads.
+
+BENCHMARK_VIDEOS = {  # the video folder under the root, as CLIP4Clip's README names it
+    "msvd": "MSVD_Videos",
+    "lsmdc": "LSMDC_Videos",
+    "activity": "Activity_Videos",
+    "didemo": "DiDeMo_Videos",
+}
+
+
+def make_benchmark(
+    datatype: str,
+    root: str | Path,
+    num_train: int = 240,
+    num_test: int = 48,
+    seconds: int = 4,
+    fps: int = 8,
+    size: int = 80,
+    seed: int = 0,
+) -> Path:
+    """Write a ``datatype``-layout corpus under ``root`` (annotations at the root, videos
+    under ``root / BENCHMARK_VIDEOS[datatype]``); returns ``root``."""
+    import pickle
+
+    root = Path(root)
+    rng = random.Random(seed)
+    videos = root / BENCHMARK_VIDEOS[datatype]
+    names = {
+        "msvd": lambda i: f"syn{i:04d}_{i % 7}_{i % 7 + 4}",
+        "lsmdc": lambda i: f"0001_Synthetic_Movie_00.00.{i:04d}.000-00.00.{i + 4:04d}.000",
+        "activity": lambda i: f"syn{i:04d}",  # the annotations say v_syn0000
+        "didemo": lambda i: f"{i:08d}_synthetic" + (".mp4", ".mov", ".avi")[i % 3],
+    }[datatype]
+    clips = sample_clips(rng, num_train, num_test, names)
+    train, test = clips[:num_train], clips[num_train:]
+    if datatype == "msvd":
+        paths = {c.video_id: videos / "YouTubeClips" / f"{c.video_id}.avi" for c in clips}
+    elif datatype == "lsmdc":
+        paths = {c.video_id: videos / "0001_Synthetic_Movie" / f"{c.video_id}.avi" for c in clips}
+    elif datatype == "activity":
+        paths = {c.video_id: videos / f"{c.video_id}.mp4" for c in clips}
+    else:
+        paths = {c.video_id: videos / c.video_id for c in clips}
+    write_clip_videos(clips, paths, seconds, fps, size, size, seed)
+
+    def write(name: str, text: str) -> None:
+        (root / name).write_text(text)
+
+    if datatype == "msvd":
+        for split, part in (("train", train), ("val", test), ("test", test)):
+            write(f"{split}_list.txt", "".join(f"{c.video_id}\n" for c in part))
+        captions = {c.video_id: [cap.split() for cap in c.captions()] for c in clips}
+        (root / "raw-captions.pkl").write_bytes(pickle.dumps(captions, protocol=4))
+    elif datatype == "lsmdc":
+
+        def line(clip: Clip, caption: str) -> str:
+            return f"{clip.video_id}\t00.00.00.000\t00.00.04.000\t00.00.00.000\t00.00.04.000\t{caption}\n"
+
+        write(
+            "LSMDC16_annos_training.csv",
+            "".join(line(c, cap) for c in train for cap in c.captions()[:2]),
+        )
+        write("LSMDC16_annos_val.csv", "".join(line(c, c.captions()[0]) for c in test))
+        write(
+            "LSMDC16_challenge_1000_publictect.csv",
+            "".join(line(c, rng.choice(c.captions())) for c in test),
+        )
+    elif datatype == "activity":
+
+        def annotations(part: list[Clip]) -> dict:
+            return {
+                f"v_{c.video_id}": {
+                    "duration": seconds - 0.4,
+                    "timestamps": [[0.0, seconds / 2], [seconds / 2, seconds - 0.4]],
+                    "sentences": c.captions()[:2],
+                }
+                for c in part
+            }
+
+        for ids, captions, part in (
+            ("train_ids.json", "train.json", train),
+            ("val_ids.json", "val_1.json", test),
+        ):
+            write(ids, json.dumps([f"v_{c.video_id}" for c in part]))
+            write(captions, json.dumps(annotations(part)))
+    else:
+        for split, part in (("train", train), ("val", test), ("test", test)):
+            write(f"{split}_list.txt", "".join(f"{c.video_id}\n" for c in part))
+            items = [
+                {"video": c.video_id, "times": [[k, k]] * 4, "description": cap, "annotation_id": n}
+                for n, (c, k, cap) in enumerate(
+                    (c, k, cap) for c in part for k, cap in enumerate(c.captions()[:2])
+                )
+            ]
+            write(f"{split}_data.json", json.dumps(items))
     (root / "attributes.json").write_text(json.dumps({c.video_id: c.__dict__ for c in clips}))
     return root
 

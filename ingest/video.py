@@ -1,9 +1,17 @@
 """Clip sampling and decoding as CLIP4Clip / DRL do it, with decord.
 
-Frames are taken at ``feature_framerate`` per second; when there are more than
-``max_frames`` of them, ``slice_framepos`` keeps the head (0), the tail (1) or a uniform
-spread (2, the default). Only the kept frames are decoded (``get_batch`` seeks). The short
-side is resized and the centre cropped; short clips are padded and the mask says so.
+Frames are taken at ``feature_framerate`` per second (every ``round(fps / rate)``-th frame
+from the window's first, as DRL's decord loader ``_get_rawvideo_dec``); when there are more
+than ``max_frames`` of them, ``slice_framepos`` keeps the head (0), the tail (1) or a uniform
+spread (2, the default, and DRL's only). Only the kept frames are decoded (``get_batch``
+seeks). Each frame then goes through CLIP's transform as torchvision computes it on a PIL
+image (``Resize(S, BICUBIC)`` + ``CenterCrop(S)``, the DRL/CLIP4Clip/OpenAI preprocessing):
+the pixels equal DRL's within 1e-5 after normalisation (tests/ingest/test_drl_frames.py).
+Short clips are padded and the mask says so.
+
+CLIP4Clip's own extractor (``rawvideo_util.py``, cv2) samples differently: it reads every
+frame and keeps one each ``int(fps)`` frames, one second apart from the window start. The
+project follows DRL's decord loader (docs/data.md says where the two differ).
 """
 
 from __future__ import annotations
@@ -39,10 +47,18 @@ class ClipSpec:
             raise ValueError(f"bad clip settings: {self}")
 
 
-def sample_indices(num_frames: int, fps: float, spec: ClipSpec) -> np.ndarray:
-    """Frame indices to decode: one every ``fps / feature_framerate`` frames, then cut."""
+def sample_indices(
+    num_frames: int, fps: float, spec: ClipSpec, end_seconds: float | None = None
+) -> np.ndarray:
+    """Frame indices to decode: one every ``round(fps / feature_framerate)`` frames of the
+    window ``[0, end_seconds]`` (None: the whole video; DRL's last frame
+    ``int(min(int(end) * fps, len - 1))``), then cut to ``max_frames``."""
     interval = max(1, int(round(fps / spec.feature_framerate)))
-    candidates = np.arange(0, num_frames, interval)
+    end = end_seconds
+    if end is not None:
+        end = max(int(end), 1)  # DRL: an empty window [0, 0] becomes [0, 1]
+    last = num_frames - 1 if end is None else int(min(end * fps, num_frames - 1))
+    candidates = np.arange(0, last + 1, interval)
     if len(candidates) <= spec.max_frames:
         return candidates
     if spec.slice_framepos == 0:
@@ -52,25 +68,49 @@ def sample_indices(num_frames: int, fps: float, spec: ClipSpec) -> np.ndarray:
     return candidates[np.linspace(0, len(candidates) - 1, num=spec.max_frames, dtype=int)]
 
 
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, size, size, 3]``: short side to ``size``, centre crop.
+def frame_permutation(counts, num_frames: int, order: int, rng: np.random.Generator) -> np.ndarray:
+    """``[B, num_frames]`` gather indices that reorder each clip's first ``counts[b]`` (real)
+    frames, as CLIP4Clip's ``process_frame_order`` does after the cut and before padding: 0
+    as they are, 1 reversed, 2 shuffled by ``rng``. Padding stays where it is."""
+    index = np.tile(np.arange(num_frames), (len(counts), 1))
+    for row, count in enumerate(counts):
+        count = int(count)
+        if order == 1:
+            index[row, :count] = np.arange(count)[::-1]
+        elif order == 2:
+            index[row, :count] = rng.permutation(count)
+    return index
 
-    PIL's antialiased bilinear resize: single-threaded and about 2.5x faster than torch's
-    here, which matters when every decoding actor owns one core.
-    """
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(size)`` output ``(w, h)``: the short side becomes ``size``, the
+    long side ``int(size * long / short)`` (truncated, as torchvision computes it)."""
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
+    """uint8 ``[N, H, W, 3]`` -> uint8 ``[N, size, size, 3]``, as torchvision's
+    ``Resize(size, BICUBIC)`` + ``CenterCrop(size)`` on a PIL image: PIL's antialiased
+    bicubic resize to ``resized_size`` (none when the frame already has it), then the crop at
+    ``int(round((side - size) / 2))``."""
     h, w = frames.shape[1:3]
-    scale = size / min(h, w)
-    new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-    left, top = (new_w - size) // 2, (new_h - size) // 2
+    new_w, new_h = resized_size(w, h, size)
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
     out = np.empty((len(frames), size, size, 3), np.uint8)
     for i, frame in enumerate(frames):
-        image = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
-        out[i] = np.asarray(image.crop((left, top, left + size, top + size)))
+        image = Image.fromarray(frame)
+        if image.size != (new_w, new_h):
+            image = image.resize((new_w, new_h), Image.BICUBIC)
+        out[i] = np.asarray(image.crop((left, top, left + size, top + size)).convert("RGB"))
     return out
 
 
-def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Decode one clip: frames uint8 ``[max_frames, S, S, 3]`` (zero-padded) and mask ``[max_frames]``.
+def decode_clip(
+    path: str | Path, spec: ClipSpec, end_seconds: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one clip (of the window ``[0, end_seconds]`` when given): frames uint8 ``[max_frames, S, S, 3]`` (zero-padded) and mask ``[max_frames]``.
 
     Raises ``BadVideo`` for a missing file, one that does not open or decode, or one that
     has fewer decodable frames than its header promises. Never returns an all-padding clip.
@@ -89,7 +129,7 @@ def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarra
         raise BadVideo("bad_video", f"cannot open: {str(err).splitlines()[0][:200]}") from None
     if num_frames == 0 or not fps or fps <= 0:
         raise BadVideo("bad_video", f"no frames (count {num_frames}, fps {fps})")
-    indices = sample_indices(num_frames, fps, spec)
+    indices = sample_indices(num_frames, fps, spec, end_seconds)
     try:
         frames = reader.get_batch(indices.tolist()).asnumpy()
     except Exception as err:
@@ -111,8 +151,15 @@ def decode_clip(path: str | Path, spec: ClipSpec) -> tuple[np.ndarray, np.ndarra
     return clip, mask
 
 
-def find_videos(folder: str | Path) -> dict[str, Path]:
-    """``video_id -> path`` for every video file directly in ``folder`` (any common extension)."""
+def find_videos(
+    folder: str | Path, recursive: bool = False, with_extension: bool = False
+) -> dict[str, Path]:
+    """``video_id -> path`` for every video file in ``folder`` (any common extension): directly
+    in it (MSR-VTT), or anywhere under it (``recursive``, as CLIP4Clip's other loaders walk
+    it). The id is the file's stem, or its whole name (``with_extension``: DiDeMo's ids)."""
+    files = Path(folder).rglob("*") if recursive else Path(folder).iterdir()
     return {
-        p.stem: p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in VIDEO_EXTENSIONS
+        (p.name if with_extension else p.stem): p
+        for p in sorted(files)
+        if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()
     }

@@ -20,7 +20,32 @@ from jobs.cli import Parser, Switch, positive_float, positive_int
 DEFAULT_SYNTHETIC_DIR = Path.home() / ".cache" / "vqa-wti-ray" / "synthetic"
 
 MODELS = {"wti": "retriever", "retriever": "retriever", "pitvqa": "pitvqa"}
-DATASETS = {"retriever": ("msrvtt",), "pitvqa": ("pit24", "endo18")}
+# CLIP4Clip's five retrieval benchmarks (its ``--datatype``), then PitVQA's two.
+DATASETS = {
+    "retriever": ("msrvtt", "msvd", "lsmdc", "activity", "didemo"),
+    "pitvqa": ("pit24", "endo18"),
+}
+# The references' flags that change nothing here, and why (accepted so that their commands
+# run as written): name -> (type, default, help).
+NO_EFFECT = {
+    "lr_decay": (float, 0.9, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "video_dim": (int, 1024, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "margin": (float, 0.1, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "hard_negative_rate": (float, 0.5, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "negative_weighting": (int, 1, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "n_pair": (int, 1, "CLIP4Clip: parsed, unused by its retrieval task"),
+    "text_num_hidden_layers": (int, 12, "CLIP4Clip: parsed; the CLIP file fixes the depth"),
+    "visual_num_hidden_layers": (int, 12, "CLIP4Clip: parsed; the CLIP file fixes the depth"),
+    "cross_model": (str, "cross-base", "CLIP4Clip: the cross config, used by tightTransf only"),
+    "cache_dir": (str, "", "CLIP4Clip: its download cache (nothing is downloaded here)"),
+    "fp16_opt_level": (str, "O1", "CLIP4Clip: apex's level for --fp16"),
+    "n_gpu": (int, 1, "CLIP4Clip: set by its launcher (Ray Train places the workers)"),
+    "world_size": (int, 0, "set by the references' launcher (Ray Train places the workers)"),
+    "local_rank": (int, 0, "set by torch.distributed.launch (Ray Train places the workers)"),
+    "rank": (int, 0, "set by the references' launcher (Ray Train places the workers)"),
+    "distributed": (int, 0, "DRL: multi-machine DDP (a Ray cluster of several nodes is that)"),
+    "device": (str, "cpu", "DRL: cpu/cuda (--use_gpu decides here)"),
+}
 # CLIP's model names (CLIP4Clip's --pretrained_clip_name, DRL's --base_encoder) -> the file
 # OpenAI's ``clip.load`` keeps in its download cache, with the BPE vocabulary beside it.
 OPENAI_CLIP_FILES = {
@@ -60,6 +85,51 @@ def resolve_clip_name(args) -> str | None:
     return None
 
 
+# The references' switches that ask for something this project does not do.
+UNSUPPORTED_SWITCHES = {
+    "do_pretrain": "CLIP4Clip's pretraining task is not part of this project",
+    "use_mil": "CLIP4Clip's MIL-NCE loss is not part of this project",
+    "sampled_use_mil": "CLIP4Clip's MIL-NCE loss is not part of this project",
+}
+RESUME_MODEL = (
+    "a run resumes from its --output_dir by itself (Ray Train's checkpoints); --init_model "
+    "gives the starting weights"
+)
+SIM_HEADERS = {"meanP": "meanP", "None": "meanP", "seqTransf": "seqTransf"}
+INTERACTIONS = ("wti", "ti", "dp")
+
+
+def reference_problems(args) -> str | None:
+    """The references' flag values this project cannot honour, as one line; maps DRL's
+    ``--agg_module None`` to meanP."""
+    for name, why in UNSUPPORTED_SWITCHES.items():
+        if getattr(args, name, None):
+            return f"--{name}: {why}"
+    if getattr(args, "resume_model", None):
+        return f"--resume_model {args.resume_model}: {RESUME_MODEL}"
+    if getattr(args, "task_type", "retrieval") != "retrieval":
+        return f"--task_type {args.task_type}: only retrieval is supported"
+    if hasattr(args, "sim_header"):
+        if args.sim_header not in SIM_HEADERS:
+            return (
+                f"--sim_header {args.sim_header} is not supported (meanP, seqTransf, and DRL's "
+                "None = meanP are; CLIP4Clip's seqLSTM and tightTransf are not)"
+            )
+        args.sim_header = SIM_HEADERS[args.sim_header]
+        if args.interaction not in INTERACTIONS:
+            return f"--interaction {args.interaction} is not supported (wti, ti and dp are)"
+        if args.fp16:
+            return "--fp16: mixed precision is not supported yet (training runs in float32)"
+        if args.gradient_accumulation_steps != 1:
+            return (
+                f"--gradient_accumulation_steps {args.gradient_accumulation_steps}: only 1 is "
+                "supported (give the whole --batch_size; Ray Train splits it over the workers)"
+            )
+        if not -1 <= args.freeze_layer_num <= 12:
+            return f"--freeze_layer_num {args.freeze_layer_num}: must be in [-1, 12] (CLIP4Clip)"
+    return None
+
+
 # The local weights a base preset is built from (their presence also selects the preset).
 WEIGHT_FLAGS = {"retriever": ("clip_path",), "pitvqa": ("vit_path", "blip_path", "gpt2_path")}
 
@@ -91,8 +161,10 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     if evaluate:
         add(
             "--checkpoint",
-            required=True,
-            help="checkpoint folder (config.json + model.safetensors)",
+            default=None,
+            help="checkpoint folder (config.json + model.safetensors); without it, the CLIP "
+            "that --pretrained_clip_name names is evaluated zero-shot (meanP + dp, DRL's "
+            "table), or --init_model",
         )
         add(
             "--output_dir",
@@ -121,9 +193,10 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     add(
         "--dataset",
         "--datatype",
-        choices=("msrvtt", "pit24", "endo18"),
+        choices=DATASETS["retriever"] + DATASETS["pitvqa"],
         default=None,
-        help="default: msrvtt for the retriever, pit24 for pitvqa",
+        help="the retriever's benchmark (CLIP4Clip's five) or PitVQANet's dataset "
+        "(default: msrvtt for the retriever, pit24 for pitvqa)",
     )
     add(
         "--synthetic_dir",
@@ -157,15 +230,23 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         "most one per column block of the kernel, a few hundred videos)",
     )
 
-    g = parser.add_argument_group("retrieval data (MSR-VTT layout, CLIP4Clip/DRL names)")
-    g.add_argument("--train_csv", default=None, help="MSRVTT_train.9k.csv")
-    g.add_argument("--val_csv", default=None, help="MSRVTT_JSFUSION_test.csv")
+    g = parser.add_argument_group(
+        "retrieval data (CLIP4Clip's layouts of its five benchmarks, CLIP4Clip/DRL names)"
+    )
+    g.add_argument("--train_csv", default=None, help="msrvtt: MSRVTT_train.9k.csv")
+    g.add_argument("--val_csv", default=None, help="msrvtt: MSRVTT_JSFUSION_test.csv")
     g.add_argument(
         "--data_path",
         default=None,
-        help="MSRVTT_data.json (CLIP4Clip's or Frozen-in-Time's layout)",
+        help="msrvtt: MSRVTT_data.json (CLIP4Clip's or Frozen-in-Time's layout); msvd, lsmdc, "
+        "activity, didemo: the folder of the annotation files (docs/data.md)",
     )
-    g.add_argument("--features_path", "--video_path", default=None, help="folder of the videos")
+    g.add_argument(
+        "--features_path",
+        "--video_path",
+        default=None,
+        help="folder of the videos (msvd, lsmdc, activity, didemo: searched below it too)",
+    )
     g.add_argument(
         "--anno_path", default=None, help="DRL: folder holding the two CSVs and MSRVTT_data.json"
     )
@@ -185,6 +266,22 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     )
     g.add_argument(
         "--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform"
+    )
+    g.add_argument(
+        "--eval_frame_order",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="frame order of the evaluated (and indexed) clips: 0 as decoded, 1 reversed, 2 "
+        "shuffled (seeded)",
+    )
+    g.add_argument(
+        "--num_thread_reader",
+        "--workers",
+        type=int,
+        default=None,
+        help="decoding parallelism: Ray Data decoding actors (CLIP4Clip's / DRL's data-loading "
+        "workers; 0 or none: one per CPU of the cluster). Never the Ray Train workers",
     )
     g.add_argument(
         "--synthetic_train",
@@ -232,6 +329,41 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument(
         "--image_size", type=positive_int, default=64, help="image side of the tiny presets"
     )
+    g.add_argument(
+        "--init_model",
+        default=None,
+        help="a CLIP4Clip or DRL pytorch_model.bin.N to start from (training) or to evaluate "
+        "(--do_eval, jobs/evaluate.py without --checkpoint), read as jobs/import_checkpoint.py does",
+    )
+    g.add_argument(
+        "--linear_patch",
+        choices=("2d", "3d"),
+        default="2d",
+        help="CLIP4Clip's patch embedding: 2d (CLIP's) or 3d (a 3x1x1-frame Conv3d initialised "
+        "from CLIP's, each video convolved on its own)",
+    )
+    g.add_argument(
+        "--wti_arch", type=int, choices=(1, 2, 3), default=2, help="DRL's weight-branch heads"
+    )
+    g.add_argument(
+        "--task_type", default="retrieval", help="CLIP4Clip: retrieval (the only task here)"
+    )
+    g = parser.add_argument_group("the references' flags that change nothing here")
+    for name, (kind, default, why) in NO_EFFECT.items():
+        g.add_argument(f"--{name}", type=kind, default=default, help=why)
+    g.add_argument(
+        "--loose_type",
+        action=Switch,
+        default=None,
+        help="CLIP4Clip: loose scoring, the only kind here (its tight type is --sim_header "
+        "tightTransf, refused)",
+    )
+    g.add_argument(
+        "--do_lower_case", action=Switch, default=None, help="CLIP's tokenizer lower-cases anyway"
+    )
+    for name, why in UNSUPPORTED_SWITCHES.items():
+        g.add_argument(f"--{name}", action=Switch, default=None, help=f"refused: {why}")
+    g.add_argument("--resume_model", default=None, help=f"refused: {RESUME_MODEL}")
     if evaluate:
         return parser
 
@@ -276,15 +408,50 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
     g.add_argument(
         "--sim_header",
         "--agg_module",
-        choices=("meanP", "seqTransf"),
         default="seqTransf",
-        help="temporal header",
+        help="temporal header: meanP (DRL's None) or seqTransf (CLIP4Clip's seqLSTM and "
+        "tightTransf are refused)",
     )
     g.add_argument(
-        "--interaction", choices=("wti", "ti", "dp"), default="wti", help="text-video interaction"
+        "--interaction",
+        default="wti",
+        help="text-video interaction: wti, ti or dp (DRL's xti is refused)",
     )
     g.add_argument(
         "--cross_num_hidden_layers", type=positive_int, default=4, help="seqTransf layers"
+    )
+    g.add_argument(
+        "--freeze_layer_num",
+        type=int,
+        default=-1,
+        help="CLIP4Clip: freeze CLIP's embeddings and its blocks below N (-1: nothing, as DRL; "
+        "0: the embeddings only, CLIP4Clip's default; nothing with --linear_patch 3d, as "
+        "CLIP4Clip); at most 12",
+    )
+    g.add_argument(
+        "--train_frame_order",
+        type=int,
+        choices=(0, 1, 2),
+        default=0,
+        help="frame order of the training clips: 0 as decoded, 1 reversed, 2 shuffled anew "
+        "each epoch (seeded)",
+    )
+    g.add_argument(
+        "--expand_msrvtt_sentences",
+        action=Switch,
+        default=None,
+        help="msrvtt: every caption of a training video is a sample each epoch; without it, "
+        "one of them drawn per video per epoch (CLIP4Clip). Default: on with DRL's --anno_path "
+        "and with the built-in data (DRL always expands), off with CLIP4Clip's --train_csv",
+    )
+    g.add_argument(
+        "--gradient_accumulation_steps",
+        type=positive_int,
+        default=1,
+        help="CLIP4Clip: only 1 here (a contrastive loss over micro-batches is another loss)",
+    )
+    g.add_argument(
+        "--fp16", action=Switch, default=None, help="refused: apex mixed precision (not here yet)"
     )
     g.add_argument(
         "--cdcr",
@@ -361,9 +528,12 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
 def resolve(args, kind: str) -> str | None:
     """Fill the preset defaults and derived paths in place; return an error line or None."""
     defaults = PRESET_DEFAULTS[kind]
-    error = resolve_clip_name(args)
+    error = reference_problems(args) or resolve_clip_name(args)
     if error:
         return error
+    if hasattr(args, "expand_msrvtt_sentences") and args.expand_msrvtt_sentences is None:
+        # DRL always trains on every caption; CLIP4Clip only with the switch.
+        args.expand_msrvtt_sentences = bool(args.anno_path) or not args.train_csv
     if hasattr(args, "preset") and args.preset is None:
         weights = WEIGHT_FLAGS[kind]
         args.preset = "base" if any(getattr(args, name) for name in weights) else "tiny"
@@ -375,7 +545,9 @@ def resolve(args, kind: str) -> str | None:
         args.dataset = DATASETS[kind][0]
     if args.dataset not in DATASETS[kind]:
         return f"--dataset {args.dataset} is not a {kind} dataset (choose from {', '.join(DATASETS[kind])})"
-    if args.anno_path:  # DRL keeps the annotations together
+    if args.anno_path and args.dataset != "msrvtt":  # the annotation folder of the others
+        args.data_path = args.data_path or args.anno_path
+    elif args.anno_path:  # DRL keeps the annotations together
         anno = Path(args.anno_path)
         args.train_csv = args.train_csv or str(anno / "MSRVTT_train.9k.csv")
         args.val_csv = args.val_csv or str(anno / "MSRVTT_JSFUSION_test.csv")

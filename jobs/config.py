@@ -27,6 +27,8 @@ RESUME_MUST_MATCH = (
     "data_root",
     "feature_framerate",
     "slice_framepos",
+    "expand_msrvtt_sentences",
+    "init_model",
 )
 
 
@@ -53,6 +55,12 @@ class TrainConfig:
     cdcr_alpha1: float = 0.14
     cdcr_alpha2: float = 0.0
     cdcr_lambda: float = 0.001
+    # CLIP4Clip's: CLIP tensors frozen below block N (-1: none); the training clips' frame
+    # order (0 as decoded, 1 reversed, 2 shuffled each epoch).
+    freeze_layer_num: int = -1
+    train_frame_order: int = 0
+    init_model: str | None = None  # --init_model, the reference file
+    init_checkpoint: str | None = None  # ... imported into <output_dir>/init_model
     # PitVQANet: the answer classes (saved in the checkpoint) and the training labels (for
     # the majority-class baseline of validation).
     labels: list[str] | None = None
@@ -66,6 +74,8 @@ class TrainConfig:
     data_root: str | None = None
     feature_framerate: float | None = None
     slice_framepos: int | None = None
+    expand_msrvtt_sentences: bool | None = None
+    eval_frame_order: int = 0
 
     @classmethod
     def from_args(cls, args, **derived) -> TrainConfig:

@@ -3,6 +3,8 @@
     python jobs/evaluate.py --checkpoint runs/wti/checkpoint            # synthetic MSR-VTT test set
     python jobs/evaluate.py --checkpoint runs/pitvqa/checkpoint         # synthetic pit24 validation set
     python jobs/evaluate.py --checkpoint DIR --val_csv ... --data_path ... --features_path ... --train_csv ...
+    python jobs/evaluate.py --pretrained_clip_name ViT-B/32 --datatype msrvtt ...   # zero-shot CLIP
+    python jobs/evaluate.py --init_model pytorch_model.bin.4 --pretrained_clip_name ViT-B/32 ...
 
 Retrieval: the test captions and videos are encoded on Ray Data (``jobs.encode``); each
 Ray task scores every text against its slice of the videos with the exact kernel and
@@ -146,12 +148,23 @@ def main(argv: list[str] | None = None) -> int:
     from models.checkpoint import read_config
 
     args = build_parser(PROG, __doc__, evaluate=True).parse_args(argv)
-    checkpoint = Path(args.checkpoint).resolve()
-    try:
-        args.kind = read_config(checkpoint)["model"]
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        return fail(PROG, f"--checkpoint: {err}")
-    args.output_dir = str(Path(args.output_dir).resolve() if args.output_dir else checkpoint.parent)
+    checkpoint = Path(args.checkpoint).resolve() if args.checkpoint else None
+    if checkpoint is None:  # zero-shot (or --init_model): the retriever from the weight flags
+        if not (args.clip_path or args.init_model):
+            return fail(
+                PROG,
+                "give --checkpoint, or CLIP weights (--pretrained_clip_name ViT-B/32) to "
+                "evaluate zero-shot, or --init_model",
+            )
+        args.kind, args.preset = "retriever", "base"
+        default_dir = f"runs/zero_shot_{args.dataset or 'msrvtt'}"
+    else:
+        try:
+            args.kind = read_config(checkpoint)["model"]
+        except (FileNotFoundError, ValueError, KeyError) as err:
+            return fail(PROG, f"--checkpoint: {err}")
+        default_dir = checkpoint.parent
+    args.output_dir = str(Path(args.output_dir or default_dir).resolve())
     args.synthetic_dir = str(Path(args.synthetic_dir).expanduser().resolve())
     error = resolve(args, args.kind)
     if error:
@@ -165,6 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(use_gpu, str):
         return fail(PROG, use_gpu)
     try:
+        if checkpoint is None:
+            from jobs.recipes.retriever import starting_checkpoint
+
+            checkpoint = starting_checkpoint(args, Path(args.output_dir))
         metrics = evaluate_checkpoint(args, checkpoint, Path(args.output_dir), use_gpu)
     except (DataError, FileNotFoundError, ValueError) as err:
         return fail(PROG, str(err))

@@ -125,6 +125,22 @@ def write_outputs(result, output_dir: Path, config) -> tuple[Path, list[dict]]:
     return checkpoint, history
 
 
+def _checkpoint_to_evaluate(args, recipe, output_dir: Path) -> Path:
+    """The model this --output_dir trained; else --init_model, or the CLIP as it is
+    (zero-shot, as DRL's ``--do_eval 1`` without one)."""
+    trained = output_dir / "checkpoint"
+    if (trained / "config.json").is_file() and not getattr(args, "init_model", None):
+        return trained
+    starting = getattr(recipe, "starting_checkpoint", None)
+    folder = starting(args, output_dir) if starting else None
+    if folder is None:
+        raise FileNotFoundError(
+            f"--do_eval: nothing to evaluate: no {trained}, no --init_model and no CLIP "
+            "weights (--pretrained_clip_name) to evaluate zero-shot"
+        )
+    return folder
+
+
 def forget_run(args) -> None:
     """``--fresh``: delete the earlier run's epochs (in its storage) and outputs."""
     import pyarrow.fs
@@ -161,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(scale, str):
         return fail(PROG, scale)
     workers, use_gpu = scale
+    recipe = recipe_module(args.kind)  # everything about training this model
     try:
-        if not args.do_train:  # CLIP4Clip's --do_eval: the checkpoint this --output_dir holds
-            metrics = evaluate_checkpoint(args, output_dir / "checkpoint", output_dir, use_gpu)
+        if not args.do_train:  # CLIP4Clip's / DRL's --do_eval alone
+            checkpoint = _checkpoint_to_evaluate(args, recipe, output_dir)
+            metrics = evaluate_checkpoint(args, checkpoint, output_dir, use_gpu)
             _print_results(output_dir, metrics, [], 0.0)
             return 0
-        recipe = recipe_module(args.kind)  # everything about training this model
+        if getattr(args, "init_model", None):  # the starting weights, imported once
+            args.init_checkpoint = str(recipe.starting_checkpoint(args, output_dir))
         source = recipe.read_source(args)
         tokenizer = recipe.build_tokenizer(args, source.train_texts)
         model_config = recipe.build_model_config(args, tokenizer)

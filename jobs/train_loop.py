@@ -48,6 +48,7 @@ def train_loop(loop_config: dict) -> None:
     local_batch = max(1, config.batch_size // ray.train.get_context().get_world_size())
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         started, losses = time.time(), []
+        recipe.begin_epoch(epoch)
         # Shuffled anew each epoch (the seed and the epoch make the order).
         for batch in torch_batches(train_split, local_batch, config.seed + epoch):
             state["step"] += 1

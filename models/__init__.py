@@ -19,6 +19,7 @@ _WHERE = {
     "PitVQANet": "pitvqa",
     "Retriever": "retriever",
     "RetrieverConfig": "retriever",
+    "freeze_clip_layers": "retriever",
     "dot_product_scores": "retriever",
     "build_bpe_tokenizer": "tokenizer",
     "load_tokenizer": "tokenizer",

@@ -108,10 +108,14 @@ def retriever_from_reference(
             f"--wti_arch {wti_arch} does not match the file's weight heads (wti_arch {found_arch})"
         )
 
+    # CLIP4Clip's --linear_patch 3d adds visual.conv2 (a Conv3d) and keeps the unused conv1.
+    conv3d = state.pop("clip.visual.conv2.weight", None)
     clip_config, clip_state = openai_clip.convert_clip(
         {k[len("clip.") :]: v for k, v in state.items() if k.startswith("clip.")}
     )
     weights = {f"clip.{k}": v for k, v in clip_state.items()}
+    if conv3d is not None:
+        weights["clip.vision_model.embeddings.patch_embedding.weight"] = conv3d.float()
     frame_positions = None
     num_layers = 0
     if has_temporal:
@@ -145,6 +149,7 @@ def retriever_from_reference(
         temporal_layers=num_layers or 4,
         frame_positions=frame_positions,
         wti_arch=found_arch or wti_arch or 2,
+        linear_patch="2d" if conv3d is None else "3d",
         clip_config=clip_config,
     )
     model = Retriever(config)

@@ -23,6 +23,7 @@ from .wti import WTIHead
 
 SIM_HEADERS = ("meanP", "seqTransf")
 INTERACTIONS = ("dp", "ti", "wti")
+LINEAR_PATCHES = ("2d", "3d")
 
 
 def _tiny_clip(vocab_size: int, image_size: int) -> dict:
@@ -71,6 +72,8 @@ class RetrieverConfig:
     # not CLIP's 1e-5.
     temporal_layer_norm_eps: float = 1e-12
     wti_arch: int = 2  # DRL's weight heads: 1 Linear, 2 (default) or 3 Linear-ReLU layers
+    # CLIP4Clip's --linear_patch: 2d is CLIP's patch embedding; 3d a Conv3d over 3 frames.
+    linear_patch: Literal["2d", "3d"] = "2d"
     clip_config: dict = field(default_factory=dict)
     clip_path: str | None = None  # a HF CLIP folder or OpenAI's ViT-B-32.pt
 
@@ -79,6 +82,8 @@ class RetrieverConfig:
             raise ValueError(f"sim_header must be one of {SIM_HEADERS}, got {self.sim_header!r}")
         if self.interaction not in INTERACTIONS:
             raise ValueError(f"interaction must be one of {INTERACTIONS}, got {self.interaction!r}")
+        if self.linear_patch not in LINEAR_PATCHES:
+            raise ValueError(f"linear_patch must be 2d or 3d, got {self.linear_patch!r}")
 
     @classmethod
     def tiny(cls, vocab_size: int = 1000, image_size: int = 64, **kw) -> RetrieverConfig:
@@ -148,6 +153,60 @@ class TemporalTransformer(nn.Module):
         return hidden + frames
 
 
+class FramePatches3d(nn.Conv3d):
+    """CLIP4Clip's ``--linear_patch 3d``: patches embedded by a Conv3d spanning 3 frames
+    (kernel ``3 x p x p``, stride ``1 x p x p``, frame padding 1), in place of CLIP's Conv2d.
+
+    It stands where HF CLIP keeps its ``patch_embedding`` and takes the same ``[V*F, 3, H,
+    W]`` input; ``num_frames`` (set by ``Retriever.encode_video``) says where one video ends,
+    so each video is convolved on its own. (CLIP4Clip convolves the whole batch as one
+    sequence, so there the first and last frame of a video also see its batch neighbours'.)
+    """
+
+    def __init__(self, patch: nn.Conv2d):
+        width, channels, size, _ = patch.weight.shape
+        super().__init__(
+            channels, width, (3, size, size), stride=(1, size, size), padding=(1, 0, 0), bias=False
+        )
+        # CLIP4Clip's initialisation: CLIP's 2D kernel in the middle frame, zeros either side.
+        with torch.no_grad():
+            self.weight.zero_()
+            self.weight[:, :, 1] = patch.weight
+        self.num_frames = 1
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        frames = pixels.reshape(-1, self.num_frames, *pixels.shape[1:]).transpose(1, 2)
+        out = super().forward(frames).transpose(1, 2)  # (V, F, width, grid, grid)
+        return out.reshape(-1, *out.shape[2:])
+
+
+def freeze_clip_layers(model: Retriever, freeze_layer_num: int) -> int:
+    """CLIP4Clip's ``--freeze_layer_num N`` (``main_task_retrieval.py``): every CLIP tensor
+    stops training except the final norms, projections and logit scale, and the text and
+    vision blocks numbered ``N`` and above (``-1``: nothing is frozen; ``0``: the embeddings
+    and the pre-norm). As in CLIP4Clip, nothing is frozen with ``linear_patch 3d`` (its test
+    ``name.find("conv2.")`` is true for every name). Returns the number of tensors frozen."""
+    if freeze_layer_num < 0 or model.config.linear_patch == "3d":
+        return 0
+    trained = (
+        "text_model.final_layer_norm.",
+        "text_projection.",
+        "logit_scale",
+        "vision_model.post_layernorm.",
+        "visual_projection.",
+    )
+    frozen = 0
+    for name, param in model.clip.named_parameters():
+        in_block = name.startswith(("vision_model.encoder.layers.", "text_model.encoder.layers."))
+        if name.startswith(trained) or (
+            in_block and int(name.split(".layers.")[1].split(".")[0]) >= freeze_layer_num
+        ):
+            continue
+        param.requires_grad_(False)
+        frozen += 1
+    return frozen
+
+
 class Retriever(nn.Module):
     """CLIP4Clip + DRL: ``encode_text``, ``encode_video`` and ``similarity``.
 
@@ -164,6 +223,9 @@ class Retriever(nn.Module):
             self.clip = CLIPModel.from_pretrained(config.clip_path, local_files_only=True)
         else:
             self.clip = CLIPModel(CLIPConfig(**config.clip_config))
+        if config.linear_patch == "3d":
+            embeddings = self.clip.vision_model.embeddings
+            embeddings.patch_embedding = FramePatches3d(embeddings.patch_embedding)
         dim = config.embed_dim
         self.temporal = None
         if config.sim_header == "seqTransf":
@@ -208,6 +270,9 @@ class Retriever(nn.Module):
         Each frame's CLS state after the post layer norm, projected, then the temporal header.
         """
         V, num_frames = pixel_values.shape[:2]
+        patches = self.clip.vision_model.embeddings.patch_embedding
+        if isinstance(patches, FramePatches3d):
+            patches.num_frames = num_frames
         pooled = self.clip.vision_model(
             pixel_values=pixel_values.flatten(0, 1)
         ).pooler_output  # (V*F, Dv)

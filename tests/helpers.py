@@ -75,3 +75,29 @@ PACKED_MODEL = (
 
 def history(output_dir):
     return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
+
+
+# -- OpenAI CLIP archives (open_clip builds the OpenAI architecture) ----------------------
+
+
+def tiny_openai_clip(seed=0):
+    """An OpenAI-architecture ViT CLIP from open_clip at a tiny width, random weights (layer
+    norms perturbed so that they matter)."""
+    import torch
+    from open_clip_ref import open_clip
+
+    open_clip()  # imports open_clip (torchvision stubbed where it is absent)
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    model = CLIP(
+        embed_dim=128,
+        quick_gelu=True,
+        vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=64),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=128, heads=2, layers=4),
+    )
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "ln" in name:
+                param.add_(0.1 * torch.randn_like(param))
+    return model.eval()

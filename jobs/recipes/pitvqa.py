@@ -43,6 +43,9 @@ class Recipe:
         self.criterion = nn.CrossEntropyLoss()
         self.trained = self.model  # what ``step`` calls: the model, or its DDP wrapper
 
+    def begin_epoch(self, epoch: int) -> None:
+        """Nothing is drawn per epoch here (the shuffle is the data iterator's)."""
+
     def prepare(self, wrap) -> None:
         """Wrap the trained module (``ray.train.torch.prepare_model``) after a restore."""
         self.trained = wrap(self.model)

@@ -14,10 +14,13 @@ best checkpoint (``jobs.evaluate``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
+from ingest.video import frame_permutation
 from jobs.config import TrainConfig
 from jobs.distributed import all_gather_rows, all_reduce, world_rank
 from jobs.metrics import best_caption_ranks, metrics_from_ranks
@@ -26,6 +29,7 @@ from models import (
     Retriever,
     RetrieverConfig,
     clamp_logit_scale_,
+    freeze_clip_layers,
     token_wise_rank_counts,
     token_wise_true_scores,
 )
@@ -58,6 +62,11 @@ class Recipe:
         self.config = config
         torch.manual_seed(config.seed)
         self.model = Retriever(RetrieverConfig(**config.model_config))
+        if config.init_checkpoint:  # --init_model, imported (``starting_checkpoint``)
+            from safetensors.torch import load_model
+
+            load_model(self.model, str(Path(config.init_checkpoint) / "model.safetensors"))
+        freeze_clip_layers(self.model, config.freeze_layer_num)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, config.lr, config.coef_lr or 1.0, config.weight_decay),
             betas=(0.9, 0.98),
@@ -74,6 +83,37 @@ class Recipe:
         )
         self.trained = self.objective  # what ``step`` calls: the objective, or its DDP wrapper
         self.global_batch = 0  # the last step's batch over every worker
+        self.begin_epoch(1)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Seed the epoch's draws (a caption per video, a training frame order): the same
+        seed, epoch and worker draw the same, a resumed run included."""
+        self.rng = np.random.default_rng([self.config.seed, epoch, world_rank()])
+
+    def inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The batch as the model takes it: one caption drawn per video where a row holds
+        several (``caption_count``), and the frames in ``--train_frame_order``."""
+        if "caption_count" in batch:
+            counts = batch["caption_count"].cpu().numpy()
+            pick = torch.as_tensor(
+                (self.rng.random(len(counts)) * counts).astype(np.int64),
+                device=batch["input_ids"].device,
+            )
+            rows = torch.arange(len(counts), device=pick.device)
+            batch = {
+                **batch,
+                "input_ids": batch["input_ids"][rows, pick],
+                "attention_mask": batch["attention_mask"][rows, pick],
+            }
+        if self.config.train_frame_order:
+            mask = batch["frame_mask"]
+            index = frame_permutation(
+                mask.sum(1).cpu().numpy(), mask.shape[1], self.config.train_frame_order, self.rng
+            )
+            index = torch.as_tensor(index, device=mask.device)
+            rows = torch.arange(len(index), device=mask.device)[:, None]
+            batch = {**batch, "pixel_values": batch["pixel_values"][rows, index]}
+        return batch
 
     def prepare(self, wrap) -> None:
         """Wrap the trained module (``ray.train.torch.prepare_model``) after a restore."""
@@ -82,6 +122,7 @@ class Recipe:
     def step(self, batch: dict[str, torch.Tensor]) -> float:
         """One optimisation step on ``batch`` (``input_ids``, ``attention_mask``,
         ``pixel_values``, ``frame_mask``); returns the loss."""
+        batch = self.inputs(batch)
         self.trained.train()
         out = self.trained(
             batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
@@ -204,25 +245,78 @@ def build_tokenizer(args, train_texts: list[str]):
 
 
 def build_model_config(args, tokenizer) -> RetrieverConfig:
-    """The typed model config from the preset, the CLIP weights and the data flags."""
+    """The typed model config from the preset, the CLIP weights and the data flags (or, with
+    --init_model, the imported file's architecture at the flags' text and frame lengths)."""
+    if getattr(args, "init_checkpoint", None):
+        from models.checkpoint import read_config
+
+        saved = read_config(args.init_checkpoint)["config"]
+        return RetrieverConfig(
+            **{**saved, "max_words": args.max_words, "max_frames": args.max_frames}
+        )
     common = dict(
-        sim_header=args.sim_header,
-        interaction=args.interaction,
+        sim_header=getattr(args, "sim_header", "meanP"),
+        interaction=getattr(args, "interaction", "dp"),
         max_words=args.max_words,
         max_frames=args.max_frames,
-        temporal_layers=args.cross_num_hidden_layers,
+        temporal_layers=getattr(args, "cross_num_hidden_layers", 4),
+        linear_patch=args.linear_patch,
+        wti_arch=args.wti_arch,
     )
     if args.preset == "base":
         return RetrieverConfig.base(args.clip_path, **common)
     return RetrieverConfig.tiny(vocab_size=len(tokenizer), image_size=args.image_size, **common)
 
 
-def read_source(args):
-    """The MSR-VTT annotations the flags name, or the synthetic corpus (generated once)."""
-    from ingest.msrvtt import read_test, read_train
-    from jobs.data import RetrievalSource, msrvtt_files
+def starting_checkpoint(args, output_dir: Path) -> Path | None:
+    """A checkpoint folder of weights nobody trained here, in ``output_dir``: --init_model
+    (a CLIP4Clip or DRL ``pytorch_model.bin``, read as ``jobs/import_checkpoint.py`` reads
+    it) as ``init_model/``, else the CLIP the flags name as it is (zero-shot: DRL's
+    ``--do_eval`` without a trained model; meanP + dp unless the flags say otherwise) as
+    ``zero_shot/``. None when there is neither (no CLIP weights given)."""
+    from models import Retriever, load_tokenizer, reference, save_checkpoint
+    from models.openai_clip import read_state_dict
 
-    files = msrvtt_files(
+    if args.init_model:
+        if not args.tokenizer_path:
+            raise ValueError(
+                "--init_model needs CLIP's BPE vocabulary: --pretrained_clip_name ViT-B/32 (with "
+                "the file in ~/.cache/clip) or --tokenizer_path bpe_simple_vocab_16e6.txt.gz"
+            )
+        if not Path(args.init_model).is_file():
+            raise ValueError(f"--init_model {args.init_model}: no such file")
+        print(f"reading --init_model {args.init_model}; nothing in it is run", flush=True)
+        explicit = getattr(args, "interaction", "wti")
+        model = reference.retriever_from_reference(
+            read_state_dict(args.init_model),
+            "clip4clip",
+            None,
+            explicit if explicit != "wti" else None,  # the file says whether it is WTI
+            args.max_words,
+            args.max_frames,
+        )
+        folder = output_dir / "init_model"
+    elif args.clip_path:
+        model = Retriever(build_model_config(args, None))
+        folder = output_dir / "zero_shot"
+    else:
+        return None
+    tokenizer = load_tokenizer(args.tokenizer_path or args.clip_path)
+    save_checkpoint(folder, model, tokenizer)
+    c = model.config
+    print(
+        f"{folder.name}: {c.sim_header} + {c.interaction}, linear_patch {c.linear_patch}",
+        flush=True,
+    )
+    return folder
+
+
+def read_source(args):
+    """The benchmark's annotations the flags name, or its synthetic corpus (generated once)."""
+    from jobs.data import retrieval_source
+
+    return retrieval_source(
+        args.dataset,
         args.train_csv,
         args.val_csv,
         args.data_path,
@@ -231,9 +325,7 @@ def read_source(args):
         args.synthetic_dir,
         args.synthetic_train,
         args.synthetic_test,
-    )
-    return RetrievalSource(
-        files, read_train(files.train_csv, files.data_path), read_test(files.val_csv)
+        getattr(args, "expand_msrvtt_sentences", True),
     )
 
 
@@ -248,7 +340,16 @@ def load_data(args, source, tokenizer, model_config: RetrieverConfig, training: 
         args.slice_framepos,
         model_config.image_size,
     )
-    return retrieval_data(source, spec, tokenizer, model_config.max_words, training)
+    return retrieval_data(
+        source,
+        spec,
+        tokenizer,
+        model_config.max_words,
+        training,
+        args.eval_frame_order,
+        args.seed,
+        args.num_thread_reader or None,
+    )
 
 
 def evaluate(args, checkpoint, data, output_dir, use_gpu: bool, videos: dict | None = None) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import tiny_openai_clip
 from open_clip_ref import open_clip
 from torch import nn
 
@@ -68,25 +69,6 @@ def bpe_path(oc):
     return default_bpe()
 
 
-def tiny_openai_clip(oc, seed=0):
-    """An OpenAI-architecture ViT CLIP from open_clip at a tiny width, random weights (layer
-    norms perturbed so that they matter)."""
-    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
-
-    torch.manual_seed(seed)
-    model = CLIP(
-        embed_dim=128,
-        quick_gelu=True,
-        vision_cfg=CLIPVisionCfg(layers=2, width=128, patch_size=16, image_size=64),
-        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=128, heads=2, layers=4),
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "ln" in name:
-                param.add_(0.1 * torch.randn_like(param))
-    return model.eval()
-
-
 def reference_text_tokens(clip, ids):
     """Every token's projected state, as CLIP4Clip / DRL's ``encode_text(return_hidden=True)``."""
     L = ids.shape[1]
@@ -109,7 +91,7 @@ def reference_ids(bpe_tokenizer, texts, max_words=32):
 
 @pytest.mark.parametrize("layout", ["torchscript", "state_dict_fp32", "state_dict_fp16"])
 def test_openai_clip_file_computes_open_clips_features(oc, tmp_path, layout):
-    clip = tiny_openai_clip(oc)
+    clip = tiny_openai_clip()
     path = tmp_path / "ViT-tiny.pt"
     if layout == "torchscript":
         torch.jit.script(clip).save(str(path))
@@ -157,12 +139,25 @@ def test_bpe_file_tokenizes_as_the_references_simple_tokenizer(oc, bpe_path):
 class ReferenceRetriever(nn.Module):
     """DRL's modules, under its key names, computing as its code does."""
 
-    def __init__(self, clip, sim_header="seqTransf", interaction="wti", wti_arch=2, seed=1):
+    def __init__(
+        self, clip, sim_header="seqTransf", interaction="wti", wti_arch=2, seed=1, linear_patch="2d"
+    ):
         super().__init__()
         from open_clip.transformer import LayerNorm, QuickGELU, Transformer
 
         torch.manual_seed(seed)
         self.clip, self.sim_header, self.interaction = clip, sim_header, interaction
+        self.linear_patch = linear_patch
+        if linear_patch == "3d":  # CLIP4Clip's VisualTransformer.conv2, beside conv1
+            conv1 = clip.visual.conv1
+            clip.visual.conv2 = nn.Conv3d(
+                3,
+                conv1.out_channels,
+                (3, *conv1.kernel_size),
+                stride=(1, *conv1.stride),
+                padding=(1, 0, 0),
+                bias=False,
+            )
         width = clip.text_projection.shape[1]
         if sim_header == "seqTransf":
             self.frame_position_embeddings = nn.Embedding(77, width)
@@ -191,9 +186,29 @@ class ReferenceRetriever(nn.Module):
                 if not name.startswith("clip."):
                     param.add_(0.05 * torch.randn_like(param))
 
+    def encode_frames(self, pixels):
+        """``[V, F, 3, H, W]`` -> ``[V, F, D]``. With 3d patches, CLIP4Clip's
+        ``VisualTransformer.forward(x, video_frame)`` (conv2 over the frames, then the rest of
+        CLIP), one video at a time (CLIP4Clip with a batch of one video)."""
+        V, num_frames = pixels.shape[:2]
+        if self.linear_patch == "2d":
+            return self.clip.encode_image(pixels.flatten(0, 1)).view(V, num_frames, -1)
+        visual, conv1 = self.clip.visual, self.clip.visual.conv1
+        out = []
+        try:
+            for video in pixels:
+                x_3d = visual.conv2(video.unsqueeze(0).permute(0, 2, 1, 3, 4))
+                x_3d = x_3d.permute(0, 2, 1, 3, 4)  # (1, frames, width, grid, grid)
+                patches = x_3d.reshape(-1, *x_3d.shape[-3:])
+                visual._modules["conv1"] = Fixed(patches)  # CLIP4Clip's x = conv2(...) line
+                out.append(self.clip.encode_image(video))
+        finally:
+            visual._modules["conv1"] = conv1
+        return torch.stack(out)
+
     def video(self, pixels, video_mask):
         V, num_frames = video_mask.shape
-        frames = self.clip.encode_image(pixels.flatten(0, 1)).view(V, num_frames, -1)
+        frames = self.encode_frames(pixels)
         if self.sim_header != "seqTransf":
             return frames
         x = frames + self.frame_position_embeddings(torch.arange(num_frames))
@@ -237,6 +252,17 @@ class ReferenceRetriever(nn.Module):
         return (t2v + v2t) / 2.0
 
 
+class Fixed(nn.Module):
+    """A module that returns the tensor it was given, whatever its input."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return self.value
+
+
 def save_reference(model: nn.Module, path: Path) -> None:
     """As the references save: ``model.state_dict()`` with CLIP largely fp16 (CLIP4Clip's
     ``convert_weights``); the reference model then computes with the rounded values."""
@@ -275,7 +301,7 @@ SLOW = pytest.mark.slow  # the fast tier keeps one case of each reference
 def test_reference_state_dict_imports_exactly(
     oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch
 ):
-    reference = ReferenceRetriever(tiny_openai_clip(oc), sim_header, interaction, wti_arch).eval()
+    reference = ReferenceRetriever(tiny_openai_clip(), sim_header, interaction, wti_arch).eval()
     save_reference(reference, tmp_path / "pytorch_model.bin.4")
     result = run_import(
         kind,
@@ -307,7 +333,7 @@ def test_reference_state_dict_imports_exactly(
 
 @pytest.mark.slow
 def test_unrepresentable_reference_files_are_refused_whole(oc, bpe_path, tmp_path):
-    reference = ReferenceRetriever(tiny_openai_clip(oc), "meanP", "dp")
+    reference = ReferenceRetriever(tiny_openai_clip(), "meanP", "dp")
     state = reference.state_dict()
     state["similarity_dense.weight"] = torch.zeros(1, 128)  # CLIP4Clip's tightTransf
     torch.save(state, tmp_path / "tight.bin")
@@ -501,3 +527,36 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, func):
     if func is os.system:  # the same file through an open unpickler runs: the payload is real
         torch.load(tmp_path / "evil.pth.tar", weights_only=False)
         assert marker.exists()
+
+
+def test_clip4clips_3d_patch_embedding_imports_exactly(oc, bpe_path, tmp_path):
+    """``--linear_patch 3d``: CLIP4Clip's Conv3d (``clip.visual.conv2``) is read from the file
+    and each video's frames are convolved together, as CLIP4Clip does for one video."""
+    reference = ReferenceRetriever(tiny_openai_clip(), "meanP", "dp", linear_patch="3d").eval()
+    save_reference(reference, tmp_path / "pytorch_model.bin.1")
+    result = run_import(
+        "clip4clip",
+        tmp_path / "pytorch_model.bin.1",
+        "--output_dir",
+        tmp_path / "ck",
+        "--tokenizer_path",
+        bpe_path,
+        "--max_frames",
+        6,
+    )
+    assert result.returncode == 0, result.stderr
+    model, tokenizer = load_checkpoint(tmp_path / "ck")
+    assert model.config.linear_patch == "3d"
+    ids, pixels, video_mask = retrieval_inputs(bpe_path)
+    tokens = tokenize(tokenizer, TEXTS, 32)
+    with torch.no_grad():
+        expected = reference.scores(ids, (ids != 0).long(), pixels, video_mask)
+        text, text_mask = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
+        video, video_mask_out = model.encode_video(pixels, video_mask)
+        got = model.similarity(text, video, text_mask, video_mask_out)
+        # The 3d embedding is not the 2d one (the file's conv2 is not CLIP's conv1).
+        flat = reference.clip.encode_image(pixels.flatten(0, 1)).view(4, 6, -1)
+    diff = (got - expected).abs().max().item()
+    print(f"clip4clip 3d: max |score difference| {diff:.2e}")
+    assert diff < 1e-5
+    assert (flat - reference.encode_frames(pixels)).abs().max() > 1e-3

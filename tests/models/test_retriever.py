@@ -100,3 +100,65 @@ def test_bad_options_are_rejected():
         RetrieverConfig.tiny(sim_header="seqLSTM")
     with pytest.raises(ValueError, match="interaction"):
         RetrieverConfig.tiny(interaction="xti")
+
+
+def test_freeze_layer_num_freezes_as_clip4clip():
+    """CLIP4Clip's rule on HF names: the embeddings, the pre-norm and the blocks below N stop
+    training; the final norms, projections, logit scale, blocks N and up, and everything
+    outside CLIP (header, weight heads) train. -1 and 3d patches freeze nothing."""
+    from models import freeze_clip_layers
+
+    model = Retriever(RetrieverConfig.tiny(vocab_size=50, max_frames=4))
+    frozen_count = freeze_clip_layers(model, 1)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen_count == len(frozen) > 0
+    for name in (
+        "clip.text_model.embeddings.token_embedding.weight",
+        "clip.text_model.embeddings.position_embedding.weight",
+        "clip.vision_model.embeddings.class_embedding",
+        "clip.vision_model.embeddings.patch_embedding.weight",
+        "clip.vision_model.pre_layrnorm.weight",
+        "clip.text_model.encoder.layers.0.mlp.fc1.weight",
+        "clip.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+    ):
+        assert name in frozen, name
+    assert all(".layers.1." not in n and ".layers.2." not in n for n in frozen)
+    assert not any(
+        n.startswith(("temporal.", "head.", "clip.text_projection", "clip.visual_projection"))
+        or "final_layer_norm" in n
+        or "post_layernorm" in n
+        or n == "clip.logit_scale"
+        for n in frozen
+    )
+    for off in (-1,):
+        fresh = Retriever(RetrieverConfig.tiny(vocab_size=50, max_frames=4))
+        assert freeze_clip_layers(fresh, off) == 0
+    patch3d = Retriever(RetrieverConfig.tiny(vocab_size=50, max_frames=4, linear_patch="3d"))
+    assert freeze_clip_layers(patch3d, 0) == 0
+
+
+def test_3d_patches_start_as_clips_2d_and_keep_videos_apart():
+    """CLIP4Clip's initialisation (CLIP's kernel in the middle frame) encodes as the 2d model
+    does; once the side taps are trained, a video's features still depend on its own frames
+    only (each video is convolved on its own)."""
+    torch.manual_seed(0)
+    flat = Retriever(RetrieverConfig.tiny(vocab_size=50, max_frames=4)).eval()
+    torch.manual_seed(0)
+    deep = Retriever(RetrieverConfig.tiny(vocab_size=50, max_frames=4, linear_patch="3d")).eval()
+    patch = "clip.vision_model.embeddings.patch_embedding.weight"
+    # The same weights everywhere else (building the Conv3d drew from the RNG).
+    deep.load_state_dict({**flat.state_dict(), patch: deep.state_dict()[patch]})
+    pixels = torch.randn(3, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(3, 4, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            deep.encode_video(pixels, mask)[0], flat.encode_video(pixels, mask)[0]
+        )
+        deep.clip.vision_model.embeddings.patch_embedding.weight.add_(0.05)
+        before = deep.encode_video(pixels, mask)[0]
+        changed = pixels.clone()
+        changed[1] = torch.randn_like(changed[1])
+        after = deep.encode_video(changed, mask)[0]
+    torch.testing.assert_close(after[0], before[0])
+    torch.testing.assert_close(after[2], before[2])
+    assert (after[1] - before[1]).abs().max() > 1e-3

@@ -21,20 +21,16 @@ sys.path.insert(
 
 @pytest.fixture(scope="module")
 def imported_drl(tmp_path_factory):
+    from helpers import tiny_openai_clip
     from open_clip_ref import open_clip
-    from test_reference_import import (
-        ReferenceRetriever,
-        run_import,
-        save_reference,
-        tiny_openai_clip,
-    )
+    from test_reference_import import ReferenceRetriever, run_import, save_reference
 
-    oc = open_clip()
+    open_clip()
     from open_clip.tokenizer import default_bpe
 
     folder = tmp_path_factory.mktemp("drl")
     save_reference(
-        ReferenceRetriever(tiny_openai_clip(oc), "seqTransf", "wti"), folder / "pytorch_model.bin.4"
+        ReferenceRetriever(tiny_openai_clip(), "seqTransf", "wti"), folder / "pytorch_model.bin.4"
     )
     result = run_import(
         "drl",

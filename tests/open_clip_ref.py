@@ -24,7 +24,7 @@ def _stub_torchvision() -> None:
 
     class Placeholder(metaclass=Inert):
         def __init__(self, *args, **kwargs):
-            raise RuntimeError("torchvision is not installed (tests/models/open_clip_ref.py)")
+            raise RuntimeError("torchvision is not installed (tests/open_clip_ref.py)")
 
     class Module(types.ModuleType):
         def __getattr__(self, name):
