@@ -294,3 +294,14 @@ def test_drls_zero_shot_line_evaluates_clip_as_it_is(
     assert evaluate.main(argv) == 0, capsys.readouterr().err
     again = json.loads((tmp_path / "zero_shot_eval" / "metrics.json").read_text())
     assert again["t2v"] == metrics["t2v"] and again["v2t"] == metrics["v2t"]
+
+    # --init_model: a CLIP4Clip meanP file holding this same CLIP scores the same.
+    clip = torch.jit.load(str(clip_home / ".cache" / "clip" / "ViT-B-32.pt")).state_dict()
+    torch.save({f"module.clip.{k}": v for k, v in clip.items()}, tmp_path / "pytorch_model.bin.0")
+    init = tmp_path / "init_eval"
+    argv[argv.index("--output_dir") + 1] = str(init)
+    assert evaluate.main([*argv, "--init_model", str(tmp_path / "pytorch_model.bin.0")]) == 0
+    from_file = json.loads((init / "metrics.json").read_text())
+    assert from_file["t2v"] == metrics["t2v"] and from_file["v2t"] == metrics["v2t"]
+    saved = json.loads((init / "init_model" / "config.json").read_text())["config"]
+    assert (saved["sim_header"], saved["interaction"]) == ("meanP", "dp")
