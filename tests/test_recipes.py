@@ -132,3 +132,39 @@ def test_the_training_config_takes_each_field_from_the_flag_of_its_name(tmp_path
     )
     path = config.write(tmp_path)
     assert TrainConfig(**json.loads(path.read_text())) == config
+
+
+def test_the_retriever_draws_one_caption_per_video_and_orders_frames_per_epoch():
+    """MSR-VTT without --expand_msrvtt_sentences: a row holds all of a video's captions
+    (``caption_count`` of them) and each epoch draws one, seeded by the seed, the epoch and
+    the worker; --train_frame_order 1 reverses each clip's real frames, padding kept."""
+    import dataclasses
+
+    config = dataclasses.replace(tiny_config("retriever"), train_frame_order=1)
+    recipe = recipe_for("retriever")(config)
+    ids = torch.arange(4 * 3 * 5).view(4, 3, 5)  # 4 videos, up to 3 captions of 5 tokens
+    counts = torch.tensor([3, 1, 2, 3])
+    pixels = torch.arange(4 * 3, dtype=torch.float).view(4, 3, 1, 1, 1).expand(4, 3, 3, 2, 2)
+    frame_mask = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]])
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "caption_count": counts,
+        "pixel_values": pixels,
+        "frame_mask": frame_mask,
+    }
+
+    def picks(epoch):
+        recipe.begin_epoch(epoch)
+        chosen = recipe.inputs(batch)["input_ids"]
+        assert chosen.shape == (4, 5)
+        rows = [int(chosen[v, 0]) // 5 - 3 * v for v in range(4)]
+        assert all(0 <= r < int(counts[v]) for v, r in enumerate(rows)), rows
+        return rows
+
+    draws = [picks(epoch) for epoch in range(1, 9)]
+    assert draws[0] == picks(1)  # the same epoch draws the same
+    assert len({tuple(d) for d in draws}) > 1  # other epochs draw others
+    assert all(d[1] == 0 for d in draws)  # a video with one caption always gives it
+    frames = recipe.inputs(batch)["pixel_values"][:, :, 0, 0, 0]
+    assert frames.tolist() == [[2, 1, 0], [4, 3, 5], [6, 7, 8], [11, 10, 9]]

@@ -86,3 +86,50 @@ def test_captions_join_their_decoded_clips(ray_local, synthetic_msrvtt, clip_tok
     for v, c in pairs:
         by_video.setdefault(v, []).append(c)
     assert all(r["caption"] in by_video[r["video_id"]] for r in rows)
+
+
+def test_one_row_per_video_holds_all_its_captions(clip_tokenizer):
+    """CLIP4Clip's MSR-VTT without --expand_msrvtt_sentences: a clip's row carries every
+    caption of its video (zero rows after ``caption_count``), for the step to draw one."""
+    from functools import partial
+
+    from ingest.datasets import CaptionExpander
+    from models import tokenize
+
+    captions = {"v1": ["a red circle", "a circle moves"], "v2": ["a blue square"]}
+    expand = CaptionExpander(captions, partial(tokenize, clip_tokenizer, max_length=8), True)
+    batch = {
+        "video_id": np.array(["v2", "vX", "v1"], dtype=object),
+        "frames": np.arange(3).reshape(3, 1, 1, 1, 1).astype(np.uint8),
+        "frame_mask": np.ones((3, 1), np.uint8),
+    }
+    (rows,) = list(expand(batch))
+    assert rows["video_id"].tolist() == ["v2", "v1"]  # vX has no caption: no row
+    assert rows["caption_count"].tolist() == [1, 2]
+    assert rows["input_ids"].shape == (2, 2, 8) and rows["frames"][:, 0, 0, 0, 0].tolist() == [0, 2]
+    one = tokenize(clip_tokenizer, ["a circle moves"], max_length=8)["input_ids"]
+    assert rows["input_ids"][1, 1].tolist() == np.asarray(one)[0].tolist()
+    assert not rows["input_ids"][0, 1].any() and not rows["attention_mask"][0, 1].any()
+
+
+def test_eval_frame_order_is_per_video_and_the_same_every_run():
+    from ingest.datasets import order_frames
+
+    frames = np.arange(2 * 4, dtype=np.uint8).reshape(2, 4, 1, 1, 1)
+    batch = {
+        "video_id": np.array(["a", "b"], dtype=object),
+        "frames": frames,
+        "frame_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.uint8),
+    }
+    reversed_ = order_frames(batch, order=1, seed=0)["frames"][:, :, 0, 0, 0]
+    assert reversed_.tolist() == [[2, 1, 0, 3], [7, 6, 5, 4]]
+    shuffled = order_frames(batch, order=2, seed=0)["frames"][:, :, 0, 0, 0]
+    assert (
+        shuffled.tolist() == order_frames(batch, order=2, seed=0)["frames"][:, :, 0, 0, 0].tolist()
+    )
+    assert sorted(shuffled[0, :3]) == [0, 1, 2] and shuffled[0, 3] == 3  # padding stays
+    assert sorted(shuffled[1]) == [4, 5, 6, 7]
+    others = [
+        order_frames(batch, order=2, seed=s)["frames"][1, :, 0, 0, 0].tolist() for s in range(6)
+    ]
+    assert len({tuple(o) for o in others}) > 1
