@@ -155,3 +155,48 @@ def test_a_clip_model_name_means_openais_file_in_its_download_cache(tmp_path, mo
     # A path stays a path; a given tokenizer is kept.
     args = train.parse_args(["--clip_path", str(cache / "ViT-B-32.pt"), "--tokenizer_path", "x"])
     assert resolve(args, "retriever") is not None and args.tokenizer_path == "x"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        "--sim_header tightTransf",
+        "--sim_header seqLSTM",
+        "--agg_module seqLSTM",
+        "--interaction xti",
+        "--fp16",
+        "--do_pretrain",
+        "--use_mil",
+        "--resume_model x.bin",
+        "--gradient_accumulation_steps 2",
+        "--freeze_layer_num 13",
+        "--task_type caption",
+    ],
+)
+def test_what_the_project_cannot_honour_is_one_line_naming_it(flags, tmp_path, capsys):
+    from jobs import train
+
+    code = train.main([*flags.split(), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert flags.split()[0] in err[0] or flags.split()[-1] in err[0], err
+    assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_the_references_other_flags_are_accepted(tmp_path):
+    """Flags their scripts parse and this project has no use for are accepted, as are DRL's
+    --agg_module None (meanP) and the launcher's --local_rank."""
+    from jobs import train
+    from jobs.args import resolve
+
+    flags = (
+        "--agg_module None --local_rank 3 --world_size 4 --n_gpu 4 --lr_decay 0.9 --margin 0.1 "
+        "--n_pair 1 --video_dim 1024 --hard_negative_rate 0.5 --negative_weighting 1 --cache_dir x "
+        "--cross_model cross-base --do_lower_case --loose_type --distributed 0 --device cuda "
+        "--text_num_hidden_layers 12 --visual_num_hidden_layers 12 --fp16_opt_level O1 "
+        "--num_thread_reader 0 --workers 8 --train_frame_order 2 --eval_frame_order 1 "
+        "--linear_patch 3d --wti_arch 3"
+    )
+    args = train.parse_args(flags.split())
+    assert resolve(args, "retriever") is None
+    assert args.sim_header == "meanP" and args.num_thread_reader == 8 and args.wti_arch == 3
