@@ -4,6 +4,7 @@ normalisation, the same pixels as DRL's decord loader with its torchvision trans
 (tests/fixtures/drl_frames/make.py says how) on the encoded videos kept beside them: odd
 sizes, portrait, 4:3, square, one already at the crop size, a 29.97 fps one, a window."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -15,15 +16,17 @@ from ingest.datasets import normalize_clips
 from ingest.video import ClipSpec, decode_clip, sample_indices
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "drl_frames"
-CASES = [  # the fixture's cases, as make.py lists them
-    ("wide", "wide_57x43.mp4", 40, 1, 12, None),
-    ("wide_3fps", "wide_57x43.mp4", 32, 3, 5, None),
-    ("portrait", "portrait_43x77.mp4", 40, 2, 4, None),
-    ("exact_no_resize", "exact_40x56.avi", 40, 1, 12, None),
-    ("square", "square_100.mp4", 40, 2, 3, None),
-    ("ntsc_window", "ntsc_64x48.mp4", 40, 1, 12, 3),
-    ("ntsc_uniform", "ntsc_64x48.mp4", 36, 2, 5, None),
-]
+
+
+def _fixture_cases():
+    """The cases as make.py, which computed the reference frames, lists them."""
+    spec = importlib.util.spec_from_file_location("drl_frames_make", FIXTURE / "make.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.CASES
+
+
+CASES = _fixture_cases()
 
 
 @pytest.fixture(scope="module")

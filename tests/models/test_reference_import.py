@@ -289,19 +289,23 @@ SLOW = pytest.mark.slow  # the fast tier keeps one case of each reference
 
 
 @pytest.mark.parametrize(
-    "kind,sim_header,interaction,wti_arch",
+    "kind,sim_header,interaction,wti_arch,linear_patch",
     [
-        ("drl", "seqTransf", "wti", 2),
-        pytest.param("drl", "meanP", "wti", 3, marks=SLOW),
-        pytest.param("drl", "seqTransf", "ti", 2, marks=SLOW),
-        ("clip4clip", "seqTransf", "dp", 2),
-        pytest.param("clip4clip", "meanP", "dp", 2, marks=SLOW),
+        ("drl", "seqTransf", "wti", 2, "2d"),
+        pytest.param("drl", "meanP", "wti", 3, "2d", marks=SLOW),
+        pytest.param("drl", "seqTransf", "ti", 2, "2d", marks=SLOW),
+        ("clip4clip", "seqTransf", "dp", 2, "2d"),
+        pytest.param("clip4clip", "meanP", "dp", 2, "2d", marks=SLOW),
+        # CLIP4Clip's Conv3d (clip.visual.conv2), one video at a time as CLIP4Clip computes one
+        ("clip4clip", "meanP", "dp", 2, "3d"),
     ],
 )
 def test_reference_state_dict_imports_exactly(
-    oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch
+    oc, bpe_path, tmp_path, kind, sim_header, interaction, wti_arch, linear_patch
 ):
-    reference = ReferenceRetriever(tiny_openai_clip(), sim_header, interaction, wti_arch).eval()
+    reference = ReferenceRetriever(
+        tiny_openai_clip(), sim_header, interaction, wti_arch, linear_patch=linear_patch
+    ).eval()
     save_reference(reference, tmp_path / "pytorch_model.bin.4")
     result = run_import(
         kind,
@@ -317,6 +321,7 @@ def test_reference_state_dict_imports_exactly(
     assert result.returncode == 0, result.stderr
     model, tokenizer = load_checkpoint(tmp_path / "ck")
     assert (model.config.sim_header, model.config.interaction) == (sim_header, interaction)
+    assert model.config.linear_patch == linear_patch
     ids, pixels, video_mask = retrieval_inputs(bpe_path)
     tokens = tokenize(tokenizer, TEXTS, 32)
     with torch.no_grad():
@@ -324,9 +329,13 @@ def test_reference_state_dict_imports_exactly(
         text, text_mask = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
         video, video_mask_out = model.encode_video(pixels, video_mask)
         got = model.similarity(text, video, text_mask, video_mask_out)
+        # The file's 3d embedding is not CLIP's 2d one: the test tells the two apart.
+        flat = reference.clip.encode_image(pixels.flatten(0, 1)).view(*pixels.shape[:2], -1)
     diff = (got - expected).abs().max().item()
-    print(f"{kind} {sim_header} {interaction}: max |score difference| {diff:.2e}")
+    print(f"{kind} {sim_header} {interaction} {linear_patch}: max |score difference| {diff:.2e}")
     assert diff < 1e-5
+    if linear_patch == "3d":
+        assert (flat - reference.encode_frames(pixels)).abs().max() > 1e-3
     if interaction == "ti":  # DRL builds no weight heads for ti, and neither do we
         assert not any("weight_fc" in k for k in model.state_dict())
 
@@ -527,36 +536,3 @@ def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path, func):
     if func is os.system:  # the same file through an open unpickler runs: the payload is real
         torch.load(tmp_path / "evil.pth.tar", weights_only=False)
         assert marker.exists()
-
-
-def test_clip4clips_3d_patch_embedding_imports_exactly(oc, bpe_path, tmp_path):
-    """``--linear_patch 3d``: CLIP4Clip's Conv3d (``clip.visual.conv2``) is read from the file
-    and each video's frames are convolved together, as CLIP4Clip does for one video."""
-    reference = ReferenceRetriever(tiny_openai_clip(), "meanP", "dp", linear_patch="3d").eval()
-    save_reference(reference, tmp_path / "pytorch_model.bin.1")
-    result = run_import(
-        "clip4clip",
-        tmp_path / "pytorch_model.bin.1",
-        "--output_dir",
-        tmp_path / "ck",
-        "--tokenizer_path",
-        bpe_path,
-        "--max_frames",
-        6,
-    )
-    assert result.returncode == 0, result.stderr
-    model, tokenizer = load_checkpoint(tmp_path / "ck")
-    assert model.config.linear_patch == "3d"
-    ids, pixels, video_mask = retrieval_inputs(bpe_path)
-    tokens = tokenize(tokenizer, TEXTS, 32)
-    with torch.no_grad():
-        expected = reference.scores(ids, (ids != 0).long(), pixels, video_mask)
-        text, text_mask = model.encode_text(tokens["input_ids"], tokens["attention_mask"])
-        video, video_mask_out = model.encode_video(pixels, video_mask)
-        got = model.similarity(text, video, text_mask, video_mask_out)
-        # The 3d embedding is not the 2d one (the file's conv2 is not CLIP's conv1).
-        flat = reference.clip.encode_image(pixels.flatten(0, 1)).view(4, 6, -1)
-    diff = (got - expected).abs().max().item()
-    print(f"clip4clip 3d: max |score difference| {diff:.2e}")
-    assert diff < 1e-5
-    assert (flat - reference.encode_frames(pixels)).abs().max() > 1e-3
