@@ -31,6 +31,9 @@ def connect():
 
     note_free_resources()
     context = ray.data.DataContext.get_current()
+    # Rows in the order they were read, whichever task finishes first: the same command and
+    # seed give the same model and the same index, bit for bit (docs/decisions.md).
+    context.execution_options.preserve_order = True
     context.print_on_execution_start = False
     # Workers (Ray Train's dataset splits) have no terminal: no tqdm lines relayed from them.
     context.use_ray_tqdm = False

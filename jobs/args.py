@@ -211,6 +211,13 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="random seed (model init, shuffling, synthetic data)",
     )
     add(
+        "--deterministic",
+        action="store_true",
+        help="also the GPU kernels that are nondeterministic by default (atomic adds, cuDNN's "
+        "algorithm search, cuBLAS's workspace) run deterministically (slower); a CPU run is "
+        "reproducible without it (docs/decisions.md)",
+    )
+    add(
         "--num_workers",
         type=positive_int,
         default=None,

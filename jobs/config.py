@@ -45,6 +45,7 @@ class TrainConfig:
     batch_size_val: int = 64
     n_display: int = 100  # log the loss every N steps (0: never)
     use_gpu: bool = False
+    deterministic: bool = False  # deterministic GPU kernels too (``--deterministic``)
     inject_failure: int | None = None  # testing: the first worker to reach this step raises
     # The retriever's optimisation (DRL): CLIP's lr is lr * coef_lr; AdamW, warm-up + cosine.
     coef_lr: float | None = None

@@ -48,6 +48,13 @@ def parse_args(argv):
     return args
 
 
+def _worker_env(config) -> dict:
+    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    if config.deterministic:  # cuBLAS's deterministic mode; read when CUDA starts
+        env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+    return env
+
+
 def fit(config, tokenizer, data, args, workers: int):
     """Ray Train V2: one TorchTrainer over ``jobs.train_loop`` with ``config`` (a
     ``TrainConfig``); returns its Result."""
@@ -68,7 +75,7 @@ def fit(config, tokenizer, data, args, workers: int):
             storage_path=args.storage_path,
             logging_config=LoggingConfig(log_level="WARNING"),
             # Worker prints reach the console once (the print patch would echo each line twice).
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+            worker_runtime_env={"env_vars": _worker_env(config)},
             failure_config=FailureConfig(max_failures=args.max_failures),
             # Keeps the best epoch by validation score (R@1 / macro-F1) and always the latest.
             checkpoint_config=CheckpointConfig(

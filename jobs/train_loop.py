@@ -39,6 +39,8 @@ def train_loop(loop_config: dict) -> None:
     ``TrainConfig`` as a dict) and ``tokenizer`` (saved with each checkpoint)."""
     quiet_ray_train()
     config = TrainConfig(**loop_config["config"])
+    if config.deterministic:  # seeds, deterministic algorithms, no cuDNN benchmarking
+        ray.train.torch.enable_reproducibility(config.seed)
     recipe = recipe_for(config.model)(config)
     state = restore(recipe)
     recipe.prepare(ray.train.torch.prepare_model)

@@ -25,10 +25,13 @@ The index changes while it is served, in versions (``version`` in the manifest):
 A segment is never changed once written. Every change ends by replacing ``manifest.json``
 in one rename, so a reader sees the previous version or the next, never a mix, and a crash
 before the rename leaves the previous version as it was (its stray files are deleted by the
-next change). A writer encodes and writes its new segments without a lock and takes
-``.lock`` only to commit (read the newest manifest, write the lists and the next manifest);
-a rebuild (a fresh build into the same folder) keeps the previous version's files, which a
-service may still be reading, until the change after it.
+next change). Writers run side by side: each encodes and writes its new segments into a
+staging folder of its own (``.writing_*``, claimed by a lock on a file in it for as long as
+the writer lives) and takes the folder's ``.lock`` only to commit: read the newest manifest,
+move its segments in under fresh names, write the lists and the next manifest. A commit
+deletes stray files (of a change that crashed) and the staging folders of writers that are
+gone, never a running writer's. A rebuild (a fresh build into the same folder) keeps the
+previous version's files, which a service may still be reading, until the change after it.
 
 Serving shards divide the index by splitting *each segment* into ``num_shards`` even
 contiguous parts (``serving_parts``): shard ``i`` holds part ``i`` of every segment, so the
@@ -42,6 +45,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +59,7 @@ from .ranges import even_ranges
 MANIFEST = "manifest.json"
 CENTROIDS = "centroids.npy"
 LOCK = ".lock"
+STAGING_PREFIX = ".writing_"  # a running writer's segments, before its commit
 SEGMENT_PREFIXES = ("segment_", "shard_")  # shard_: an index written before segments had their name
 ARRAYS = ("frames", "weights", "mask", "pooled")
 
@@ -108,9 +113,30 @@ def locked(folder: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _claim(staging: Path):
+    """Hold ``staging`` for this writer: an exclusive lock on a file in it, released when the
+    writer closes it or its process ends (then the next commit deletes the folder)."""
+    handle = (staging / LOCK).open("w")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    return handle
+
+
+def _abandoned(staging: Path) -> bool:
+    """Whether no running writer holds ``staging`` (its lock is free)."""
+    try:
+        with (staging / LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except FileNotFoundError:  # a writer that died before it claimed the folder
+        return True
+    return True
+
+
 def _write_manifest(folder: Path, manifest: dict, previous: dict | None) -> dict:
-    """Replace the manifest in one rename, then delete segments and centroid files
-    that neither it nor the version it replaces names (stray files of a crashed change)."""
+    """Replace the manifest in one rename, then delete what no version and no running writer
+    needs: segments and centroid files that neither it nor the version it replaces names
+    (stray files of a crashed change), and the staging folders of writers that are gone."""
     manifest["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
     tmp = folder / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
@@ -118,13 +144,22 @@ def _write_manifest(folder: Path, manifest: dict, previous: dict | None) -> dict
     keep = {s["name"] for m in (manifest, previous or {}) for s in m.get("segments", [])}
     keep |= {m["centroids"] for m in (manifest, previous or {}) if m.get("centroids")}
     for path in folder.iterdir():
-        if (
+        stray = (
             path.name.startswith(SEGMENT_PREFIXES)
             and path.is_dir()
             or path.name.startswith("centroids")
-        ) and path.name not in keep:
+        ) and path.name not in keep
+        if stray or path.name.startswith(STAGING_PREFIX) and _abandoned(path):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     return manifest
+
+
+def _segment_numbers(folder: Path) -> list[int]:
+    return [
+        int(number)
+        for p in folder.iterdir()
+        if p.name.startswith(SEGMENT_PREFIXES) and (number := p.name.rpartition("_")[2]).isdigit()
+    ]
 
 
 class IndexWriter:
@@ -146,16 +181,11 @@ class IndexWriter:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.rows_per_segment, self.info, self.append = rows_per_segment, dict(info or {}), append
-        self.previous = read_manifest(self.folder) if (self.folder / MANIFEST).is_file() else None
-        if append and self.previous is None:
+        if append and not (self.folder / MANIFEST).is_file():
             raise FileNotFoundError(f"{self.folder} holds no index to append to (build one first)")
-        taken = [
-            int(number)
-            for p in self.folder.iterdir()
-            if p.name.startswith(SEGMENT_PREFIXES)
-            and (number := p.name.rpartition("_")[2]).isdigit()
-        ]
-        self.next_number = max(taken, default=-1) + 1  # never a name an earlier version used
+        with locked(self.folder):  # claimed before any commit can see the folder unclaimed
+            self.staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.folder))
+            self.claim = _claim(self.staging)
         self.pending: list[tuple[IndexRows, list[bytes]]] = []
         self.segments: list[dict] = []
         self.shape: tuple[int, int] | None = None
@@ -179,74 +209,87 @@ class IndexWriter:
         return rows, thumbnails
 
     def _write(self, rows: IndexRows, thumbnails: list[bytes]) -> None:
-        name = f"segment_{self.next_number:03d}"
-        self.next_number += 1
-        out = self.folder / name
+        """One segment, into this writer's staging folder (it gets its name at the commit)."""
+        name = f"part_{len(self.segments):03d}"
+        out = self.staging / name
         out.mkdir()
         for array in ARRAYS:
             np.save(out / f"{array}.npy", getattr(rows, array))
         (out / "video_ids.json").write_text(json.dumps(rows.video_ids))
         (out / "thumbnails.bin").write_bytes(b"".join(thumbnails))
         np.save(out / "thumbnail_offsets.npy", np.cumsum([0] + [len(t) for t in thumbnails]))
-        self.segments.append({"name": name, "rows": len(rows), "removed": []})
+        self.segments.append({"part": name, "rows": len(rows), "removed": []})
 
     def close(self) -> dict:
-        """Write the last segment, the lists (and, for a build, the centroids), then the
-        manifest of the next version; returns that manifest."""
-        if self.pending:
-            self._write(*self._take_pending())
-        with locked(self.folder):
-            # Read again under the lock: another change may have landed while this one encoded.
-            previous = read_manifest(self.folder) if (self.folder / MANIFEST).is_file() else None
-            version = (previous or {}).get("version", 0) + 1
-            if self.append and not self.segments:
-                return previous  # nothing to add: no new version
-            if self.append:
-                if previous is None:
-                    raise FileNotFoundError(f"{self.folder}: the index to append to is gone")
-                if self.shape and self.shape != (previous["max_frames"], previous["dim"]):
-                    raise ValueError(
-                        f"rows of {self.shape} do not fit an index of {previous['max_frames']} frames x "
-                        f"{previous['dim']} dims"
-                    )
-                manifest = {
-                    **previous,
-                    "segments": [dict(s, removed=list(s["removed"])) for s in previous["segments"]],
-                }
-                centroids = np.load(self.folder / manifest["centroids"])
-                new_ids = {v for s in self.segments for v in segment_ids(self.folder / s["name"])}
-                self.replaced = sorted(_mark_removed(self.folder, manifest["segments"], new_ids))
-            else:
-                if not self.segments:
-                    raise ValueError("an index needs at least one video")
-                manifest = {
-                    **self.info,
-                    "max_frames": self.shape[0],
-                    "dim": self.shape[1],
-                    "frames_dtype": "float16",
-                    "segments": [],
-                    "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-                }
-                pooled = np.concatenate(
-                    [
-                        np.load(self.folder / s["name"] / "pooled.npy", mmap_mode="r")
-                        for s in self.segments
-                    ]
-                )
-                centroids = train_centroids(pooled, num_lists(len(pooled)))
-                manifest["centroids"] = f"centroids_v{version:06d}.npy"
-                np.save(self.folder / manifest["centroids"], centroids)
-            for segment in self.segments:
-                path = self.folder / segment["name"]
-                np.save(
-                    path / "lists.npy",
-                    nearest_centroid(np.load(path / "pooled.npy", mmap_mode="r"), centroids),
-                )
-            manifest["segments"] += self.segments
-            manifest.update(
-                version=version, lists=len(centroids), count=_live(manifest["segments"])
+        """Write the last segment, then commit: move the segments in, write the lists (and,
+        for a build, the centroids), then the manifest of the next version; returns that
+        manifest. The staging folder goes, whatever happens."""
+        try:
+            if self.pending:
+                self._write(*self._take_pending())
+            with locked(self.folder):
+                return self._commit()
+        finally:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.claim.close()
+
+    def _commit(self) -> dict:
+        """Under the folder's lock: checks first, then the segments move in under fresh names
+        (never one an earlier version or a stray file used), then lists and manifest."""
+        # Read again under the lock: another change may have landed while this one encoded.
+        previous = read_manifest(self.folder) if (self.folder / MANIFEST).is_file() else None
+        if self.append and not self.segments:
+            return previous  # nothing to add: no new version
+        if self.append and previous is None:
+            raise FileNotFoundError(f"{self.folder}: the index to append to is gone")
+        if self.append and self.shape != (previous["max_frames"], previous["dim"]):
+            raise ValueError(
+                f"rows of {self.shape} do not fit an index of {previous['max_frames']} frames x "
+                f"{previous['dim']} dims"
             )
-            return _write_manifest(self.folder, manifest, previous)
+        if not self.segments:
+            raise ValueError("an index needs at least one video")
+        number = max(_segment_numbers(self.folder), default=-1) + 1
+        for segment in self.segments:
+            segment["name"] = f"segment_{number:03d}"
+            os.rename(self.staging / segment.pop("part"), self.folder / segment["name"])
+            number += 1
+        version = (previous or {}).get("version", 0) + 1
+        if self.append:
+            manifest = {
+                **previous,
+                "segments": [dict(s, removed=list(s["removed"])) for s in previous["segments"]],
+            }
+            centroids = np.load(self.folder / manifest["centroids"])
+            new_ids = {v for s in self.segments for v in segment_ids(self.folder / s["name"])}
+            self.replaced = sorted(_mark_removed(self.folder, manifest["segments"], new_ids))
+        else:
+            manifest = {
+                **self.info,
+                "max_frames": self.shape[0],
+                "dim": self.shape[1],
+                "frames_dtype": "float16",
+                "segments": [],
+                "created": time.strftime("%Y-%m-%d %H:%M:%S"),
+            }
+            pooled = np.concatenate(
+                [
+                    np.load(self.folder / s["name"] / "pooled.npy", mmap_mode="r")
+                    for s in self.segments
+                ]
+            )
+            centroids = train_centroids(pooled, num_lists(len(pooled)))
+            manifest["centroids"] = f"centroids_v{version:06d}.npy"
+            np.save(self.folder / manifest["centroids"], centroids)
+        for segment in self.segments:
+            path = self.folder / segment["name"]
+            np.save(
+                path / "lists.npy",
+                nearest_centroid(np.load(path / "pooled.npy", mmap_mode="r"), centroids),
+            )
+        manifest["segments"] += self.segments
+        manifest.update(version=version, lists=len(centroids), count=_live(manifest["segments"]))
+        return _write_manifest(self.folder, manifest, previous)
 
 
 def segment_ids(path: Path) -> list[str]:

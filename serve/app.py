@@ -10,13 +10,14 @@ the app: ``/healthz`` says what is loaded and the routes that need it answer 503
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from ray.serve import Application
 
 from .ingress import Ingress
 from .replicas import IndexShard, VQAModel
-from .schemas import AppArgs
+from .schemas import API_KEY_VARIABLE, AppArgs
 
 
 def build_app(args: AppArgs | dict) -> Application:
@@ -34,7 +35,7 @@ def build_app(args: AppArgs | dict) -> Application:
     shard_options = {"num_cpus": shard_cpus, **({"num_gpus": 1} if use_gpu else {})}
     shards = [
         IndexShard.options(name=f"IndexShard{i}", ray_actor_options=shard_options).bind(
-            path(args.index), i, num_shards, args.candidates
+            path(args.index), i, num_shards, args.candidates, args.index_poll_s
         )
         for i in range(num_shards)
     ]
@@ -44,4 +45,5 @@ def build_app(args: AppArgs | dict) -> Application:
         VQAModel.bind(path(args.vqa_checkpoint)),
         path(args.index),
         args.timeout_s,
+        args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
     )

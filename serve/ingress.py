@@ -1,7 +1,13 @@
 """The HTTP front: FastAPI routes, the fan-out to every index shard, and what each failure
 answers.
 
-- bad input: 4xx with one line (``error``), from pydantic or the image decoder;
+- bad input: 4xx with one line (``error``), from pydantic or the image decoder; every error
+  body, FastAPI's and Starlette's own included (a body that does not parse, an unknown
+  route, a wrong method), has that shape, and ``/openapi.json`` lists every status a route
+  answers (``ERRORS``);
+- with an API key set (``AppArgs.api_key``): ``/search``, ``/vqa`` and ``/thumbnail`` without
+  ``Authorization: Bearer KEY`` (or with another key) get 401 before anything else is read;
+  ``/healthz``, the page and the OpenAPI document stay open;
 - a model or index that is not there: 503 naming the command that builds it;
 - a replica that is dead, restarting or too slow: for ``/search`` the other shards' answer
   with ``"partial": true``, 503 when none answers; for ``/vqa`` 503;
@@ -15,16 +21,19 @@ import logging
 import time
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cluster.ray_private import serve_request_id
 from retrieval.store import MANIFEST, read_manifest
 from retrieval.thumbnails import Thumbnails
 
+from . import auth
 from .schemas import (
+    PATTERN_MEANS,
     ErrorResponse,
     Hit,
     SearchRequest,
@@ -98,6 +107,41 @@ api = FastAPI(
     "(PitVQANet).",
 )
 
+# Every error status a route can answer, and when; each with the body ``ErrorResponse``.
+ERRORS = {
+    400: "the body is not readable as JSON text, or the image does not decode",
+    401: "an API key is set and the request does not carry it",
+    404: "no such video id",
+    413: "the image is too large",
+    422: "bad input: a missing, wrongly typed or out-of-range field, or malformed JSON",
+    500: "a bug; the body has the request id",
+    503: "a model or the index is missing (the body names the command that builds it), or "
+    "not answering",
+}
+
+
+def _errors(*statuses: int) -> dict:
+    return {s: {"description": ERRORS[s], "model": ErrorResponse} for s in statuses}
+
+
+def _openapi() -> dict:
+    """FastAPI's document, with the bearer scheme when this replica has an API key."""
+    if api.openapi_schema is None:
+        api.openapi_schema = auth.declare(FastAPI.openapi(api))
+    return api.openapi_schema
+
+
+api.openapi = _openapi
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's and FastAPI's own errors (404, 405, a body that does not parse, our 401)
+    in the project's shape, with their headers (``Allow``, ``WWW-Authenticate``)."""
+    return JSONResponse(
+        status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers
+    )
+
 
 @api.exception_handler(RequestValidationError)
 async def _bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,13 +149,15 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
     that says what is wrong, and FastAPI's list of problems under ``detail``."""
     problems = []
     for e in exc.errors():
+        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
         if e.get("type") == "json_invalid":
             problems.append(
                 f"body: malformed JSON ({e.get('ctx', {}).get('error', 'cannot parse')})"
             )
-            continue
-        where = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body"
-        problems.append(f"{where}: {e.get('msg', 'invalid')}")
+        elif e.get("type") == "string_pattern_mismatch":  # the patterns say what they check
+            problems.append(f"{where}: {PATTERN_MEANS.get(where, e.get('msg', 'invalid'))}")
+        else:
+            problems.append(f"{where}: {e.get('msg', 'invalid')}")
     return JSONResponse(
         status_code=422,
         content={
@@ -124,8 +170,18 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> JSONRes
 @serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=5)
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, checkpoint: str, shards: list, vqa, index: str, timeout_s: float = 15.0):
+    def __init__(
+        self,
+        checkpoint: str,
+        shards: list,
+        vqa,
+        index: str,
+        timeout_s: float = 15.0,
+        api_key: str | None = None,
+    ):
         from .replicas import QueryEncoder
+
+        auth.set_key(api_key)
 
         # The query encoder lives here: a query costs one replica call fewer (BENCHMARKS.md).
         self.encoder, self.shards, self.vqa, self.index = (
@@ -137,20 +193,6 @@ class Ingress:
         self.timeout_s = timeout_s  # AppArgs.timeout_s
         self.html = Path(__file__).with_name("page.html").read_text()
         self.thumbnails = None
-        # The newest index version each shard holds, as its answers say. A query asks every
-        # shard for the oldest of these, which all of them still hold while they move to a
-        # new version (each keeps its last two): one version per answer.
-        self.newest: list[int | None] = [None] * len(shards)
-
-    def _saw(self, shard: int, version: int) -> None:
-        # Versions only grow (a rebuild is the next version too). An answer computed before a
-        # shard loaded its new version can arrive after /healthz saw that version: it must not
-        # send the next queries back to the old one.
-        self.newest[shard] = max(version, self.newest[shard] or 0)
-
-    def _version(self) -> int | None:
-        known = [v for v in self.newest if v is not None]
-        return min(known) if len(known) == len(self.newest) else None
 
     def _thumbnails(self):
         if self.thumbnails is None and (self.index / MANIFEST).is_file():
@@ -176,23 +218,20 @@ class Ingress:
         encoder = self.encoder.info()
         vqa, *shards = await asyncio.gather(ask(self.vqa), *(ask(s) for s in self.shards))
         up = [s for s in shards if "rows" in s and not s.get("problem")]
-        for i, shard in enumerate(shards):
-            if shard.get("version") is not None:
-                self._saw(i, shard["version"])
         manifest = read_manifest(self.index) if (self.index / MANIFEST).is_file() else {}
         ready = encoder.get("loaded") and vqa.get("loaded") and len(up) == len(shards)
-        served = {s.get("version") for s in up}
+        # The live version: the one a search answers from now (the oldest newest version of
+        # the shards, which every shard holds; ``search``), and the videos in it. Shards only
+        # move forward, so once this is reported no later search answers from an older one.
+        live = min((s["version"] for s in up if s.get("version") is not None), default=None)
         return {
             "status": "ok" if ready else "degraded",
+            "api_key_required": auth.key_required(),
             "search": {
                 **encoder,
                 "index": str(self.index),
-                # What the shards serve: one version once every shard holds it (else null
-                # while they load it), and the videos in it.
-                "index_version": served.pop()
-                if len(served) == 1 and len(up) == len(shards)
-                else None,
-                "index_size": sum(s["rows"] for s in up),
+                "index_version": live if len(up) == len(shards) else None,
+                "index_size": sum(s["rows_by_version"].get(live, 0) for s in up),
                 "index_on_disk": {
                     "version": manifest.get("version"),
                     "count": manifest.get("count", 0),
@@ -210,14 +249,8 @@ class Ingress:
     @api.post(
         "/search",
         response_model=SearchResponse,
-        responses={
-            422: {"description": "bad input", "model": ErrorResponse},
-            500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
-            503: {
-                "description": "model or index missing, or every shard down",
-                "model": ErrorResponse,
-            },
-        },
+        responses=_errors(400, 401, 422, 500, 503),
+        dependencies=[Depends(auth.require_key)],
     )
     async def search(self, request: SearchRequest):
         started = time.perf_counter()
@@ -227,20 +260,20 @@ class Ingress:
             return _bug("/search", exc)
         if "problem" in query:  # no retriever checkpoint
             return error(503, query["problem"])
-        version = self._version()
-        answers = await asyncio.gather(
-            *(
-                asyncio.wait_for(
-                    shard.search.remote(query, request.top_k, request.exact, version),
-                    self.timeout_s,
-                )
-                for shard in self.shards
-            ),
-            return_exceptions=True,
-        )
-        for i, answer in enumerate(answers):
-            if isinstance(answer, dict) and "newest" in answer:
-                self._saw(i, answer["newest"])
+        answers = await self._ask_shards(query, request, [None] * len(self.shards))
+        # One version per answer: while the shards move to a new version, the ones that
+        # answered from it are asked again for the version the others still serve (they hold
+        # their last two). Shards only move forward: once every shard holds a version, no
+        # answer comes from an older one, whichever ingress replica asks.
+        versions = [a.get("version") if isinstance(a, dict) else None for a in answers]
+        oldest = min((v for v in versions if v is not None), default=None)
+        if any(v is not None and v != oldest for v in versions):
+            again = [oldest if v is not None and v != oldest else False for v in versions]
+            for i, answer in zip(
+                [i for i, v in enumerate(again) if v is not False],
+                await self._ask_shards(query, request, again),
+            ):
+                answers[i] = answer
         bugs = [a for a in answers if isinstance(a, BaseException) and not _unavailable(a)]
         if bugs:
             return _bug("/search", bugs[0])
@@ -263,16 +296,25 @@ class Ingress:
             took_ms=round(1000 * (time.perf_counter() - started), 2),
         )
 
+    async def _ask_shards(self, query: dict, request, versions: list) -> list:
+        """Each shard's answer (or what it raised) for ``versions[i]``; False: not asked."""
+        return await asyncio.gather(
+            *(
+                asyncio.wait_for(
+                    shard.search.remote(query, request.top_k, request.exact, version),
+                    self.timeout_s,
+                )
+                for shard, version in zip(self.shards, versions)
+                if version is not False
+            ),
+            return_exceptions=True,
+        )
+
     @api.post(
         "/vqa",
         response_model=VQAResponse,
-        responses={
-            400: {"description": "the image does not decode", "model": ErrorResponse},
-            413: {"description": "image too large", "model": ErrorResponse},
-            422: {"description": "bad input", "model": ErrorResponse},
-            500: {"description": "a bug; the body has the request id", "model": ErrorResponse},
-            503: {"description": "model missing or not answering", "model": ErrorResponse},
-        },
+        responses=_errors(400, 401, 413, 422, 500, 503),
+        dependencies=[Depends(auth.require_key)],
     )
     async def vqa(self, request: VQARequest):
         try:
@@ -291,7 +333,12 @@ class Ingress:
 
     @api.get(
         "/thumbnail/{video_id}",
-        responses={200: {"content": {"image/jpeg": {}}}, 404: {"description": "unknown id"}},
+        response_class=Response,
+        responses={
+            200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}},
+            **_errors(401, 404),
+        },
+        dependencies=[Depends(auth.require_key)],
     )
     def thumbnail(self, video_id: str):
         """One frame of an indexed video, looked up by id in the index (never a path)."""

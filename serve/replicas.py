@@ -96,9 +96,6 @@ class QueryEncoder(_CheckpointReplica):
         return [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
 
 
-POLL_S = 2.0  # how often a shard looks for a new version of the index
-
-
 class ShardView:
     """One version of a shard's rows on its device, as inverted lists (``retrieval.lists``)."""
 
@@ -147,17 +144,21 @@ class ShardView:
 )
 class IndexShard:
     """Part of every segment of the index (``retrieval.store.serving_parts``); answers its
-    own top-k. It follows the index as it changes: every ``POLL_S`` seconds it looks for a new
+    own top-k. It follows the index as it changes: every ``poll_s`` seconds it looks for a new
     version, loads it beside the one it serves (reading only new segments) and keeps the
-    last two, so that the ingress can ask every shard for the same version while they move."""
+    last two, so that while the shards move to a new version the ingress can ask those that
+    hold it for the one the others still serve (``serve.ingress.Ingress.search``)."""
 
-    def __init__(self, index: str, shard: int, num_shards: int, candidates: int | None = None):
-        self.device, self.index, self.shard, self.candidates = (
-            _setup_torch(),
-            Path(index),
-            shard,
-            candidates,
-        )
+    def __init__(
+        self,
+        index: str,
+        shard: int,
+        num_shards: int,
+        candidates: int | None = None,
+        poll_s: float = 2.0,
+    ):
+        self.device, self.index, self.shard = _setup_torch(), Path(index), shard
+        self.candidates, self.poll_s = candidates, poll_s
         self.reader = IndexReader(self.index, shard, num_shards)
         self.views: dict[int, ShardView] = {}
         self.problem = None
@@ -191,7 +192,7 @@ class IndexShard:
 
     def _follow(self) -> None:
         while True:
-            time.sleep(POLL_S)
+            time.sleep(self.poll_s)
             try:
                 self.refresh()
             except (
@@ -202,10 +203,15 @@ class IndexShard:
                 )
 
     def _view(self, version: int | None = None) -> ShardView | None:
+        """The view of ``version`` (None: the newest); one this shard has already let go of
+        (it moved on twice while another shard lagged): the oldest it holds, never older."""
         views = self.views
         if not views:
             return None
-        return views.get(version) or views[max(views)]
+        if version is None:
+            return views[max(views)]
+        held = [v for v in views if v >= version]
+        return views[min(held)] if held else views[max(views)]
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and replaces it."""
@@ -222,22 +228,23 @@ class IndexShard:
                 )
 
     def info(self) -> dict:
-        view = self._view()
+        view, views = self._view(), self.views
         return {
             "shard": self.shard,
             "rows": view.rows if view else 0,
             "version": view.version if view else None,
-            "versions": sorted(self.views),
+            "versions": sorted(views),
+            "rows_by_version": {v: views[v].rows for v in views},
             "device": self.device,
             "node": _node(),
             "problem": self.problem,
         }
 
     def search(self, query: dict, top_k: int, exact: bool, version: int | None = None) -> dict:
-        """The best ``top_k`` of this shard in ``version`` (None or a version it no longer
-        holds: its newest), and which version answered. A plain method: Serve runs it off the
-        replica's event loop, so health checks and ``info`` answer during a search (``async``
-        measured the same /search p50 at concurrency 1: 21.1 against 20.3 ms, BENCHMARKS.md)."""
+        """The best ``top_k`` of this shard in ``version`` (None: its newest), and which
+        version answered. A plain method: Serve runs it off the replica's event loop, so
+        health checks and ``info`` answer during a search (``async`` measured the same /search
+        p50 at concurrency 1: 21.1 against 20.3 ms, BENCHMARKS.md)."""
         if self.problem:  # no index here
             return {"problem": self.problem}
         view = self._view(version)
@@ -245,7 +252,7 @@ class IndexShard:
         hits = view.search(
             as_tensor("features"), as_tensor("weights"), as_tensor("pooled"), top_k, exact
         )
-        return {"hits": hits, "version": view.version, "newest": max(self.views)}
+        return {"hits": hits, "version": view.version}
 
 
 class BadImage(ValueError):

@@ -5,7 +5,7 @@
 from typing import Annotated
 
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 MAX_TEXT_CHARS = 1000  # a query; the model reads its first max_words tokens
 MAX_TOP_K = 100
@@ -14,18 +14,38 @@ MAX_IMAGE_BYTES = 10 << 20  # decoded; larger uploads get 413
 MAX_IMAGE_PIXELS = 25_000_000  # width x height; larger images get 413 before they are decoded
 
 
-def not_blank(value: str, info: ValidationInfo) -> str:
-    if not value.strip():
-        raise ValueError(f"{info.field_name} is blank")
-    return value
+# What the document says and the service checks are one thing: a pattern, written so that
+# every regex dialect reads it alike (pydantic's Rust, Python's, ECMA's differ on \s and $).
+NOT_BLANK = r"[^ \t\n\r\f\v]"  # some character that is not (ASCII) white space
+# base64 (standard alphabet, padded), optionally as a data: URL; that it is a PNG or JPEG of
+# at most MAX_IMAGE_PIXELS is checked when it is decoded (400, 413).
+BASE64 = r"^(data:[^,]*,)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+PATTERN_MEANS = {  # what the 422 says when a field does not match its pattern
+    "text": "text is blank",
+    "question": "question is blank",
+    "image": "image: not valid base64",
+}
+API_KEY_VARIABLE = "VQA_WTI_API_KEY"
+
+
+def whole_number(value):
+    """JSON Schema's integer: 45.0 is one (strict pydantic refuses it); "45", true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # the API key, when AppArgs.api_key is not given
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(strict=True)
-    text: Annotated[str, AfterValidator(not_blank)] = Field(
-        min_length=1, max_length=MAX_TEXT_CHARS, description="the query, in words"
+    text: str = Field(
+        min_length=1,
+        max_length=MAX_TEXT_CHARS,
+        pattern=NOT_BLANK,
+        description="the query, in words (not blank)",
     )
-    top_k: int = Field(10, ge=1, le=MAX_TOP_K, description="how many videos to return")
+    top_k: Annotated[int, BeforeValidator(whole_number)] = Field(
+        10, ge=1, le=MAX_TOP_K, description="how many videos to return"
+    )
     exact: bool = Field(
         False, description="score every video exactly instead of the two-stage search"
     )
@@ -52,10 +72,14 @@ class SearchResponse(BaseModel):
 class VQARequest(BaseModel):
     model_config = ConfigDict(strict=True)
     image: str = Field(
-        min_length=1, description="base64 PNG or JPEG (a data: URL prefix is accepted)"
+        min_length=1,
+        pattern=BASE64,
+        description="a PNG or JPEG image, base64 (a data: URL is accepted); at most "
+        f"{MAX_IMAGE_BYTES >> 20} MB and {MAX_IMAGE_PIXELS} pixels, else 413",
+        json_schema_extra={"contentEncoding": "base64"},
     )
-    question: Annotated[str, AfterValidator(not_blank)] = Field(
-        min_length=1, max_length=MAX_QUESTION_CHARS
+    question: str = Field(
+        min_length=1, max_length=MAX_QUESTION_CHARS, pattern=NOT_BLANK, description="not blank"
     )
 
 
@@ -107,12 +131,24 @@ class AppArgs(BaseModel):
         ge=1,
         description="re-scored candidates per shard (default: retrieval.lists.candidate_count)",
     )
+    index_poll_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="how often each index shard looks for a new version of the index",
+    )
     timeout_s: float = Field(
         15.0,
         gt=0,
         description="how long a query waits for one shard (encoding included) or "
         'one VQA answer; a shard that takes longer is left out ("partial": true), a VQA '
         "answer that takes longer is a 503",
+    )
+    api_key: str | None = Field(
+        None,
+        min_length=1,
+        description="when set, /search, /vqa and /thumbnail need `Authorization: Bearer KEY` "
+        f"(else 401); default: the {API_KEY_VARIABLE} environment variable, else none",
     )
     shard_cpus: float | None = Field(
         None,

@@ -65,15 +65,70 @@ def test_a_change_that_crashes_before_its_manifest_leaves_the_previous_version(t
     written(tmp_path, [random_rows(10, 0, seed=1)])
     before = read_manifest(tmp_path)
     crashed = IndexWriter(tmp_path, rows_per_segment=4, append=True)
-    crashed.add(random_rows(9, 100, seed=2))  # two segments written, then the process dies
-    assert len(list(tmp_path.glob("segment_*"))) == 4
+    crashed.add(random_rows(9, 100, seed=2))  # two segments written, then the process dies:
+    crashed.claim.close()  # its lock on its staging folder goes with it
+    assert len(list(crashed.staging.glob("part_*"))) == 2
+    stray = tmp_path / "segment_007"  # and one of a commit that died before its manifest
+    stray.mkdir()
     assert read_manifest(tmp_path) == before and len(load_index(tmp_path)) == 10
-    # The next change never reuses the stray shards' names, and deletes them.
+    # The next change never reuses a stray segment's name, and deletes the strays.
     manifest = written(tmp_path, [random_rows(2, 200, seed=3)], append=True)
     assert manifest["version"] == 2 and manifest["count"] == 12
+    assert manifest["segments"][-1]["name"] == "segment_008"
     assert sorted(p.name for p in tmp_path.glob("segment_*")) == [
         s["name"] for s in manifest["segments"]
     ]
+    assert not crashed.staging.exists() and not list(tmp_path.glob(".writing_*"))
+
+
+def test_a_commit_never_deletes_a_running_writers_segments(tmp_path):
+    """An append that has written segments and still encodes, while a removal and another
+    append commit: every change lands, in the order of the commits."""
+    written(tmp_path, [random_rows(10, 0, seed=1)])
+    running = IndexWriter(tmp_path, rows_per_segment=4, append=True)
+    running.add(random_rows(9, 100, seed=2))  # v100..v107 in two segments on disk, v108 pending
+    assert remove_videos(tmp_path, ["v0", "v1"])[0]["version"] == 2
+    update = random_rows(2, 5, seed=3)  # another append, replacing v5 and adding v6 anew
+    update.video_ids = ["v5", "v100"]
+    assert written(tmp_path, [update], append=True)["version"] == 3
+    assert len(list(running.staging.glob("part_*"))) == 2  # the running writer's files are there
+    manifest = running.close()
+    assert manifest["version"] == 4
+    rows = load_index(tmp_path)
+    expected = {f"v{i}" for i in range(2, 10)} | {f"v{i}" for i in range(100, 109)}
+    assert sorted(rows.video_ids) == sorted(expected)  # nothing lost, nothing twice
+    assert manifest["count"] == len(expected)
+    # v100 was last written by the running append (it committed last); v5 by the other one.
+    at = {v: i for i, v in enumerate(rows.video_ids)}
+    np.testing.assert_array_equal(rows.frames[at["v100"]], random_rows(9, 100, seed=2).frames[0])
+    np.testing.assert_array_equal(rows.frames[at["v5"]], update.frames[0])
+    names = [s["name"] for s in manifest["segments"]]
+    assert len(names) == len(set(names)) and not list(tmp_path.glob(".writing_*"))
+
+
+def test_two_builds_into_one_folder_both_land_and_the_last_commit_is_served(tmp_path):
+    first = IndexWriter(tmp_path, rows_per_segment=4, info={"checkpoint": "a"})
+    second = IndexWriter(tmp_path, rows_per_segment=4, info={"checkpoint": "b"})
+    first.add(random_rows(6, 0, seed=1))
+    second.add(random_rows(5, 50, seed=2))
+    assert second.close()["version"] == 1
+    manifest = first.close()
+    assert manifest["version"] == 2 and manifest["checkpoint"] == "a"
+    assert sorted(load_index(tmp_path).video_ids) == [f"v{i}" for i in range(6)]
+
+
+def test_a_commit_that_fails_its_checks_writes_nothing(tmp_path):
+    written(tmp_path, [random_rows(4, 0, seed=1)])
+    before = sorted(p.name for p in tmp_path.iterdir())
+    wrong = IndexWriter(tmp_path, append=True)
+    wrong.add(random_rows(2, 10, frames=5, seed=2))  # 5 frames into an index of 3
+    try:
+        wrong.close()
+        raise AssertionError("an append of another shape committed")
+    except ValueError as err:
+        assert "do not fit" in str(err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert read_manifest(tmp_path)["version"] == 1
 
 
 def test_serving_shards_split_every_segment_and_keep_their_rows_as_it_grows(tmp_path):

@@ -16,10 +16,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def call(url: str, body=None, raw: bytes | None = None, timeout: float = 30):
+def call(url: str, body=None, raw: bytes | None = None, timeout: float = 30, headers=None):
     """(status, parsed JSON or bytes) for a GET (no body) or a JSON POST."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             status, payload, kind = (

@@ -152,7 +152,7 @@ def test_bad_vqa_input_is_a_4xx_with_a_message(app_url):
     gif = io.BytesIO()
     Image.fromarray(big[:20, :20]).save(gif, format="GIF")
     cases = [
-        ({"image": "%%%not base64%%%", "question": "q"}, 400, "not valid base64"),
+        ({"image": "%%%not base64%%%", "question": "q"}, 422, "image: not valid base64"),
         (
             {"image": base64.b64encode(b"just some bytes").decode(), "question": "q"},
             400,
@@ -283,6 +283,51 @@ def test_a_model_call_that_raises_is_a_500_with_a_request_id(
         from ray import serve
 
         serve.delete("broken")
+
+
+def test_with_an_api_key_search_vqa_and_thumbnails_need_it_and_healthz_does_not(
+    serve_port, tmp_path
+):
+    key = "k3y-for-this-test"
+    base = run_app(  # no models: a request the key lets through gets their 503
+        serve_port,
+        "keyed",
+        checkpoint=str(tmp_path / "nope"),
+        index=str(tmp_path / "noindex"),
+        vqa_checkpoint=str(tmp_path / "nothing"),
+        num_shards=1,
+        api_key=key,
+    )
+    try:
+        status, health = call(f"{base}/healthz")
+        assert status == 200 and health["api_key_required"] is True
+        requests = [
+            ("/search", {"text": "a red circle"}),
+            ("/search", {"top_k": "not even valid"}),  # the key is checked before the body
+            ("/vqa", {"image": png_b64(), "question": "what"}),
+            ("/thumbnail/video1", None),
+        ]
+        wrong = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {key}"}]
+        wrong += [{"Authorization": key}, {"Authorization": f"Bearer {key}x"}]
+        for path, body in requests:
+            for headers in wrong:
+                status, out = call(f"{base}{path}", body, headers=headers)
+                assert status == 401 and "API key" in out["error"], (path, headers, out)
+        right = {"Authorization": f"Bearer {key}"}
+        assert call(f"{base}/search", {"text": "a red circle"}, headers=right)[0] == 503
+        assert call(f"{base}/search", {"top_k": 5}, headers=right)[0] == 422
+        status, _ = call(f"{base}/vqa", {"image": png_b64(), "question": "what"}, headers=right)
+        assert status == 503
+        assert call(f"{base}/thumbnail/video1", headers=right)[0] == 404
+        # The document says which routes need the key.
+        status, spec = call(f"{base}/openapi.json")
+        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        assert spec["paths"]["/search"]["post"]["security"] == [{"bearer": []}]
+        assert "security" not in spec["paths"]["/healthz"]["get"]
+    finally:
+        from ray import serve
+
+        serve.delete("keyed")
 
 
 def test_missing_models_start_and_answer_503_with_the_command(serve_port, tmp_path):

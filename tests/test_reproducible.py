@@ -1,0 +1,62 @@
+"""The same command with the same seed, on the same machine and worker count, gives the same
+numbers: per-epoch losses and validation metrics (``history.jsonl``) and ``metrics.json``,
+bit for bit, for both models (two Ray Train workers, so that the split between them counts)."""
+
+import json
+
+import pytest
+from helpers import history, retriever_args
+
+from jobs import train
+
+pytestmark = pytest.mark.slow
+
+
+def outcome(output_dir) -> tuple[list[dict], dict]:
+    """What a run computed: its history without the timings, and its metrics."""
+    rows = [{k: v for k, v in row.items() if k != "seconds"} for row in history(output_dir)]
+    return rows, json.loads((output_dir / "metrics.json").read_text())
+
+
+def twice(tmp_path, argv) -> list[tuple[list[dict], dict]]:
+    runs = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        assert train.main([*argv, "--output_dir", str(out)]) == 0
+        runs.append(outcome(out))
+    return runs
+
+
+def test_the_retriever_trained_twice_with_one_seed_gives_identical_numbers(
+    ray_local, synthetic_dir, tmp_path
+):
+    argv = retriever_args(synthetic_dir, tmp_path / "unused", "--epochs", "2", "--no-index")
+    first, second = twice(tmp_path, [*argv, "--num_workers", "2", "--seed", "7"])
+    assert len(first[0]) == 2 and first[0][0]["train_loss"] > 0
+    assert first == second
+
+
+def test_pitvqa_trained_twice_with_one_seed_gives_identical_numbers(
+    ray_local, synthetic_dir, tmp_path
+):
+    argv = [
+        "--model",
+        "pitvqa",
+        "--synthetic_dir",
+        str(synthetic_dir),
+        "--epochs",
+        "2",
+        "--batch_size",
+        "16",
+        "--image_size",
+        "32",
+        "--n_display",
+        "0",
+        "--num_workers",
+        "2",
+        "--seed",
+        "7",
+    ]
+    first, second = twice(tmp_path, argv)
+    assert len(first[0]) == 2 and first[1]["num_questions"] > 256  # more than one block of rows
+    assert first == second
