@@ -481,6 +481,14 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         "--max_failures", type=int, default=2, help="worker failures Ray Train recovers from"
     )
     g.add_argument(
+        "--stall_timeout_s",
+        type=float,
+        default=900.0,
+        help="once an epoch has been reported, the job fails with one line if no epoch is "
+        "reported for this long, or three times the longest epoch so far if that is longer "
+        "(Ray Train stuck, e.g. after a lost node); rerun the command to resume",
+    )
+    g.add_argument(
         "--storage_path",
         default=None,
         help="where Ray Train keeps the epoch checkpoints: a folder every node sees, or s3://... "

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import os
+import re
 import sys
+import threading
 
 
 def _with_spellings(add_argument):
@@ -97,3 +101,62 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+# Lines Ray prints on a run that went well, each a Ray issue, not ours to fix (issue #24).
+# Dropped from a job's stderr by ``run``, exactly these and nothing else:
+KNOWN_RAY_LINES = (
+    # Ray Data ``ray.put``s every actor pool's map transformer and Ray Train its
+    # PreemptionWatcher's arguments, and both restart their actors: core_worker warns at
+    # each such actor (ray-project/ray#53727, #57733).
+    re.compile(
+        rb"core_worker\.cc:\d+: Actor with class name: .* has constructor arguments in the object store and max_restarts > 0"
+    ),
+    # The GCS logs a kill of an actor whose worker already exited (the success path of
+    # KillActor) as an error: ray-project/ray#58544 removes the line.
+    re.compile(
+        rb"gcs_actor_scheduler\.cc:\d+: Failed to kill actor \w+, return status: Invalid: KillActor RPC failed for actor \w+: RpcError: RPC error: Socket closed"
+    ),
+)
+
+
+def _drop_known_ray_lines() -> None:
+    """Filter this process's stderr (file descriptor 2: Ray's C++ core writes there, and the
+    lines Ray relays from its other processes) through ``KNOWN_RAY_LINES``. Everything else
+    passes through as it comes, partial lines included (progress bars)."""
+    read_end, write_end = os.pipe()
+    original = os.dup(2)
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump():
+        pending = b""
+        while chunk := os.read(read_end, 1 << 16):
+            *lines, pending = (pending + chunk).split(b"\n")
+            kept = [
+                line + b"\n" for line in lines if not any(p.search(line) for p in KNOWN_RAY_LINES)
+            ]
+            if pending and not pending.startswith(b"["):  # not the start of a C++ log line
+                kept.append(pending)
+                pending = b""
+            if kept:
+                os.write(original, b"".join(kept))
+        if pending:
+            os.write(original, pending)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def restore():  # at exit: stderr back as it was, which ends the pipe; the rest drains
+        sys.stderr.flush()
+        os.dup2(original, 2)
+        thread.join(timeout=2)
+
+    atexit.register(restore)
+
+
+def run(main) -> None:
+    """A job's ``__main__``: ``main`` on the command line's flags, its return code the exit
+    code, Ray's known noise (``KNOWN_RAY_LINES``) left out of stderr."""
+    _drop_known_ray_lines()
+    sys.exit(main(sys.argv[1:]))

@@ -316,4 +316,6 @@ def remove(output_dir: Path, video_ids: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from jobs.cli import run
+
+    run(main)

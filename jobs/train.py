@@ -92,7 +92,7 @@ def fit(config, tokenizer, data, args, workers: int):
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        return trainer.fit()
+        return _fit_watched(trainer, args)
     finally:
         # fit() leaves its Ctrl-C handler installed (in the main thread only), and the
         # handler holds Ray Train's controller actor (and through it the dataset-split
@@ -100,6 +100,54 @@ def fit(config, tokenizer, data, args, workers: int):
         # indexing that follow.
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, sigint)
+
+
+class Stalled(RuntimeError):
+    """Ray Train reported no epoch for longer than ``--stall_timeout_s`` allows."""
+
+
+def _last_report(args) -> float | None:
+    """When Ray Train last recorded a report (its checkpoint manager's snapshot), if ever."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(args.storage_path)
+    info = fs.get_file_info(f"{root}/{RUN_NAME}/checkpoint_manager_snapshot.json")
+    return info.mtime.timestamp() if info.mtime is not None else None
+
+
+def _fit_watched(trainer, args):
+    """``trainer.fit()``, watched: once an epoch has been reported, a run that reports none
+    for ``--stall_timeout_s`` (or three times the longest epoch so far) is stuck (a lost-node
+    run hung like that, 1 in about 11, in issue #22): ``Stalled``, not a hang. The fit
+    itself goes on in a daemon thread until the process ends (its actors end with it)."""
+    outcome: dict = {}
+
+    def fit():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
+    thread.start()
+    seen = _last_report(args)  # a resumed run's earlier reports
+    moved, longest = time.time(), 0.0
+    while thread.is_alive():
+        thread.join(timeout=2.0)
+        stamp, now = _last_report(args), time.time()
+        if stamp != seen:
+            if seen is not None:
+                longest = max(longest, now - moved)
+            seen, moved = stamp, now
+        elif seen is not None and now - moved > max(args.stall_timeout_s, 3 * longest):
+            raise Stalled(
+                f"Ray Train reported no epoch for {now - moved:.0f} s (--stall_timeout_s "
+                f"{args.stall_timeout_s:.0f}; the longest epoch took {longest:.0f} s): stopped; "
+                "run the same command again to resume from the last epoch"
+            )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def write_outputs(result, output_dir: Path, config) -> tuple[Path, list[dict]]:
@@ -224,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"({'; '.join(conflicts)}): give its flags to resume it, or --fresh to start over",
             )
     config.write(output_dir)
-    result = fit(config, tokenizer, data, args, workers)
+    try:
+        result = fit(config, tokenizer, data, args, workers)
+    except Stalled as err:
+        print(f"{PROG}: {err}", file=sys.stderr, flush=True)
+        return 1
     checkpoint, history = write_outputs(result, output_dir, config)
     wait_until_released()  # Ray Train's worker group goes down asynchronously
     metrics = recipe.after_training(args, checkpoint, data, output_dir, use_gpu)
@@ -256,4 +308,6 @@ def _print_results(output_dir: Path, metrics: dict, history: list[dict], seconds
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from jobs.cli import run
+
+    run(main)

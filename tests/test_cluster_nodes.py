@@ -100,6 +100,9 @@ def lost_node_run(ray_cluster, synthetic_dir, tmp_path_factory):
         "STRICT_SPREAD",
         "--max_failures",
         "2",
+        # A hang after the loss (Ray Train stuck) fails the job with one line in bounded time.
+        "--stall_timeout_s",
+        "120",
         "--index",
         "0",
         *PACKED_MODEL,

@@ -1,6 +1,7 @@
 """The commands users already type: the seed's PitVQA command, word for word, and CLIP flags."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +56,18 @@ def test_the_seeds_pitvqa_command_runs_as_printed(seed_run):
     config = json.loads((run / "checkpoint" / "config.json").read_text())
     assert config["model"] == "pitvqa" and config["config"]["num_classes"] == 59
     assert len(config["labels"]) == 59  # for serving
+
+
+@pytest.mark.slow  # reads the seed command's run
+def test_the_seeds_command_prints_no_traceback_and_no_error_line(seed_run):
+    done, _, _ = seed_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output, output[-3000:]
+    # Ray's C++ error lines ("[2026-12-05 15:19:03,121 E 32526 32526] core_worker.cc:...")
+    # and Python ERROR records.
+    errors = re.findall(r".*(?:\[[\d-]+ [\d:,]+ E \d+ \d+\]|\bERROR\b).*", output)
+    assert not errors, errors
 
 
 @pytest.mark.slow  # reads the seed command's run

@@ -239,3 +239,26 @@ def test_fresh_forgets_the_earlier_run_in_its_storage(tmp_path):
     assert (
         train.parse_args(["--storage_path", "s3://bucket/runs"]).storage_path == "s3://bucket/runs"
     )
+
+
+def test_a_run_that_stops_reporting_fails_with_one_line_in_bounded_time(tmp_path):
+    """``--stall_timeout_s``: Ray Train that reported an epoch and then nothing (the lost-node
+    run that hung) stops the job with ``Stalled`` within the bound, not never."""
+    import argparse
+    import time
+
+    from jobs.train import RUN_NAME, Stalled, _fit_watched
+
+    snapshot = tmp_path / RUN_NAME / "checkpoint_manager_snapshot.json"
+
+    class ReportsOnceThenHangs:
+        def fit(self):
+            snapshot.parent.mkdir(parents=True)
+            snapshot.write_text("{}")  # the first epoch's report
+            time.sleep(3600)
+
+    started = time.time()
+    args = argparse.Namespace(storage_path=str(tmp_path), stall_timeout_s=3.0)
+    with pytest.raises(Stalled, match="reported no epoch for"):
+        _fit_watched(ReportsOnceThenHangs(), args)
+    assert 3.0 < time.time() - started < 10
