@@ -33,7 +33,7 @@ run(main)
 def test_known_ray_lines_are_dropped_and_everything_else_kept(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(SCRIPT.format(root=str(ROOT)))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, timeout=60)
     assert done.returncode == 3  # the job's own exit code
     assert done.stdout == b"stdout is left alone\n"
     assert done.stderr == (
