@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ray  # noqa: E402
 
+from cluster.connect import configure_ray_data  # noqa: E402
 from ingest.clips import DecodeLog, clip_dataset  # noqa: E402
 from ingest.synthetic import make_msrvtt  # noqa: E402
 from ingest.video import ClipSpec, decode_clip, find_videos  # noqa: E402
@@ -128,6 +129,7 @@ def main(argv=None):
     videos = clip_list(files, args.videos or (len(files) if args.data else 600))
     spec = ClipSpec()
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    configure_ray_data()  # as the jobs run Ray Data (ordered rows among them)
     cpus = int(ray.cluster_resources()["CPU"])
     workers = args.workers or cpus
 

@@ -30,6 +30,16 @@ def connect():
     from .resources import note_free_resources
 
     note_free_resources()
+    configure_ray_data()
+    for name in ("ray.data", "ray.train"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return ray
+
+
+def configure_ray_data() -> None:
+    """Ray Data's settings for this process, as every job runs it (the benchmarks too)."""
+    import ray
+
     context = ray.data.DataContext.get_current()
     # Rows in the order they were read, whichever task finishes first: the same command and
     # seed give the same model and the same index, bit for bit (docs/decisions.md).
@@ -40,6 +50,3 @@ def connect():
     # Fused stages have long names (ReadParquet->MapBatches(...)->...); Ray Data warns when
     # it shortens one for a progress bar. The full name is the more useful one anyway.
     context.enable_progress_bar_name_truncation = False
-    for name in ("ray.data", "ray.train"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    return ray
