@@ -117,6 +117,10 @@ KNOWN_RAY_LINES = (
     re.compile(
         rb"gcs_actor_scheduler\.cc:\d+: Failed to kill actor \w+, return status: Invalid: KillActor RPC failed for actor \w+: RpcError: RPC error: Socket closed"
     ),
+    # Ray Train's detached PlacementGroupCleaner polls the state API, which needs the
+    # dashboard; on a Ray without one its monitor thread dies with a ConnectionError
+    # traceback (it catches RayStateApiException only). What that actor relays is dropped.
+    re.compile(rb"\(PlacementGroupCleaner pid=\d+\)"),
 )
 
 
