@@ -285,19 +285,25 @@ def test_a_model_call_that_raises_is_a_500_with_a_request_id(
         serve.delete("broken")
 
 
-def test_with_an_api_key_search_vqa_and_thumbnails_need_it_and_healthz_does_not(
-    serve_port, tmp_path
-):
-    key = "k3y-for-this-test"
-    base = run_app(  # no models: a request the key lets through gets their 503
+def app_without_models(serve_port, tmp_path, name, **args) -> str:
+    """An app whose checkpoints and index are missing (it starts fast; its routes answer 503)."""
+    return run_app(
         serve_port,
-        "keyed",
+        name,
         checkpoint=str(tmp_path / "nope"),
         index=str(tmp_path / "noindex"),
         vqa_checkpoint=str(tmp_path / "nothing"),
         num_shards=1,
-        api_key=key,
+        **args,
     )
+
+
+def test_with_an_api_key_search_vqa_and_thumbnails_need_it_and_healthz_does_not(
+    serve_port, tmp_path
+):
+    key = "k3y-for-this-test"
+    # No models: a request the key lets through gets their 503.
+    base = app_without_models(serve_port, tmp_path, "keyed", api_key=key)
     try:
         status, health = call(f"{base}/healthz")
         assert status == 200 and health["api_key_required"] is True
@@ -331,14 +337,7 @@ def test_with_an_api_key_search_vqa_and_thumbnails_need_it_and_healthz_does_not(
 
 
 def test_missing_models_start_and_answer_503_with_the_command(serve_port, tmp_path):
-    base = run_app(
-        serve_port,
-        "empty",
-        checkpoint=str(tmp_path / "nope"),
-        index=str(tmp_path / "noindex"),
-        vqa_checkpoint=str(tmp_path / "nothing"),
-        num_shards=1,
-    )
+    base = app_without_models(serve_port, tmp_path, "empty")
     try:
         status, health = call(f"{base}/healthz")
         assert status == 200 and health["status"] == "degraded"
