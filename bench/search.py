@@ -13,8 +13,11 @@ Every method runs one query at a time on one slice holding the whole index, as o
 shard does:
 
 - exhaustive: ``token_wise_topk`` over every video (the reference);
-- this project: ``retrieval.lists.search_lists`` with the index's inverted lists (the best lists
-  until they hold ``--probe`` lists' worth of videos, all of them scored exactly);
+- this project, the default: ``retrieval.lists.search_lists`` with the index's inverted
+  lists scored in the order of their bounds until none left can beat the k-th score (the
+  exact top-k; ``--cones`` per list for the bound);
+- this project, the fixed rule (``--probe``): the best lists by centroid until they hold
+  that many lists' worth of videos, all of them scored exactly;
 - the old first stage (``--pooled``): every pooled vector scanned, the best re-scored;
 - the peer: FAISS IVF-Flat (``faiss-cpu``, installed on first use) over the same pooled
   vectors with as many lists, its ``--peer_candidates`` best re-scored by the same exact WTI.
@@ -47,7 +50,9 @@ from jobs.index import add_encoded, checkpoint_digest, index_info  # noqa: E402
 from models import load_checkpoint, token_wise_scores, token_wise_topk  # noqa: E402
 from models.encode import encode_texts  # noqa: E402
 from retrieval.lists import (  # noqa: E402
+    CONES_PER_LIST,
     InvertedLists,
+    frame_cones,
     nearest_centroid,
     probe_lists,
     search_lists,
@@ -221,6 +226,7 @@ def run(
     num_videos: int,
     num_queries: int,
     top_k: int,
+    cones: list[int],
     probes: list[int],
     pooled: list[int],
     nprobes: list[int],
@@ -287,7 +293,27 @@ def run(
     print(
         f"\n{'method':<34} {'setting':<26} {'ms/query':>9} {'p50 ms':>7} {'speed-up':>9} {'overlap@10':>11} {'identical top-10':>17}"
     )
-    # This project: the inverted lists' centroids, then exact WTI on every video of the best lists.
+    # This project's default: lists by their bounds until the k-th score beats every bound left.
+    for count in cones:
+        started = time.perf_counter()
+        lists.cones = frame_cones(lists, count)
+        cones_s = time.perf_counter() - started
+        scored = []
+        original = lists.scores
+        lists.scores = lambda *a, o=original, s=scored: s.append(len(a[2])) or o(*a)
+        seconds, found = timed(lambda a: search_lists(*one(a), lists, top_k)[1])
+        lists.scores = original
+        report(
+            "this project: lists by bound + WTI",
+            f"{count} cones/list (exact top-k)",
+            seconds,
+            found,
+            cones=count,
+            lists_scored_per_query=sum(scored) / (num_queries + 1),
+            cones_build_s=cones_s,
+        )
+    lists.cones = frame_cones(lists, CONES_PER_LIST)
+    # The fixed rule: the centroids, then exact WTI on every video of the best lists.
     per_list = int(np.ceil(len(rows) / len(centroids)))
     for probe in probes:  # lists' worth of videos, as retrieval.lists.candidate_count counts them
         count = probe * per_list
@@ -414,9 +440,14 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument(
+        "--cones",
+        default=str(CONES_PER_LIST),
+        help="this project's default search: cones per list for the bound (comma-separated)",
+    )
+    parser.add_argument(
         "--probe",
-        default="8,16,32,64",
-        help="this project: lists probed per query (their average size each)",
+        default="32",
+        help="this project's fixed rule: lists probed per query (their average size each)",
     )
     parser.add_argument(
         "--pooled", default="", help="the old pooled scan: candidates to try (e.g. 30000)"
@@ -443,6 +474,7 @@ def main(argv=None) -> int:
         args.videos,
         args.queries,
         args.top_k,
+        ints(args.cones),
         ints(args.probe),
         ints(args.pooled),
         ints(args.nprobe),

@@ -2,6 +2,8 @@
 
     python bench/train.py                      # tiny retriever, batch 32, 4 frames at 64 px, CPU
     python bench/train.py --model pitvqa --batch 32
+    python bench/train.py --precision fp32,bf16                 # each precision, both sides
+    python bench/train.py --size full --device cuda --batch 32  # ViT-B/32 CLIP (random weights)
 
 Both sides run, in one process tree and on the same rows, the job's own step: the recipe
 ``jobs/train.py`` runs (``jobs.recipes``: the retriever's contrastive objective with its
@@ -10,8 +12,11 @@ cross-entropy with Adam), built with the same seed on both sides. The plain loop
 pre-built tensors; the Ray Train worker gets its batches from a materialised Ray Dataset
 shard through ``iter_torch_batches`` (the training job's path) inside a ``TorchTrainer``.
 Each side times its steps after a warm-up epoch, with the same number of torch threads
-(the worker is given that many CPUs, which is what Ray sizes its thread pool by). Prints
-a table and ends with one JSON line.
+(the worker is given that many CPUs, which is what Ray sizes its thread pool by), and
+splits each batch's time into the step itself and the wait for the batch (the hand-over).
+``--size full`` builds the papers' architectures from their configs (``bench/full_size.py``)
+with random weights; ``--device cuda`` runs both sides on one GPU. Prints a table and ends
+with one JSON line.
 """
 
 from __future__ import annotations
@@ -52,60 +57,83 @@ def make_rows(
     }
 
 
-def build(model: str, size: int, frames: int, num_rows: int, batch: int, epochs: int):
+def model_config(model: str, size: int, frames: int, weights: dict | None):
+    """The tiny preset at ``size`` px, or (``weights``: the folders of
+    ``bench.full_size.build_weight_folders``) the papers' architectures."""
+    from models import PitVQAConfig, RetrieverConfig
+
+    if model == "retriever":
+        if weights:
+            return RetrieverConfig.base(
+                str(weights["clip"]), max_words=16, max_frames=frames, sim_header="seqTransf"
+            )
+        return RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames)
+    if weights:
+        return PitVQAConfig.base(
+            str(weights["vit"]), str(weights["blip"]), str(weights["gpt2"]), max_length=16
+        )
+    return PitVQAConfig.tiny(vocab_size=256, image_size=size)
+
+
+def build(config: dict, num_rows: int):
     """The job's recipe (``jobs.recipes``), seeded so both sides start equal: its model,
     optimizer, schedule, clipping and step, as ``jobs/train.py`` builds them."""
     from jobs.config import TrainConfig
     from jobs.recipes import recipe_for
-    from models import PitVQAConfig, RetrieverConfig
 
-    if model == "retriever":
-        model_config = RetrieverConfig.tiny(vocab_size=256, image_size=size, max_frames=frames)
-        lr = 1e-3  # the tiny preset's
-    else:
-        model_config = PitVQAConfig.tiny(vocab_size=256, image_size=size)
-        lr = 1e-3
-    config = TrainConfig(
-        model=model,
-        model_config=model_config.to_dict(),
+    train_config = TrainConfig(
+        model=config["model"],
+        model_config=model_config(
+            config["model"], config["size"], config["frames"], config["weights"]
+        ).to_dict(),
         output_dir="unused",
         num_train_rows=num_rows,
-        epochs=epochs,
-        batch_size=batch,
-        lr=lr,
+        epochs=config["epochs"],
+        batch_size=config["batch"],
+        lr=1e-4 if config["weights"] else 1e-3,  # the base presets' and the tiny ones'
         seed=0,
         coef_lr=1.0,
         train_labels=[0],
+        use_gpu=config["device"] == "cuda",
+        compute_dtype=config["precision"],
     )
-    return recipe_for(model)(config)
+    recipe = recipe_for(config["model"])(train_config)
+    recipe.model.to(config["device"])
+    return recipe
 
 
-def timed_epochs(recipe, batches_per_epoch, epochs: int) -> float:
-    """Samples per second of the fastest epoch after the first (a warm-up). The best epoch,
-    not the mean: on a small shared VM other processes steal whole slices of an epoch."""
-    rates = []
+def timed_epochs(recipe, batches_per_epoch, epochs: int) -> dict:
+    """The fastest epoch after the first (a warm-up): ``samples_per_s``, and where its time
+    went per batch: ``step_ms`` in the recipe's step, ``wait_ms`` waiting for the next batch
+    (the hand-over). The best epoch, not the mean: on a small shared VM other processes
+    steal whole slices of an epoch."""
+    best = {"samples_per_s": 0.0}
     for epoch in range(epochs):
-        seen, started = 0, time.perf_counter()
+        seen = steps = 0
+        waited = stepped = 0.0
+        started = mark = time.perf_counter()
         for batch in batches_per_epoch():
+            got = time.perf_counter()
             recipe.step(batch)
-            seen += len(batch["input_ids"])
-        if epoch:
-            rates.append(seen / (time.perf_counter() - started))
-    return max(rates)
+            done = time.perf_counter()
+            waited, stepped, mark = waited + got - mark, stepped + done - got, done
+            seen, steps = seen + len(batch["input_ids"]), steps + 1
+        rate = seen / (time.perf_counter() - started)
+        if epoch and rate > best["samples_per_s"]:
+            best = {
+                "samples_per_s": rate,
+                "step_ms": 1000 * stepped / steps,
+                "wait_ms": 1000 * waited / steps,
+            }
+    return best
 
 
-def plain_loop(config: dict) -> float:
+def plain_loop(config: dict) -> dict:
     torch.set_num_threads(config["threads"])
-    rows = {k: torch.from_numpy(v) for k, v in config["rows"].items()}
+    device = config["device"]
+    rows = {k: torch.from_numpy(v).to(device) for k, v in config["rows"].items()}
     batch = config["batch"]
-    recipe = build(
-        config["model"],
-        config["size"],
-        config["frames"],
-        len(rows["input_ids"]),
-        batch,
-        config["epochs"],
-    )
+    recipe = build(config, len(rows["input_ids"]))
 
     def batches():
         for start in range(0, len(rows["input_ids"]) - batch + 1, batch):
@@ -120,31 +148,23 @@ def ray_worker(config: dict) -> None:
 
     from jobs.batches import torch_batches
 
-    num_rows = config["batch"] * config["steps"]
-    recipe = build(
-        config["model"],
-        config["size"],
-        config["frames"],
-        num_rows,
-        config["batch"],
-        config["epochs"],
-    )
+    recipe = build(config, config["batch"] * config["steps"])
     recipe.prepare(ray.train.torch.prepare_model)
     split = ray.train.get_dataset_shard("train")
 
     def batches():  # the training job's iterator (without its shuffle buffer)
         return torch_batches(split, config["batch"])
 
-    rate = timed_epochs(recipe, batches, config["epochs"])
+    timed = timed_epochs(recipe, batches, config["epochs"])
     # Train V2 keeps metrics only with checkpoints; the figure goes to a file beside them.
     (Path(config["storage"]) / "worker.json").write_text(
-        json.dumps({"samples_per_s": rate, "threads": torch.get_num_threads()})
+        json.dumps({**timed, "threads": torch.get_num_threads()})
     )
-    ray.train.report({"samples_per_s": rate})
+    ray.train.report({"samples_per_s": timed["samples_per_s"]})
 
 
-def ray_train(config: dict) -> tuple[float, int, float]:
-    """(samples/s inside the worker, the worker's torch threads, fit() wall seconds)."""
+def ray_train(config: dict) -> tuple[dict, float]:
+    """(the worker's ``timed_epochs`` and torch ``threads``, fit() wall seconds)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -159,20 +179,26 @@ def ray_train(config: dict) -> tuple[float, int, float]:
         max(1, num_rows // ROWS_PER_BLOCK)
     ).materialize()  # as jobs/data.py does
     worker_config = {k: v for k, v in config.items() if k != "rows"}
+    gpu = config["device"] == "cuda"
     trainer = TorchTrainer(
         ray_worker,
         train_loop_config=worker_config,
         datasets={"train": dataset},
         scaling_config=ScalingConfig(
-            num_workers=1, resources_per_worker={"CPU": config["threads"]}
+            num_workers=1, use_gpu=gpu, resources_per_worker={"CPU": config["threads"]}
         ),
         run_config=RunConfig(storage_path=config["storage"], name="bench_train"),
     )
     started = time.perf_counter()
     trainer.fit()
     wall = time.perf_counter() - started
-    worker = json.loads((Path(config["storage"]) / "worker.json").read_text())
-    return worker["samples_per_s"], worker["threads"], wall
+    return json.loads((Path(config["storage"]) / "worker.json").read_text()), wall
+
+
+def peak_gpu_gb() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,28 +210,45 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="the first is a warm-up")
     parser.add_argument("--frames", type=int, default=4)
-    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--size", default="64", help="tiny models' image size, or full")
+    parser.add_argument(
+        "--precision", default="fp32", help="comma-separated: fp32, bf16, fp16 (a GPU's)"
+    )
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count(), help="torch threads on both sides"
     )
+    parser.add_argument("--work_dir", default="bench/results/train", help="full-size weights")
     args = parser.parse_args(argv)
 
     import tempfile
 
     import ray
 
-    rows = make_rows(args.model, args.batch * args.steps, args.frames, args.size)
-    config = {
+    weights = None
+    if args.size == "full":
+        from bench.full_size import build_weight_folders
+
+        folder = Path(args.work_dir).resolve() / "weights"
+        if not (folder / "gpt2" / "config.json").is_file():
+            build_weight_folders(folder, "full")
+        weights = {name: str(folder / name) for name in ("clip", "vit", "blip", "gpt2")}
+        size = 224
+    else:
+        size = int(args.size)
+    rows = make_rows(args.model, args.batch * args.steps, args.frames, size)
+    base = {
         "steps": args.steps,
         "model": args.model,
         "batch": args.batch,
         "epochs": args.epochs,
         "frames": args.frames,
-        "size": args.size,
+        "size": size,
         "threads": args.threads,
+        "device": args.device,
+        "weights": weights,
         "rows": rows,
     }
-    plain_before = plain_loop(config)
     if not ray.is_initialized():
         ray.init(
             address="local",
@@ -213,31 +256,47 @@ def main(argv: list[str] | None = None) -> int:
             include_dashboard=False,
             log_to_driver=False,
         )
-    with tempfile.TemporaryDirectory() as storage:
-        ray_rate, ray_threads, wall = ray_train({**config, "storage": storage})
-    plain = max(plain_before, plain_loop(config))  # once before and once after Ray, the better
-    ratio = ray_rate / plain
     print(
-        f"{args.model}: batch {args.batch}, {args.steps} steps an epoch, best of {args.epochs - 1} timed epochs, "
-        f"{args.threads} threads, {platform.processor() or platform.machine()}"
+        f"{args.model} ({args.size}): batch {args.batch}, {args.steps} steps an epoch, best of "
+        f"{args.epochs - 1} timed epochs, {args.threads} threads, {args.device}, "
+        f"{platform.processor() or platform.machine()}"
     )
-    print(f"{'loop':<24}{'samples/s':>12}")
-    print(f"{'plain PyTorch':<24}{plain:>12.1f}")
-    print(f"{'Ray Train (1 worker)':<24}{ray_rate:>12.1f}   ratio {ratio:.2f}x (target >= 0.9x)")
-    print(
-        f"Ray Train fit() took {wall:.1f} s in all (worker start-up, dataset split, {args.epochs} epochs)"
-    )
+    print(f"{'precision':<10}{'loop':<22}{'samples/s':>10}{'step ms':>9}{'wait ms':>9}{'ratio':>8}")
+    results = []
+    for precision in args.precision.split(","):
+        config = {**base, "precision": precision}
+        plain_before = plain_loop(config)
+        with tempfile.TemporaryDirectory() as storage:
+            worker, wall = ray_train({**config, "storage": storage})
+        plain_after = plain_loop(config)  # once before and once after Ray, the better
+        plain = max(plain_before, plain_after, key=lambda row: row["samples_per_s"])
+        ratio = worker["samples_per_s"] / plain["samples_per_s"]
+        for name, row in (("plain PyTorch", plain), ("Ray Train (1 worker)", worker)):
+            print(
+                f"{precision:<10}{name:<22}{row['samples_per_s']:>10.1f}{row['step_ms']:>9.1f}"
+                f"{row['wait_ms']:>9.1f}" + (f"{ratio:>7.2f}x" if name != "plain PyTorch" else "")
+            )
+        results.append(
+            {
+                "precision": precision,
+                "plain": plain,
+                "ray_train": worker,
+                "ratio": ratio,
+                "ray_fit_seconds": wall,
+                "peak_gpu_gb": peak_gpu_gb(),
+            }
+        )
+    print("target: Ray Train >= 0.9x the plain loop")
     print(
         json.dumps(
             {
                 "bench": "train",
                 "model": args.model,
+                "size": args.size,
                 "batch": args.batch,
                 "threads": args.threads,
-                "ray_worker_threads": ray_threads,
-                "samples_per_s": {"plain": plain, "ray_train": ray_rate},
-                "ratio": ratio,
-                "ray_fit_seconds": wall,
+                "device": args.device,
+                "results": results,
             }
         )
     )

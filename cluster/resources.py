@@ -79,21 +79,24 @@ def wait_until_released(timeout_s: float = 20.0) -> None:
         ):
             break
         time.sleep(0.2)
-    # Ray Train's detached PlacementGroupCleaner outlives the run by up to a second; a job
-    # that ends (and takes a local Ray down) under it printed its traceback
-    # (canonicalize_bootstrap_address_or_die). It holds no CPU: waited for by name.
-    while time.time() < deadline and _alive("PlacementGroupCleaner"):
-        time.sleep(0.2)
 
 
-def _alive(class_name: str) -> bool:
-    """Whether this job has a live actor of ``class_name`` (Ray's state API)."""
+def compute_dtype(precision: str, use_gpu: bool, large: bool) -> str:
+    """``--precision`` resolved for the hardware the work runs on and the model's size
+    (``models.precision``): this process's CPU, or a GPU of the cluster (asked of one when
+    this process has none: the head of a GPU cluster often has no GPU). ValueError with one
+    line for fp16 on CPUs."""
+    import torch
+
+    from models.precision import resolve_precision
+
+    if precision == "fp16" and not use_gpu:
+        raise ValueError("--precision fp16 (--fp16) needs GPUs: a CPU runs bf16 or fp32")
+    if not use_gpu:
+        return resolve_precision(precision, "cpu", large)
+    if torch.cuda.is_available():
+        return resolve_precision(precision, "cuda", large)
     import ray
-    from ray.util.state import list_actors
 
-    job = ray.get_runtime_context().get_job_id()
-    filters = [("class_name", "=", class_name), ("state", "=", "ALIVE"), ("job_id", "=", job)]
-    try:
-        return bool(list_actors(filters=filters, raise_on_missing_output=False))
-    except Exception:  # the state API unavailable: do not wait on it
-        return False
+    probe = ray.remote(num_gpus=1, num_cpus=0)(resolve_precision)
+    return ray.get(probe.remote(precision, "cuda", large))

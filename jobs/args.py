@@ -97,6 +97,7 @@ RESUME_MODEL = (
 )
 SIM_HEADERS = {"meanP": "meanP", "None": "meanP", "seqTransf": "seqTransf"}
 INTERACTIONS = ("wti", "ti", "dp")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # models.precision's (not imported: no torch here)
 
 
 def reference_problems(args) -> str | None:
@@ -118,8 +119,10 @@ def reference_problems(args) -> str | None:
         args.sim_header = SIM_HEADERS[args.sim_header]
         if args.interaction not in INTERACTIONS:
             return f"--interaction {args.interaction} is not supported (wti, ti and dp are)"
-        if args.fp16:
-            return "--fp16: mixed precision is not supported yet (training runs in float32)"
+        if args.fp16:  # CLIP4Clip's / DRL's apex switch: fp16 autocast with a loss scaler
+            if args.precision not in ("auto", "fp16"):
+                return f"--fp16 contradicts --precision {args.precision}"
+            args.precision = "fp16"
         if args.gradient_accumulation_steps != 1:
             return (
                 f"--gradient_accumulation_steps {args.gradient_accumulation_steps}: only 1 is "
@@ -216,6 +219,14 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="also the GPU kernels that are nondeterministic by default (atomic adds, cuDNN's "
         "algorithm search, cuBLAS's workspace) run deterministically (slower); a CPU run is "
         "reproducible without it (docs/decisions.md)",
+    )
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="what the models compute in (autocast; weights, optimizer, losses and exact scores "
+        "stay fp32): auto = bf16 where the hardware runs it fast (a GPU with bf16, a CPU with "
+        "AVX-512 BF16 or AMX), else fp32; fp16 needs a GPU (with a loss scaler when training)",
     )
     add(
         "--num_workers",
@@ -458,7 +469,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="CLIP4Clip: only 1 here (a contrastive loss over micro-batches is another loss)",
     )
     g.add_argument(
-        "--fp16", action=Switch, default=None, help="refused: apex mixed precision (not here yet)"
+        "--fp16", action=Switch, default=None, help="the same as --precision fp16 (apex's O1 there)"
     )
     g.add_argument(
         "--cdcr",

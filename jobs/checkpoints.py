@@ -1,8 +1,8 @@
 """A training run's checkpoints on Ray Train's storage: what rank 0 writes each epoch and
 what a restarted worker group reads back (``jobs/train_loop.py`` calls both).
 
-Each checkpoint holds ``model/`` in the models' folder format, ``train_state.pt`` (optimizer
-and schedule) and ``history.json`` (every epoch so far, which the driver turns into
+Each checkpoint holds ``model/`` in the models' folder format, ``train_state.pt`` (optimizer,
+schedule and fp16's loss scale) and ``history.json`` (every epoch so far, which the driver turns into
 ``history.jsonl``). The storage is a shared folder or S3, so a worker on any node writes
 them and the driver reads them back.
 """
@@ -37,6 +37,7 @@ def restore(recipe) -> dict:
         state["history"] = json.loads((Path(folder) / HISTORY).read_text())
     recipe.optimizer.load_state_dict(state.pop("optimizer"))
     recipe.scheduler.load_state_dict(state.pop("scheduler"))
+    recipe.scaler.load_state_dict(state.pop("scaler", {}))  # fp16's loss scale
     print_once(f"resuming after epoch {state['epoch']} from {checkpoint.path}")
     return state
 
@@ -60,6 +61,7 @@ def report_epoch(config: TrainConfig, recipe, tokenizer, state: dict, row: dict)
             "step": state["step"],
             "optimizer": recipe.optimizer.state_dict(),
             "scheduler": recipe.scheduler.state_dict(),
+            "scaler": recipe.scaler.state_dict(),
         }
         torch.save(training_state, Path(folder) / "train_state.pt")
         ray.train.report(

@@ -46,6 +46,8 @@ class TrainConfig:
     n_display: int = 100  # log the loss every N steps (0: never)
     use_gpu: bool = False
     deterministic: bool = False  # deterministic GPU kernels too (``--deterministic``)
+    precision: str = "auto"  # --precision as given
+    compute_dtype: str = "fp32"  # ... resolved for the workers' hardware (``models.precision``)
     inject_failure: int | None = None  # testing: the first worker to reach this step raises
     # The retriever's optimisation (DRL): CLIP's lr is lr * coef_lr; AdamW, warm-up + cosine.
     coef_lr: float | None = None

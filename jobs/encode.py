@@ -22,24 +22,29 @@ from ingest.datasets import normalize_clips
 from models import load_checkpoint
 from models.device import pick_device
 from models.encode import encode_texts, encode_videos
+from models.precision import autocast
 
 
 class CheckpointActor:
-    """Loads the checkpoint once per actor, on its GPU when it has one."""
+    """Loads the checkpoint once per actor, on its GPU when it has one; its models compute
+    in ``compute_dtype`` (``models.precision``; the outputs are fp32)."""
 
-    def __init__(self, checkpoint: str):
+    def __init__(self, checkpoint: str, compute_dtype: str = "fp32"):
         self.device = pick_device()
         self.model, self.tokenizer = load_checkpoint(checkpoint, device=self.device)
+        self.compute_dtype = compute_dtype
+
+    def autocast(self):
+        return autocast(self.compute_dtype, self.device)
 
 
 class TextEncoder(CheckpointActor):
     """Rows ``row``/``caption`` -> ``row`` and the caption's encoding."""
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {
-            "row": batch["row"],
-            **encode_texts(self.model, self.tokenizer, list(batch["caption"])).numpy(),
-        }
+        with self.autocast():
+            encoded = encode_texts(self.model, self.tokenizer, list(batch["caption"]))
+        return {"row": batch["row"], **encoded.numpy()}
 
 
 def jpeg_bytes(frame: np.ndarray, quality: int = 85) -> bytes:
@@ -61,9 +66,10 @@ class ClipEncoder(CheckpointActor):
             frames[max(0, int(mask.sum()) // 2 - 1)]
             for frames, mask in zip(batch["frames"], batch["frame_mask"])
         ]
-        encoded = encode_videos(
-            self.model, normalize_clips(batch)["pixel_values"], batch["frame_mask"]
-        ).numpy()
+        with self.autocast():
+            encoded = encode_videos(
+                self.model, normalize_clips(batch)["pixel_values"], batch["frame_mask"]
+            ).numpy()
         return {
             "video_id": batch["video_id"],
             "frames": encoded["features"],
@@ -79,13 +85,14 @@ class VQAPredictor(CheckpointActor):
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        logits = self.model(
-            *(
-                torch.as_tensor(batch[k], device=self.device)
-                for k in ("pixel_values", "input_ids", "attention_mask")
+        with self.autocast():
+            logits = self.model(
+                *(
+                    torch.as_tensor(batch[k], device=self.device)
+                    for k in ("pixel_values", "input_ids", "attention_mask")
+                )
             )
-        )
-        probs = logits.softmax(-1)
+        probs = logits.float().softmax(-1)
         return {
             "label": batch["label"],
             "pred": probs.argmax(-1).cpu().numpy(),
@@ -99,11 +106,12 @@ def encode(
     checkpoint,
     use_gpu: bool,
     batch_size: int = 32,
+    compute_dtype: str = "fp32",
 ) -> ray.data.Dataset:
     """``ds`` through a pool of ``udf`` actors (one per GPU, or one on CPUs), lazily."""
     return ds.map_batches(
         udf,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint)},
+        fn_constructor_kwargs={"checkpoint": str(checkpoint), "compute_dtype": compute_dtype},
         batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)),
         num_gpus=1 if use_gpu else 0,

@@ -33,10 +33,12 @@ def evaluate_retriever(
     output_dir: Path,
     num_shards: int | None = None,
     use_gpu: bool = False,
+    compute_dtype: str = "fp32",
 ) -> dict:
     """``metrics.json`` and ``recall.png`` for the test captions against the test videos.
 
-    ``videos``: the test videos' encodings (``jobs.encode.ClipEncoder`` columns, any order).
+    ``videos``: the test videos' encodings (``jobs.encode.ClipEncoder`` columns, any order),
+    encoded in ``compute_dtype`` as the captions are here; the scores are exact in fp32.
     """
     import numpy as np
     import ray
@@ -52,7 +54,7 @@ def evaluate_retriever(
     captions = ray.data.from_items(
         [{"row": i, "caption": c} for i, (_, c) in enumerate(test_pairs)]
     )
-    texts = collect(encode(captions, TextEncoder, checkpoint, use_gpu))
+    texts = collect(encode(captions, TextEncoder, checkpoint, use_gpu, 32, compute_dtype))
     text_order = np.argsort(texts["row"])
     position = {video_id: i for i, video_id in enumerate(videos["video_id"])}
     video_order = np.array([position[v] for v in test_video_ids])
@@ -67,11 +69,12 @@ def evaluate_retriever(
         text_video,
         num_slices=num_shards,
         use_gpu=use_gpu,
-        dtype=torch.float16 if use_gpu else None,
+        dtype=torch.float32,  # exact scores of the features given, on a GPU too
     )
     metrics = {
         **metrics_from_ranks(t2v, v2t, len(test_video_ids)),
         "num_shards": num_shards,
+        "compute_dtype": compute_dtype,
         "checkpoint": str(checkpoint),
     }
     plot_recall_curve(t2v, v2t, output_dir / "recall.png")
@@ -87,6 +90,7 @@ def evaluate_vqa(
     output_dir: Path,
     use_gpu: bool = False,
     class_types: list[str] | None = None,
+    compute_dtype: str = "fp32",
 ) -> dict:
     """``metrics.json`` and ``confusion.png`` on the validation questions (a Ray Dataset)."""
     from jobs.encode import VQAPredictor, collect, encode
@@ -94,10 +98,11 @@ def evaluate_vqa(
     from jobs.plots import plot_confusion
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    out = collect(encode(val, VQAPredictor, checkpoint, use_gpu, batch_size=64))
+    out = collect(encode(val, VQAPredictor, checkpoint, use_gpu, 64, compute_dtype))
     metrics, confusion = vqa_metrics(
         out["label"], out["pred"], len(labels), train_labels, class_types
     )
+    metrics["compute_dtype"] = compute_dtype
     metrics["checkpoint"] = str(checkpoint)
     plot_confusion(confusion, labels, output_dir / "confusion.png")
     _write(metrics, output_dir)
@@ -170,13 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import connect, use_gpus
+    from cluster import compute_dtype, connect, use_gpus
     from jobs.data import DataError
+    from models.precision import is_large
 
     connect()
     use_gpu = use_gpus(args.use_gpu)
     if isinstance(use_gpu, str):
         return fail(PROG, use_gpu)
+    try:
+        large = checkpoint is None or is_large(checkpoint)  # zero-shot: the CLIP weights
+        args.compute_dtype = compute_dtype(args.precision, use_gpu, large)
+    except ValueError as err:
+        return fail(PROG, str(err))
     try:
         if checkpoint is None:
             from jobs.recipes.retriever import starting_checkpoint

@@ -123,14 +123,15 @@ def build_index(
     rows_per_segment: int = 50_000,
     keep: set[str] | None = None,
     append: bool = False,
+    compute_dtype: str = "fp32",
 ) -> tuple[dict, dict]:
     """Encode ``clips`` (the clip job's rows) into an index under ``output_dir`` (``append``:
-    into new segments of the index there); returns (manifest, the kept rows' encodings)
-    as ``write_index``."""
+    into new segments of the index there) with the model computing in ``compute_dtype``;
+    returns (manifest, the kept rows' encodings) as ``write_index``."""
     from jobs.encode import ClipEncoder, encode
 
     return write_index(
-        encode(clips, ClipEncoder, checkpoint, use_gpu, batch_size=16),
+        encode(clips, ClipEncoder, checkpoint, use_gpu, 16, compute_dtype),
         output_dir,
         index_info(checkpoint),
         rows_per_segment,
@@ -140,7 +141,7 @@ def build_index(
 
 
 def parse_args(argv):
-    from jobs.args import DEFAULT_SYNTHETIC_DIR
+    from jobs.args import DEFAULT_SYNTHETIC_DIR, PRECISIONS
     from jobs.cli import Parser, Switch, positive_int
 
     parser = Parser(prog=PROG, description=__doc__)
@@ -170,6 +171,13 @@ def parse_args(argv):
         action=Switch,
         default=None,
         help="encode on GPUs (default: when the cluster has them)",
+    )
+    add(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="what the model computes in (jobs/train.py --help; the index stores fp16 features "
+        "either way)",
     )
     add(
         "--append",
@@ -245,13 +253,20 @@ def main(argv: list[str] | None = None) -> int:
         config["clip_config"]["vision_config"]["image_size"],
     )
 
-    from cluster import connect, use_gpus
+    from cluster import compute_dtype, connect, use_gpus
+    from models.precision import is_large
 
     ray = connect()
     use_gpu = use_gpus(args.use_gpu)
     if isinstance(use_gpu, str):
         return fail(PROG, use_gpu)
-    print(f"indexing {len(videos)} videos from {videos_dir} with {checkpoint}", flush=True)
+    try:
+        dtype = compute_dtype(args.precision, use_gpu, is_large(checkpoint))
+    except ValueError as err:
+        return fail(PROG, str(err))
+    print(
+        f"indexing {len(videos)} videos from {videos_dir} with {checkpoint} ({dtype})", flush=True
+    )
     collector = DecodeLog.remote()
     manifest, _ = build_index(
         checkpoint,
@@ -260,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         use_gpu,
         args.rows_per_segment,
         append=args.append,
+        compute_dtype=dtype,
     )
     report = ray.get(collector.report.remote())
     report.write(output_dir / "skipped.jsonl")

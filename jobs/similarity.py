@@ -104,7 +104,7 @@ def sliced_ranks(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(t2v ranks ``[A]``, v2t ranks ``[V']``, slices used) from prepared features;
     ``text_video[t]`` is text t's video (a position in ``video``). v2t covers the videos
-    that have a caption, in video order. On GPUs pass ``dtype=torch.float16``.
+    that have a caption, in video order. ``dtype``: the kernel's (evaluation passes fp32).
 
     The features are tensors, arrays or object refs to arrays (then this process never
     reads them: the tasks map them zero-copy). Each goes to the object store once; a

@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import connect, training_scale, wait_until_released
+    from cluster import compute_dtype, connect, training_scale, wait_until_released
     from jobs.config import FILE as CONFIG_FILE
     from jobs.config import TrainConfig
     from jobs.data import DataError
@@ -224,14 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.recipes import recipe_module
 
     output_dir = Path(args.output_dir)
-    if args.fresh:
-        forget_run(args)
-    output_dir.mkdir(parents=True, exist_ok=True)
     connect()
     scale = training_scale(args.num_workers, args.use_gpu)
     if isinstance(scale, str):
         return fail(PROG, scale)
     workers, use_gpu = scale
+    try:
+        args.compute_dtype = compute_dtype(args.precision, use_gpu, args.preset == "base")
+    except ValueError as err:
+        return fail(PROG, str(err))
+    if args.fresh:
+        forget_run(args)
+    output_dir.mkdir(parents=True, exist_ok=True)
     recipe = recipe_module(args.kind)  # everything about training this model
     try:
         if not args.do_train:  # CLIP4Clip's / DRL's --do_eval alone
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     data.report.write(output_dir / "skipped.jsonl")
     print(
         f"training {args.model} ({args.preset}) on {args.dataset}: {data.num_train_rows} training rows, "
-        f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s)",
+        f"{args.epochs} epochs, global batch {args.batch_size}, {workers} {'GPU' if use_gpu else 'CPU'} worker(s), {args.compute_dtype}",
         flush=True,
     )
     config = TrainConfig.from_args(

@@ -1,6 +1,9 @@
 """Retriever encodings: what evaluation, the index, the service and the benchmarks store
 and score. One function per side, so that every caller encodes the same way.
 
+Called under ``models.precision.autocast``, the encoders compute in its dtype; what comes
+out is fp32 all the same (the WTI head and the normalisation run in fp32).
+
 An encoding is what exact scoring (``token_wise_scores``) reads, plus one vector per item
 for candidate generation:
 
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .precision import full_precision
 from .tokenizer import tokenize
 
 
@@ -52,8 +56,9 @@ def encode_tokens(model, input_ids, attention_mask) -> Encoded:
     feat, mask = model.encode_text(
         torch.as_tensor(input_ids, device=device), torch.as_tensor(attention_mask, device=device)
     )
-    tokens, weights = model.prepare_text(feat, mask)  # (A, L, D), (A, L)
-    return Encoded(tokens, weights, pooled(tokens, weights))
+    with full_precision(feat):  # the WTI weights, normalised features and pooled: fp32
+        tokens, weights = model.prepare_text(feat.float(), mask)  # (A, L, D), (A, L)
+        return Encoded(tokens, weights, pooled(tokens, weights))
 
 
 def encode_texts(model, tokenizer, texts: list[str]) -> Encoded:
@@ -70,5 +75,6 @@ def encode_videos(model, pixel_values, frame_mask) -> Encoded:
     feat, mask = model.encode_video(
         torch.as_tensor(pixel_values, device=device), torch.as_tensor(frame_mask, device=device)
     )
-    frames, weights = model.prepare_video(feat, mask)  # (V, F, D), (V, F)
-    return Encoded(frames, weights, pooled(frames, weights))
+    with full_precision(feat):
+        frames, weights = model.prepare_video(feat.float(), mask)  # (V, F, D), (V, F)
+        return Encoded(frames, weights, pooled(frames, weights))

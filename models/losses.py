@@ -14,6 +14,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import full_precision
+
 MAX_LOGIT_SCALE = 100.0
 
 
@@ -150,8 +152,14 @@ class ContrastiveObjective(nn.Module):
     def forward(
         self, input_ids, attention_mask, pixel_values, frame_mask
     ) -> dict[str, torch.Tensor]:
+        # The encoders run in the autocast dtype the caller set (``models.precision``); the
+        # scores, the logit scale and the losses in fp32.
         text_feat, text_mask = self.retriever.encode_text(input_ids, attention_mask)  # (b, L, D)
         video_feat, video_mask = self.retriever.encode_video(pixel_values, frame_mask)  # (b, F, D)
+        with full_precision(text_feat):
+            return self._loss(text_feat.float(), text_mask, video_feat.float(), video_mask)
+
+    def _loss(self, text_feat, text_mask, video_feat, video_mask) -> dict[str, torch.Tensor]:
         text_feat, text_mask, video_feat, video_mask = (
             all_gather_with_grad(t) for t in (text_feat, text_mask, video_feat, video_mask)
         )  # (B, ...), B = the global batch

@@ -5,14 +5,23 @@ Exact scoring of one query against V videos costs ``L x F x D`` multiply-adds pe
 (every token against every frame). The first stage is an inverted file over the pooled
 vectors (the query's tokens averaged by their WTI weights against each video's frames
 averaged by theirs): k-means centroids (``train_centroids``, trained when the index is
-built, ``retrieval.store``) split the videos into about sqrt(N) lists (``num_lists``); a
-query ranks the centroids (``K x D``) and takes the best lists until they hold
-``candidates`` videos (default: as many as ``probe_lists`` lists hold on average), all of
-which are scored exactly with the kernel of training and evaluation (``models.wti``). The
-scores returned are always the exact WTI scores; only which videos get scored is
-approximate (``search_lists``). A slice holds each list's frames as one frame-major slab
-(``InvertedLists``), which the kernel reads with no gather or transpose. An index written
-before the lists gets them when it is loaded (``lists_for``).
+built, ``retrieval.store``) split the videos into about sqrt(N) lists (``num_lists``). A
+slice holds each list's frames as one frame-major slab (``InvertedLists``), which the
+exact kernel of training and evaluation (``models.wti``) reads with no gather or
+transpose, and a few cones that hold every frame of the list (``frame_cones``).
+
+Which lists a query scores (``search_lists``):
+
+- by default, by a bound: the cones give, for each list, an upper bound of the exact score
+  of any of its videos (``InvertedLists.bounds``); lists are scored best bound first until
+  the k-th best exact score so far is at least the bound of every list not scored. The
+  top-k is then the exact top-k (the bound costs time, never a result), and how many lists
+  that takes adapts to the query and to how the checkpoint spreads its features;
+- with ``candidates``: the best lists by centroid until they hold that many videos (the
+  fixed rule of before; faster, approximate).
+
+The scores returned are always the exact WTI scores. An index written before the lists
+gets them when it is loaded (``lists_for``).
 """
 
 from __future__ import annotations
@@ -89,6 +98,62 @@ def candidate_count(lists: InvertedLists, top_k: int) -> int:
     return max(top_k, probe_lists(num_lists) * math.ceil(len(lists) / num_lists))
 
 
+# Cones per list for the bound (``frame_cones``): more cones fit the frames more tightly
+# (fewer lists scored) and cost more per query (L x K x CONES_PER_LIST dot products).
+# bench/search.py --cones measured 4, 8 and 16 at 1M (BENCHMARKS.md).
+CONES_PER_LIST = 8
+
+
+@dataclass
+class Cones:
+    """Every list's frames in ``S`` cones: unit ``axes [K, S, D]``; each frame of list k is
+    within the angle ``arccos(cos_radius[k, s])`` of one of its axes; ``max_norm [K]``
+    the longest frame of the list (1 up to the index's fp16 rounding)."""
+
+    axes: torch.Tensor
+    cos_radius: torch.Tensor
+    sin_radius: torch.Tensor
+    max_norm: torch.Tensor
+
+
+def frame_cones(lists: InvertedLists, count: int = CONES_PER_LIST, iterations: int = 6) -> Cones:
+    """Cones around each list's frames: a few spherical k-means steps on the frames of the
+    list, then each cone's radius is the widest angle of a frame filed under it (so the
+    bound holds whatever k-means found). Built when a slice is loaded (1-2 s at 1M)."""
+    F, D = lists.shape
+    K = len(lists.centroids)
+    device = lists.slabs.device
+    axes = torch.zeros(K, count, D, device=device)
+    cos_radius = torch.ones(K, count, device=device)
+    max_norm = torch.zeros(K, device=device)
+    generator = torch.Generator().manual_seed(0)
+    for k in np.flatnonzero(np.diff(lists.offsets)):
+        frames = lists.slab(k).reshape(-1, D).float()
+        norms = frames.norm(dim=1)
+        frames = frames[norms > 0] / norms[norms > 0, None]
+        if not len(frames):
+            continue
+        max_norm[k] = norms.max()
+        pick = torch.randperm(len(frames), generator=generator)[:count].to(device)
+        centre = frames[pick]
+        for _ in range(iterations):
+            nearest = (frames @ centre.T).argmax(1)
+            sums = torch.zeros_like(centre).index_add_(0, nearest, frames)
+            centre = torch.nn.functional.normalize(sums, dim=1)
+        cos = frames @ centre.T
+        nearest = cos.argmax(1)
+        lowest = torch.ones(len(centre), device=device).scatter_reduce(
+            0, nearest, cos.gather(1, nearest[:, None])[:, 0], "amin"
+        )
+        # fp32 rounding of the dot products: widen each cone by a hair.
+        axes[k, : len(centre)] = centre
+        cos_radius[k, : len(centre)] = (lowest - 1e-6).clamp(-1, 1)
+        cos_radius[k, len(centre) :] = lowest[0]  # unused slots repeat a real cone
+        axes[k, len(centre) :] = centre[0]
+    sin_radius = (1 - cos_radius.square()).clamp(min=0).sqrt()
+    return Cones(axes, cos_radius, sin_radius, max_norm)
+
+
 @dataclass
 class InvertedLists:
     """A slice's videos grouped by inverted list, each list's frames frame-major.
@@ -103,6 +168,7 @@ class InvertedLists:
     slabs: torch.Tensor  # [V * F * D]: list after list, each [F, n_k, D]
     weights: torch.Tensor  # [V, F], rows in list order
     shape: tuple[int, int]  # (F, D)
+    cones: Cones | None = None  # every list's frames in a few cones (``frame_cones``)
 
     @staticmethod
     def build(
@@ -121,7 +187,9 @@ class InvertedLists:
                 frames[rows[lo:hi]].transpose(0, 1)
             )
         c = torch.from_numpy(np.asarray(centroids, np.float32)).to(frames.device)
-        return order, InvertedLists(c, offsets, slabs, weights[rows], (F, D))
+        lists = InvertedLists(c, offsets, slabs, weights[rows], (F, D))
+        lists.cones = frame_cones(lists)
+        return order, lists
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -140,6 +208,26 @@ class InvertedLists:
         )
         ranked = ranked[sizes[ranked] > 0]
         return ranked[: int(np.searchsorted(np.cumsum(sizes[ranked]), rows)) + 1]
+
+    def bounds(self, text: torch.Tensor, text_weight: torch.Tensor) -> torch.Tensor:
+        """For one query (``[L, D]``, ``[L]``, prepared): ``[K]``, no video of list k scores
+        above ``bounds[k]`` (``frame_cones``)."""
+        cones = self.cones
+        text = text.to(cones.axes)
+        norm = text.norm(dim=-1)  # 1, or 0 for padding
+        cos = torch.einsum("ld,ksd->lks", text / norm.clamp(min=1e-12)[:, None], cones.axes)
+        sin = (1 - cos.square()).clamp(min=0).sqrt()
+        # The largest cosine of a token to any frame within angle r of the axis: cos(a - r),
+        # or 1 when the token itself is within r.
+        best = torch.where(
+            cos >= cones.cos_radius, 1.0, cos * cones.cos_radius + sin * cones.sin_radius
+        )
+        # Per token and list: the largest similarity to a frame (a padded frame gives 0).
+        best = (best.amax(2) * cones.max_norm * norm[:, None]).clamp(min=0)  # [L, K]
+        weight = text_weight.to(best)
+        # t2v weighs each token's best frame (weights sum to 1); v2t weighs each frame's best
+        # token by frame weights summing to 1: at most the best token-frame similarity.
+        return ((weight @ best) + best.amax(0)) / 2
 
     def rows(self, lists: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(
@@ -178,21 +266,59 @@ def search_lists(
     candidates: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``top_k`` of a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
-    list order), best first. ``exact`` scores every list."""
+    list order), best first. By the lists' bounds (exact top-k) unless ``candidates`` asks
+    for the fixed centroid rule; ``exact`` scores every list."""
     top_k = min(top_k, len(lists))
-    candidates = max(top_k, candidates or candidate_count(lists, top_k))
     text, text_weight = trim_padding(text, text_weight)
     every = np.flatnonzero(np.diff(lists.offsets))
     best, found = [], []
     for a in range(text.shape[0]):
-        probed = (
-            every if exact or candidates >= len(lists) else lists.probe(text_pooled[a], candidates)
-        )
-        scores = lists.scores(text[a : a + 1], text_weight[a : a + 1], probed)[0]
+        query = text[a : a + 1], text_weight[a : a + 1]
+        if exact or (candidates and max(candidates, top_k) >= len(lists)):
+            probed = every
+        elif candidates:
+            probed = lists.probe(text_pooled[a], max(candidates, top_k))
+        else:
+            scores, rows = bounded_search(*query, lists, top_k)
+            best.append(scores)
+            found.append(rows)
+            continue
+        scores = lists.scores(*query, probed)[0]
         top = scores.topk(top_k)
         best.append(top.values)
         found.append(lists.rows(probed).to(top.indices.device)[top.indices])
     return torch.stack(best), torch.stack(found)
+
+
+def bounded_search(
+    text: torch.Tensor, text_weight: torch.Tensor, lists: InvertedLists, top_k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One query's exact top-k (scores ``[k]``, rows ``[k]``): lists in the order of their
+    bounds, a batch at a time, until no list left can beat the k-th score so far."""
+    bounds = lists.bounds(text[0], text_weight[0]).cpu()
+    order = torch.argsort(bounds, descending=True).numpy()
+    order = order[np.diff(lists.offsets)[order] > 0]
+    sizes = np.diff(lists.offsets)[order]
+    bounds = bounds.numpy()[order]
+    # The first batch: the fewest lists holding top_k videos; then as many again each time.
+    step = max(1, int(np.searchsorted(np.cumsum(sizes), top_k)) + 1)
+    kept_scores = torch.empty(0)
+    kept_rows = torch.empty(0, dtype=torch.long)
+    done = 0
+    while done < len(order):
+        batch = order[done : done + step]
+        done += len(batch)
+        scores = lists.scores(text, text_weight, batch)[0].cpu()
+        kept_scores = torch.cat([kept_scores, scores])
+        kept_rows = torch.cat([kept_rows, lists.rows(batch)])
+        if len(kept_scores) > top_k:
+            top = kept_scores.topk(top_k)
+            kept_scores, kept_rows = top.values, kept_rows[top.indices]
+        if len(kept_scores) >= top_k and done < len(order) and bounds[done] <= kept_scores.min():
+            break
+    top = kept_scores.topk(top_k)
+    device = lists.slabs.device
+    return top.values.to(device), kept_rows[top.indices].to(device)
 
 
 def trim_padding(

@@ -42,8 +42,9 @@ def build_app(args: AppArgs | dict) -> Application:
     return Ingress.bind(
         path(args.checkpoint),
         shards,
-        VQAModel.bind(path(args.vqa_checkpoint)),
+        VQAModel.bind(path(args.vqa_checkpoint), args.precision),
         path(args.index),
         args.timeout_s,
         args.api_key or os.environ.get(API_KEY_VARIABLE) or None,
+        args.precision,
     )

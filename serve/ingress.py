@@ -178,6 +178,7 @@ class Ingress:
         index: str,
         timeout_s: float = 15.0,
         api_key: str | None = None,
+        precision: str = "auto",
     ):
         from .replicas import QueryEncoder
 
@@ -185,7 +186,7 @@ class Ingress:
 
         # The query encoder lives here: a query costs one replica call fewer (BENCHMARKS.md).
         self.encoder, self.shards, self.vqa, self.index = (
-            QueryEncoder(checkpoint),
+            QueryEncoder(checkpoint, precision),
             shards,
             vqa,
             Path(index),

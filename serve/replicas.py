@@ -34,6 +34,7 @@ from models import load_checkpoint, tokenize
 from models.checkpoint import read_config
 from models.device import pick_device
 from models.encode import encode_texts
+from models.precision import autocast, is_large, resolve_precision
 from retrieval.lists import InvertedLists, lists_for, search_lists
 from retrieval.store import IndexReader, read_manifest
 
@@ -64,19 +65,30 @@ class _CheckpointReplica:
     """Loads a checkpoint folder on the replica's device, or records what is missing
     (``problem``) so that the app still starts and the route can answer 503."""
 
-    def __init__(self, checkpoint: str, what: str, command: str):
+    def __init__(self, checkpoint: str, what: str, command: str, precision: str = "auto"):
         self.device, self.checkpoint = _setup_torch(), Path(checkpoint)
-        self.model = self.tokenizer = self.problem = None
+        self.model = self.tokenizer = self.problem = self.compute_dtype = None
+        try:
+            self.compute_dtype = resolve_precision(
+                precision, self.device, is_large(self.checkpoint)
+            )
+        except ValueError as err:  # fp16 on a CPU replica
+            self.problem = f"precision={precision}: {err}"
+            return
         if (self.checkpoint / "config.json").is_file():
             self.model, self.tokenizer = load_checkpoint(self.checkpoint, device=self.device)
         else:
             self.problem = _missing(what, self.checkpoint, command)
+
+    def autocast(self):
+        return autocast(self.compute_dtype, self.device)
 
     def info(self) -> dict:
         return {
             "loaded": self.model is not None,
             "checkpoint": str(self.checkpoint),
             "node": _node(),
+            "compute_dtype": self.compute_dtype,
             "problem": self.problem,
         }
 
@@ -86,13 +98,14 @@ class QueryEncoder(_CheckpointReplica):
     deployment of its own: the ingress holds one and encodes each query as it comes (1 ms for
     the tiny text tower here; ``@serve.batch`` measured 2 ms slower per query at concurrency 1)."""
 
-    def __init__(self, checkpoint: str):
-        super().__init__(checkpoint, "retriever checkpoint", TRAIN_RETRIEVER)
+    def __init__(self, checkpoint: str, precision: str = "auto"):
+        super().__init__(checkpoint, "retriever checkpoint", TRAIN_RETRIEVER, precision)
 
     def encode(self, texts: list[str]) -> list[dict]:
         if self.model is None:
             return [{"problem": self.problem}] * len(texts)
-        encoded = encode_texts(self.model, self.tokenizer, texts).numpy()
+        with self.autocast():
+            encoded = encode_texts(self.model, self.tokenizer, texts).numpy()
         return [{name: values[i] for name, values in encoded.items()} for i in range(len(texts))]
 
 
@@ -108,13 +121,11 @@ class ShardView:
             centroids is None or rows.lists is None
         ):  # an index written before the lists: make them here
             centroids, rows.lists = lists_for(rows.pooled)
-        dtype = (
-            torch.float16 if device == "cuda" else torch.float32
-        )  # the CPU has no fast fp16 matmul
+        # The second stage scores exactly, in fp32, on a GPU too (the index stores fp16).
         order, self.lists = InvertedLists.build(
             rows.lists,
             centroids,
-            torch.from_numpy(rows.frames).to(device, dtype),
+            torch.from_numpy(rows.frames).to(device, torch.float32),
             torch.from_numpy(rows.weights).to(device),
         )
         self.ids = [rows.video_ids[i] for i in order]
@@ -291,8 +302,8 @@ def decode_image(data: str):
 class VQAModel(_CheckpointReplica):
     """(base64 image, question) -> answer class, its probability and the top five."""
 
-    def __init__(self, checkpoint: str):
-        super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA)
+    def __init__(self, checkpoint: str, precision: str = "auto"):
+        super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA, precision)
         if self.model is not None:
             self.labels = read_config(self.checkpoint).get("labels") or _labels_for(
                 self.model.config.num_classes
@@ -315,16 +326,13 @@ class VQAModel(_CheckpointReplica):
         config = self.model.config
         pixels = torch.from_numpy(image_pixels(images, config.image_size)).to(self.device)
         tokens = tokenize(self.tokenizer, [items[i][1] for i in good], config.max_length)
-        with torch.no_grad():
-            probs = (
-                self.model(
-                    pixels,
-                    tokens["input_ids"].to(self.device),
-                    tokens["attention_mask"].to(self.device),
-                )
-                .softmax(-1)
-                .cpu()
+        with torch.no_grad(), self.autocast():
+            logits = self.model(
+                pixels,
+                tokens["input_ids"].to(self.device),
+                tokens["attention_mask"].to(self.device),
             )
+        probs = logits.float().softmax(-1).cpu()
         top = probs.topk(min(5, probs.shape[1]), dim=1)
         for row, i in enumerate(good):
             ranked = [

@@ -2,7 +2,7 @@
 ``/docs``), the input limits, and the application's arguments."""
 
 # No `from __future__ import annotations`: FastAPI reads the request models from the annotations.
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -149,6 +149,12 @@ class AppArgs(BaseModel):
         min_length=1,
         description="when set, /search, /vqa and /thumbnail need `Authorization: Bearer KEY` "
         f"(else 401); default: the {API_KEY_VARIABLE} environment variable, else none",
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="what the query encoder and PitVQANet compute in (autocast; the index's "
+        "exact scores stay fp32): auto = bf16 where the replica's hardware runs it fast, else "
+        "fp32; fp16 needs a GPU (models/precision.py)",
     )
     shard_cpus: float | None = Field(
         None,

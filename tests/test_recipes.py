@@ -168,3 +168,36 @@ def test_the_retriever_draws_one_caption_per_video_and_orders_frames_per_epoch()
     assert all(d[1] == 0 for d in draws)  # a video with one caption always gives it
     frames = recipe.inputs(batch)["pixel_values"][:, :, 0, 0, 0]
     assert frames.tolist() == [[2, 1, 0], [4, 3, 5], [6, 7, 8], [11, 10, 9]]
+
+
+def stepped(recipe, batch, steps: int) -> tuple[list[float], list[torch.dtype]]:
+    """(the losses of ``steps`` steps, the output dtype of every linear layer they ran)."""
+    outputs = []
+    hooks = [
+        module.register_forward_hook(lambda m, args, out: outputs.append(out.dtype))
+        for module in recipe.model.modules()
+        if isinstance(module, torch.nn.Linear)
+    ]
+    losses = [recipe.step(batch) for _ in range(steps)]
+    for hook in hooks:
+        hook.remove()
+    return losses, outputs
+
+
+@pytest.mark.parametrize("model", RECIPES)
+def test_a_bf16_step_computes_in_bf16_and_keeps_fp32_weights_and_loss(model):
+    """``compute_dtype`` bf16: the encoders' linear layers run in bf16 (autocast); the
+    weights, the optimizer state and the loss stay fp32, and the losses stay near fp32's."""
+    from dataclasses import replace
+
+    recipe = recipe_for(model)(replace(tiny_config(model), compute_dtype="bf16"))
+    losses, outputs = stepped(recipe, fixed_batch(model), 3)
+    assert outputs.count(torch.bfloat16) > len(outputs) / 2, outputs
+    assert all(p.dtype == torch.float32 for p in recipe.model.parameters())
+    state = recipe.optimizer.state_dict()["state"]
+    assert state and all(v.dtype == torch.float32 for s in state.values() for v in s.values())
+    assert losses == pytest.approx(PINNED[model], abs=0.05), losses  # bf16's 8-bit mantissa
+    assert losses[-1] < losses[0]
+    # fp32 (the default): no layer in bf16.
+    _, outputs = stepped(recipe_for(model)(tiny_config(model)), fixed_batch(model), 1)
+    assert outputs and set(outputs) == {torch.float32}

@@ -21,6 +21,7 @@ from jobs.config import TrainConfig
 from jobs.distributed import gather_objects, is_distributed
 from jobs.metrics import vqa_metrics
 from models import PitVQAConfig, PitVQANet
+from models.precision import autocast, grad_scaler
 
 METRIC = "f1"  # the validation metric plotted beside the loss
 
@@ -42,6 +43,8 @@ class Recipe:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
         self.criterion = nn.CrossEntropyLoss()
         self.trained = self.model  # what ``step`` calls: the model, or its DDP wrapper
+        self.device = "cuda" if config.use_gpu else "cpu"
+        self.scaler = grad_scaler(config.compute_dtype, self.device)  # fp16's loss scaling
 
     def begin_epoch(self, epoch: int) -> None:
         """Nothing is drawn per epoch here (the shuffle is the data iterator's)."""
@@ -55,11 +58,15 @@ class Recipe:
         ``attention_mask``, ``label``); returns the loss. The batch has at least two rows:
         BatchNorm in the head cannot train on one (the loop drops a last batch of one)."""
         self.trained.train()
-        logits = self.trained(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
-        loss = self.criterion(logits, batch["label"])
+        with autocast(self.config.compute_dtype, self.device):
+            logits = self.trained(
+                batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
+            )
+        loss = self.criterion(logits.float(), batch["label"])  # the loss in fp32
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)  # skipped when fp16 overflowed
+        self.scaler.update()
         self.scheduler.step()
         return loss.item()
 
@@ -73,7 +80,10 @@ class Recipe:
         self.model.eval()
         predicted, truth = [], []
         for batch in batches:
-            logits = self.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+            with autocast(self.config.compute_dtype, self.device):
+                logits = self.model(
+                    batch["pixel_values"], batch["input_ids"], batch["attention_mask"]
+                )
             predicted.append(logits.argmax(-1).cpu().numpy())
             truth.append(batch["label"].cpu().numpy())
         gathered = gather_objects((predicted, truth))
@@ -168,6 +178,7 @@ def evaluate(args, checkpoint, data, output_dir, use_gpu: bool) -> dict:
         output_dir,
         use_gpu,
         data.class_types,
+        args.compute_dtype,
     )
 
 

@@ -34,6 +34,7 @@ from models import (
     token_wise_true_scores,
 )
 from models.encode import encode_tokens, encode_videos
+from models.precision import autocast, grad_scaler
 
 METRIC = "R@1"  # the validation metric plotted beside the loss
 
@@ -82,6 +83,8 @@ class Recipe:
             self.model, config.cdcr, config.cdcr_alpha1, config.cdcr_alpha2, config.cdcr_lambda
         )
         self.trained = self.objective  # what ``step`` calls: the objective, or its DDP wrapper
+        self.device = "cuda" if config.use_gpu else "cpu"
+        self.scaler = grad_scaler(config.compute_dtype, self.device)  # fp16's loss scaling
         self.global_batch = 0  # the last step's batch over every worker
         self.begin_epoch(1)
 
@@ -124,13 +127,19 @@ class Recipe:
         ``pixel_values``, ``frame_mask``); returns the loss."""
         batch = self.inputs(batch)
         self.trained.train()
-        out = self.trained(
-            batch["input_ids"], batch["attention_mask"], batch["pixel_values"], batch["frame_mask"]
-        )
+        with autocast(self.config.compute_dtype, self.device):
+            out = self.trained(
+                batch["input_ids"],
+                batch["attention_mask"],
+                batch["pixel_values"],
+                batch["frame_mask"],
+            )
         self.optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
+        self.scaler.scale(out["loss"]).backward()
+        self.scaler.unscale_(self.optimizer)  # clipping sees the true gradients
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)  # skipped when fp16 overflowed
+        self.scaler.update()
         self.scheduler.step()
         clamp_logit_scale_(self.model.logit_scale)
         self.global_batch = int(out["global_batch"])
@@ -153,8 +162,9 @@ class Recipe:
         device = next(model.parameters()).device
         parts = []
         for batch in batches:
-            text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
-            video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
+            with autocast(self.config.compute_dtype, device):
+                text = encode_tokens(model, batch["input_ids"], batch["attention_mask"])
+                video = encode_videos(model, batch["pixel_values"], batch["frame_mask"])
             index = batch["video_index"].to(device)
             parts.append((text.features, text.weights, video.features, video.weights, index))
         # A worker whose share is empty still joins the collectives, with empty tensors of
@@ -358,8 +368,9 @@ def evaluate(args, checkpoint, data, output_dir, use_gpu: bool, videos: dict | N
     from jobs.encode import ClipEncoder, collect, encode
     from jobs.evaluate import evaluate_retriever
 
+    dtype = args.compute_dtype
     if videos is None:
-        videos = collect(encode(data.test_clips, ClipEncoder, checkpoint, use_gpu, batch_size=16))
+        videos = collect(encode(data.test_clips, ClipEncoder, checkpoint, use_gpu, 16, dtype))
     return evaluate_retriever(
         checkpoint,
         data.test_pairs,
@@ -368,6 +379,7 @@ def evaluate(args, checkpoint, data, output_dir, use_gpu: bool, videos: dict | N
         output_dir,
         args.num_shards,
         use_gpu,
+        dtype,
     )
 
 
@@ -389,5 +401,6 @@ def after_training(args, checkpoint, data, output_dir, use_gpu: bool) -> dict:
         output_dir / "index" if args.index else None,
         use_gpu,
         keep=set(data.test_video_ids),
+        compute_dtype=args.compute_dtype,
     )
     return evaluate(args, checkpoint, data, output_dir, use_gpu, videos)

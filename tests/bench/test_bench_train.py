@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # a whole job (or cluster) per test: the full sui
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_train_bench_runs_both_loops():
+def test_train_bench_runs_both_loops_at_each_precision():
     done = subprocess.run(
         [
             sys.executable,
@@ -33,6 +33,8 @@ def test_train_bench_runs_both_loops():
             "32",
             "--threads",
             "1",
+            "--precision",
+            "fp32,bf16",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -41,8 +43,12 @@ def test_train_bench_runs_both_loops():
     )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout.strip().splitlines()[-1])
-    assert summary["ray_worker_threads"] == 1  # --threads reached the Ray Train worker
-    assert summary["samples_per_s"]["plain"] > 0 and summary["samples_per_s"]["ray_train"] > 0
-    assert summary["ray_fit_seconds"] > 0
+    assert [row["precision"] for row in summary["results"]] == ["fp32", "bf16"]
+    for row in summary["results"]:
+        assert row["ray_train"]["threads"] == 1  # --threads reached the Ray Train worker
+        for side in ("plain", "ray_train"):
+            assert row[side]["samples_per_s"] > 0
+            assert row[side]["step_ms"] > 0 and row[side]["wait_ms"] >= 0
+        assert row["ray_fit_seconds"] > 0
     # The table a person reads names both loops.
     assert "plain" in done.stdout and "Ray Train" in done.stdout
