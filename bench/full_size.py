@@ -2,6 +2,7 @@
 
     python bench/full_size.py                 # ViT-B/32 CLIP retriever, PitVQANet (ViT-B/16, BLIP text, GPT-2)
     python bench/full_size.py --size small    # the same stages on small widths (the slow test)
+    python bench/full_size.py --precision fp32,bf16   # every stage at each precision, compared
 
 Nothing is downloaded: the base architectures are built from their configs alone
 (``CLIPConfig()`` is ViT-B/32, ``ViTConfig()`` ViT-B/16, ``BlipConfig()`` BLIP-base,
@@ -14,7 +15,11 @@ this script starts (as a user's jobs share their cluster) and stops at the end, 
 RAY_ADDRESS names a cluster to use. ``--stages`` runs a subset (build, the training runs,
 the index and serve always run: the later stages need them). Prints time and
 peak memory (the machine's memory in use above the idle level, Ray's processes included)
-per stage and training samples/s per model, and ends with one JSON line.
+per stage, training samples/s per model and indexing videos/s, and ends with one JSON
+line. With several ``--precision`` values every stage runs at each (``--precision`` of the
+jobs, ``precision=`` of the service), and the features of the first precision's trained
+models are compared with each other precision's: the cosine of each video's, caption's and
+answer's output to the first's (``feature_cosines``).
 """
 
 from __future__ import annotations
@@ -157,7 +162,66 @@ def http(url: str, body=None, timeout=300):
         return json.loads(response.read())
 
 
-def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: int = 8000) -> None:
+def videos_per_second(index_output: str) -> float:
+    """The index job's last ``encoded N videos (X/s)``."""
+    return float(re.findall(r"encoded \d+ videos \(([\d.]+)/s\)", index_output)[-1])
+
+
+def feature_cosines(paths: dict, precisions: list[str], image_size: int) -> dict:
+    """The trained full-size models (the first precision's run) on fixed inputs at each
+    precision: per output, the lowest and the mean cosine to the first precision's, and for
+    PitVQANet the share of identical answers."""
+    import torch
+
+    from models import load_checkpoint
+    from models.encode import encode_texts, encode_videos
+    from models.precision import autocast
+
+    generator = torch.Generator().manual_seed(0)
+    retriever, tokenizer = load_checkpoint(paths["wti"])
+    vqa, vqa_tokenizer = load_checkpoint(paths["pitvqa"])
+    frames = torch.randn(
+        4, retriever.config.max_frames, 3, image_size, image_size, generator=generator
+    )
+    captions = ["a red circle moves left", "a blue square on noise", "two shapes", "a green one"]
+    image = torch.rand(4, 3, vqa.config.image_size, vqa.config.image_size, generator=generator)
+    questions = vqa_tokenizer(["what is the phase?"] * 4, return_tensors="pt", padding=True)
+    outputs = {}
+    for precision in precisions:
+        with torch.no_grad(), autocast(precision, "cpu"):
+            outputs[precision] = {
+                "video": encode_videos(retriever, frames, torch.ones(4, frames.shape[1])).pooled,
+                "text": encode_texts(retriever, tokenizer, captions).pooled,
+                "vqa_logits": vqa(
+                    image, questions["input_ids"], questions["attention_mask"]
+                ).float(),
+            }
+    first = outputs[precisions[0]]
+    out = {}
+    for precision in precisions[1:]:
+        row = {}
+        for name, value in outputs[precision].items():
+            cosine = torch.nn.functional.cosine_similarity(
+                value.float(), first[name].float(), dim=-1
+            )
+            row[name] = {
+                "min": round(float(cosine.min()), 5),
+                "mean": round(float(cosine.mean()), 5),
+            }
+        same = outputs[precision]["vqa_logits"].argmax(-1) == first["vqa_logits"].argmax(-1)
+        row["vqa_same_answer"] = float(same.float().mean())
+        out[precision] = row
+    return out
+
+
+def serve_stage(
+    paths: dict,
+    results: dict,
+    image_size: int,
+    env: dict,
+    port: int = 8000,
+    precision: str = "auto",
+) -> None:
     """``serve run serve:build_app ...``: wait for /healthz, then one /search and one /vqa."""
     import numpy as np
     from PIL import Image
@@ -170,6 +234,7 @@ def serve_stage(paths: dict, results: dict, image_size: int, env: dict, port: in
         f"index={paths['index']}",
         f"vqa_checkpoint={paths['pitvqa']}",
         "num_shards=1",
+        f"precision={precision}",
     ]
     print(f"\n== serve: {' '.join(command)}", flush=True)
     with PeakMemory() as memory:
@@ -267,6 +332,11 @@ def main(argv=None) -> int:
     parser.add_argument("--test_videos", type=int, default=8)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument(
+        "--precision",
+        default="auto",
+        help="comma-separated precisions to run every stage at (auto, fp32, bf16, fp16)",
+    )
+    parser.add_argument(
         "--stages",
         default=",".join(STAGES),
         help=f"comma-separated stages to run; {', '.join(OPTIONAL)} may be left out",
@@ -279,15 +349,68 @@ def main(argv=None) -> int:
         )
     work = (ROOT / args.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    precisions = args.precision.split(",")
     results: dict = {}
     env, stop_ray = shared_ray()
     try:
-        return run_stages(args, work, stages, env, results)
+        for precision in precisions:
+            print(f"\n######## precision {precision}", flush=True)
+            results[precision] = {}
+            paths = run_stages(args, work, stages, env, results[precision], precision)
+        cosines = (
+            feature_cosines(paths, precisions, 224 if args.size == "full" else 64)
+            if len(precisions) > 1
+            else {}
+        )
     finally:
         stop_ray()
+    print(
+        f"\n{'precision':<10}{'stage':<20}{'seconds':>10}{'peak GB':>10}{'samples/s':>11}{'videos/s':>10}"
+    )
+    for precision, stages_run in results.items():
+        for stage, row in stages_run.items():
+            seconds = row.get("seconds", row.get("seconds_to_ready"))
+            print(
+                f"{precision:<10}{stage:<20}{seconds:>10}{row['peak_memory_gb']:>10}"
+                f"{row.get('samples_per_second', ''):>11}{row.get('videos_per_second', ''):>10}"
+            )
+    for precision, row in cosines.items():
+        print(f"{precision} vs {precisions[0]}: {json.dumps(row)}")
+    print(
+        json.dumps(
+            {
+                "size": args.size,
+                "parameters_millions": parameters(paths),
+                "cpus": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "precisions": results,
+                "feature_cosine": cosines,
+            }
+        )
+    )
+    return 0
 
 
-def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> int:
+def parameters(paths: dict) -> dict:
+    from models import load_checkpoint
+
+    return {
+        name: round(
+            sum(
+                p.numel()
+                for p in load_checkpoint(paths[name], with_tokenizer=False)[0].parameters()
+            )
+            / 1e6,
+            1,
+        )
+        for name in ("wti", "pitvqa")
+    }
+
+
+def run_stages(
+    args, work: Path, stages: set[str], env: dict, results: dict, precision: str
+) -> dict:
+    """Every stage at ``precision`` (the runs under ``work/<precision>``); the paths used."""
     python = sys.executable
 
     print(
@@ -301,7 +424,9 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
         "seconds": round(time.time() - started, 1),
         "peak_memory_gb": round(memory.gb, 2),
     }
-    synthetic = work / "synthetic"
+    work = work / precision  # this precision's runs; the weights and data are shared
+    flag = ["--precision", precision]
+    synthetic = work.parent / "synthetic"
     data = [
         "--synthetic_dir",
         str(synthetic),
@@ -330,6 +455,7 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
             "0",
             "--fresh",
             *data,
+            *flag,
         ],
         results,
         env,
@@ -346,12 +472,13 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
                 "--output_dir",
                 str(work / "wti" / "eval"),
                 *data,
+                *flag,
             ],
             results,
             env,
         )
     videos = synthetic / f"msrvtt_{args.train_videos}x{args.test_videos}" / "videos"
-    run(
+    done = run(
         "index",
         [
             python,
@@ -362,12 +489,14 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
             str(videos),
             "--output_dir",
             str(paths["index"]),
+            *flag,
         ],
         results,
         env,
     )
+    results["index"]["videos_per_second"] = videos_per_second(done.stdout)
 
-    pit24 = work / "pit24"
+    pit24 = work.parent / "pit24"
     if not (pit24 / ".complete").is_file():  # one frame per video: 25 images, the reference split
         print("\n== making a small PitVQA-layout tree (25 videos, one frame each)", flush=True)
         subprocess.run(
@@ -400,6 +529,7 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
             "--output_dir",
             str(work / "pitvqa"),
             "--fresh",
+            *flag,
         ],
         results,
         env,
@@ -416,44 +546,14 @@ def run_stages(args, work: Path, stages: set[str], env: dict, results: dict) -> 
                 f"--data_root={pit24}",
                 "--output_dir",
                 str(work / "pitvqa" / "eval"),
+                *flag,
             ],
             results,
             env,
         )
     image_size = json.loads((paths["pitvqa"] / "config.json").read_text())["config"]["image_size"]
-    serve_stage(paths, results, image_size, env)
-
-    from models import load_checkpoint
-
-    params = {
-        name: round(
-            sum(
-                p.numel()
-                for p in load_checkpoint(paths[name], with_tokenizer=False)[0].parameters()
-            )
-            / 1e6,
-            1,
-        )
-        for name in ("wti", "pitvqa")
-    }
-    print(f"\n{'stage':<20}{'seconds':>10}{'peak GB':>10}{'samples/s':>11}")
-    for stage, row in results.items():
-        seconds = row.get("seconds", row.get("seconds_to_ready"))
-        print(
-            f"{stage:<20}{seconds:>10}{row['peak_memory_gb']:>10}{row.get('samples_per_second', ''):>11}"
-        )
-    print(
-        json.dumps(
-            {
-                "size": args.size,
-                "parameters_millions": params,
-                "cpus": os.cpu_count(),
-                "machine": platform.processor() or platform.machine(),
-                "stages": results,
-            }
-        )
-    )
-    return 0
+    serve_stage(paths, results, image_size, env, precision=precision)
+    return paths
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ repository root), ``cluster/onprem.yaml`` (your own machines) and ``cluster/serv
 from .connect import connect
 from .resources import (
     cluster_gpus,
-    compute_dtype,
     index_shards,
     per_gpu,
     training_scale,
@@ -19,7 +18,6 @@ from .runtime_env import runtime_env
 
 __all__ = [
     "cluster_gpus",
-    "compute_dtype",
     "connect",
     "index_shards",
     "per_gpu",

@@ -79,24 +79,3 @@ def wait_until_released(timeout_s: float = 20.0) -> None:
         ):
             break
         time.sleep(0.2)
-
-
-def compute_dtype(precision: str, use_gpu: bool, large: bool) -> str:
-    """``--precision`` resolved for the hardware the work runs on and the model's size
-    (``models.precision``): this process's CPU, or a GPU of the cluster (asked of one when
-    this process has none: the head of a GPU cluster often has no GPU). ValueError with one
-    line for fp16 on CPUs."""
-    import torch
-
-    from models.precision import resolve_precision
-
-    if precision == "fp16" and not use_gpu:
-        raise ValueError("--precision fp16 (--fp16) needs GPUs: a CPU runs bf16 or fp32")
-    if not use_gpu:
-        return resolve_precision(precision, "cpu", large)
-    if torch.cuda.is_available():
-        return resolve_precision(precision, "cuda", large)
-    import ray
-
-    probe = ray.remote(num_gpus=1, num_cpus=0)(resolve_precision)
-    return ray.get(probe.remote(precision, "cuda", large))

@@ -1,5 +1,6 @@
 """The collectives the recipes use, written once. Each is the identity on one process (no
-process group, or a group of one), so a recipe runs the same without Ray or DDP."""
+process group, or a group of one), so a recipe runs the same without Ray or DDP. And what
+the workers compute in (``compute_dtype``), resolved where the jobs start."""
 
 from __future__ import annotations
 
@@ -52,3 +53,24 @@ def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
     parts = [torch.zeros_like(padded) for _ in counts]
     dist.all_gather(parts, padded)
     return torch.cat([part[: int(n)] for part, n in zip(parts, counts)])
+
+
+def compute_dtype(precision: str, use_gpu: bool, large: bool) -> str:
+    """``--precision`` resolved for the hardware the work runs on and the model's size
+    (``models.precision``): this process's CPU, or a GPU of the cluster (asked of one when
+    this process has none: the head of a GPU cluster often has no GPU). ValueError with one
+    line for fp16 on CPUs."""
+    import torch
+
+    from models.precision import resolve_precision
+
+    if precision == "fp16" and not use_gpu:
+        raise ValueError("--precision fp16 (--fp16) needs GPUs: a CPU runs bf16 or fp32")
+    if not use_gpu:
+        return resolve_precision(precision, "cpu", large)
+    if torch.cuda.is_available():
+        return resolve_precision(precision, "cuda", large)
+    import ray
+
+    probe = ray.remote(num_gpus=1, num_cpus=0)(resolve_precision)
+    return ray.get(probe.remote(precision, "cuda", large))

@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import compute_dtype, connect, use_gpus
+    from cluster import connect, use_gpus
     from jobs.data import DataError
+    from jobs.distributed import compute_dtype
     from models.precision import is_large
 
     connect()

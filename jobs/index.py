@@ -253,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         config["clip_config"]["vision_config"]["image_size"],
     )
 
-    from cluster import compute_dtype, connect, use_gpus
+    from cluster import connect, use_gpus
+    from jobs.distributed import compute_dtype
     from models.precision import is_large
 
     ray = connect()

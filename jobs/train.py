@@ -216,10 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import compute_dtype, connect, training_scale, wait_until_released
+    from cluster import connect, training_scale, wait_until_released
     from jobs.config import FILE as CONFIG_FILE
     from jobs.config import TrainConfig
     from jobs.data import DataError
+    from jobs.distributed import compute_dtype
     from jobs.evaluate import evaluate_checkpoint
     from jobs.recipes import recipe_module
 

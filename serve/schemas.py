@@ -129,7 +129,8 @@ class AppArgs(BaseModel):
     candidates: int | None = Field(
         None,
         ge=1,
-        description="re-scored candidates per shard (default: retrieval.lists.candidate_count)",
+        description="re-scored videos per shard by the fixed centroid rule (approximate); "
+        "default: the lists' bounds, the exact top-k (retrieval/lists.py)",
     )
     index_poll_s: float = Field(
         2.0,

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"build", "train_retriever", "index", "train_pitvqa", "serve"}
 
 
-def test_every_stage_runs_through_the_real_entry_points(tmp_path):
+def test_every_stage_runs_through_the_real_entry_points_at_each_precision(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
@@ -36,6 +36,8 @@ def test_every_stage_runs_through_the_real_entry_points(tmp_path):
             "4",
             "--stages",
             ",".join(sorted(STAGES)),
+            "--precision",
+            "fp32,bf16",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -46,13 +48,21 @@ def test_every_stage_runs_through_the_real_entry_points(tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # The JSON line is the last of its own; a Ray message may follow it under load.
     summary = json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
-    assert set(summary["stages"]) == STAGES
-    assert summary["stages"]["train_retriever"]["samples_per_second"] > 0
-    assert summary["stages"]["train_pitvqa"]["samples_per_second"] > 0
-    assert (
-        summary["stages"]["serve"]["search_seconds"] > 0
-        and summary["stages"]["serve"]["vqa_seconds"] > 0
-    )
-    # Each training run ends with its evaluation (what the evaluate stages re-run).
-    assert json.loads((tmp_path / "wti" / "metrics.json").read_text())["num_videos"] == 2
-    assert json.loads((tmp_path / "pitvqa" / "metrics.json").read_text())["num_classes"] == 59
+    assert list(summary["precisions"]) == ["fp32", "bf16"]
+    for precision, stages in summary["precisions"].items():
+        assert set(stages) == STAGES
+        assert stages["train_retriever"]["samples_per_second"] > 0
+        assert stages["train_pitvqa"]["samples_per_second"] > 0
+        assert stages["index"]["videos_per_second"] > 0
+        assert stages["serve"]["search_seconds"] > 0 and stages["serve"]["vqa_seconds"] > 0
+        # Each training run ends with its evaluation (what the evaluate stages re-run), in
+        # the precision asked for, recorded as compute_dtype (run config and metrics).
+        for model in ("wti", "pitvqa"):
+            metrics = json.loads((tmp_path / precision / model / "metrics.json").read_text())
+            assert metrics["compute_dtype"] == precision
+            config = json.loads((tmp_path / precision / model / "train_config.json").read_text())
+            assert config["compute_dtype"] == precision and config["precision"] == precision
+    cosine = summary["feature_cosine"]["bf16"]
+    for output in ("video", "text", "vqa_logits"):
+        assert 0.9 < cosine[output]["min"] <= cosine[output]["mean"] <= 1.0 + 1e-6, cosine
+    assert 0 <= cosine["vqa_same_answer"] <= 1
