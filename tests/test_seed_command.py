@@ -177,7 +177,7 @@ def test_a_clip_model_name_means_openais_file_in_its_download_cache(tmp_path, mo
         "--sim_header seqLSTM",
         "--agg_module seqLSTM",
         "--interaction xti",
-        "--fp16",
+        "--fp16 --precision bf16",
         "--do_pretrain",
         "--use_mil",
         "--resume_model x.bin",
@@ -194,6 +194,19 @@ def test_what_the_project_cannot_honour_is_one_line_naming_it(flags, tmp_path, c
     assert code == 2 and len(err) == 1, err
     assert flags.split()[0] in err[0] or flags.split()[-1] in err[0], err
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def test_the_references_fp16_switch_is_fp16_autocast_which_needs_a_gpu():
+    """CLIP4Clip's / DRL's ``--fp16`` (apex) is ``--precision fp16``: autocast with a loss
+    scaler, on GPUs; on CPUs it is refused with one line naming it."""
+    from jobs import train
+    from jobs.args import resolve
+    from jobs.distributed import compute_dtype
+
+    args = train.parse_args(["--fp16"])
+    assert resolve(args, "retriever") is None and args.precision == "fp16"
+    with pytest.raises(ValueError, match="--fp16"):
+        compute_dtype(args.precision, use_gpu=False, large=False)
 
 
 def test_the_references_other_flags_are_accepted(tmp_path):

@@ -38,6 +38,8 @@ def test_healthz_says_what_is_loaded(app_url):
     assert health["search"]["shards"] == health["search"]["shards_up"] == 2
     assert sum(health["search"]["shard_rows"]) == INDEX_VIDEOS
     assert health["vqa"]["loaded"] is True
+    # precision=auto: the tiny models compute in fp32 on any CPU (models.precision).
+    assert health["search"]["compute_dtype"] == health["vqa"]["compute_dtype"] == "fp32"
 
 
 def test_search_is_best_first_and_finds_the_attributes(app_url):
