@@ -280,9 +280,12 @@ def serve_stage(
             vqa_s = time.time() - t0
         finally:
             stopping = time.time()
-            stop_serve_run(
-                process
-            )  # what it started on the shared Ray goes with that Ray at the end
+            stop_serve_run(process)
+            # What it started on the shared Ray outlives it: its index shard holds a CPU
+            # that the next precision's stages need.
+            from ray import serve
+
+            serve.shutdown()
             print(f"serve run stopped in {time.time() - stopping:.1f} s", flush=True)
     print(
         f"search: {found['results'][:2]}\nvqa: {answer['answer']} ({answer['confidence']:.3f})",

@@ -9,8 +9,8 @@
 ``--precision`` (the jobs) and ``precision=`` (the service) take ``auto`` (the default),
 ``fp32``, ``bf16`` or ``fp16``. ``auto`` is bf16 where the hardware runs it fast: a GPU
 with bf16, or a CPU with AVX-512 BF16 or AMX for the papers' models (``large``: on such a
-CPU a full-size CLIP step is 1.5x faster in bf16, but the tiny presets' small matmuls are
-2.1x slower, bench/train.py); else fp32. fp16 is a GPU's, with a gradient scaler when
+CPU the papers' models train 1.8-2.2x faster in bf16, bench/full_size.py, but the tiny
+presets' small matmuls run 2.1x slower, bench/train.py); else fp32. fp16 is a GPU's, with a gradient scaler when
 training. Autocast only: the weights, the optimizer state, the losses, the
 logit scale and the exact WTI scores stay fp32 (what a model computes its features in is
 the one thing that changes). docs/decisions.md gives the figures behind the default.
