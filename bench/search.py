@@ -357,9 +357,7 @@ def run(
         peer_build_s = peer_runs(
             rows,
             centroids,
-            text,
-            text_weight,
-            text_pooled,
+            (text, text_weight, text_pooled),
             frames,
             weights,
             top_k,
@@ -384,20 +382,11 @@ def run(
 
 
 def peer_runs(
-    rows,
-    centroids,
-    text,
-    text_weight,
-    text_pooled,
-    frames,
-    weights,
-    top_k,
-    nprobes,
-    peer_candidates,
-    timed,
-    report,
+    rows, centroids, queries, frames, weights, top_k, nprobes, peer_candidates, timed, report
 ) -> float:
-    """FAISS IVF-Flat + the same exact WTI at each setting; its build seconds."""
+    """FAISS IVF-Flat + the same exact WTI at each setting; its build seconds. ``queries``:
+    the encoded queries (tokens, weights, pooled)."""
+    text, text_weight, text_pooled = queries
     D = frames.shape[-1]
     faiss = peer_faiss()
     faiss.omp_set_num_threads(torch.get_num_threads())
