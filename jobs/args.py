@@ -247,6 +247,25 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="video shards of the retrieval evaluation, one Ray task each (default: one per GPU, else 2; at "
         "most one per column block of the kernel, a few hundred videos)",
     )
+    g = parser.add_argument_group("experiment tracking (MLflow; jobs/tracking.py)")
+    g.add_argument(
+        "--mlflow",
+        action=Switch,
+        default=True,
+        help="log the run (flags, each epoch, metrics.json, plots, the checkpoint) to MLflow "
+        "(--no-mlflow: off)",
+    )
+    g.add_argument(
+        "--mlflow_tracking_uri",
+        default=None,
+        help="an MLflow server or store (default: MLFLOW_TRACKING_URI, else the local store "
+        "sqlite:///<parent of --output_dir>/mlflow.db, i.e. runs/mlflow.db)",
+    )
+    g.add_argument(
+        "--experiment_name",
+        default=None,
+        help="the MLflow experiment (default: the model, wti or pitvqa)",
+    )
 
     g = parser.add_argument_group(
         "retrieval data (CLIP4Clip's layouts of its five benchmarks, CLIP4Clip/DRL names)"

@@ -11,7 +11,8 @@ Ray task scores every text against its slice of the videos with the exact kernel
 returns rank counts, not scores (``jobs.similarity``), so no process ever holds the
 ``[texts, videos]`` matrix; t2v/v2t R@1/5/10, MdR and MnR follow from the ranks. VQA:
 accuracy, macro P/R/F1, balanced accuracy, the majority-class baseline and per-type
-accuracy. Writes ``metrics.json`` and PNG plots.
+accuracy. Writes ``metrics.json`` and PNG plots, and logs them as an MLflow run
+(``jobs.tracking``).
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from cluster import connect, use_gpus
     from jobs.data import DataError
     from jobs.distributed import compute_dtype
+    from jobs.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from models.precision import is_large
 
     connect()
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args.compute_dtype = compute_dtype(args.precision, use_gpu, large)
     except ValueError as err:
         return fail(PROG, str(err))
+    uri, run_id = tracking_uri(args), start(args, args.kind, "evaluate")
     try:
         if checkpoint is None:
             from jobs.recipes.retriever import starting_checkpoint
@@ -196,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint = starting_checkpoint(args, Path(args.output_dir))
         metrics = evaluate_checkpoint(args, checkpoint, Path(args.output_dir), use_gpu)
     except (DataError, FileNotFoundError, ValueError) as err:
+        fail_run(uri, run_id)
         return fail(PROG, str(err))
+    finish(uri, run_id, Path(args.output_dir), metrics, files=EVALUATION)
     print(summary(metrics))
     print(f"metrics.json and plots in {args.output_dir}")
     return 0

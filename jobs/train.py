@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.distributed import compute_dtype
     from jobs.evaluate import evaluate_checkpoint
     from jobs.recipes import recipe_module
+    from jobs.tracking import EVALUATION, fail_run, finish, start, tracking_uri
 
     output_dir = Path(args.output_dir)
     connect()
@@ -241,7 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.do_train:  # CLIP4Clip's / DRL's --do_eval alone
             checkpoint = _checkpoint_to_evaluate(args, recipe, output_dir)
+            run_id = start(args, args.kind, "evaluate")
             metrics = evaluate_checkpoint(args, checkpoint, output_dir, use_gpu)
+            finish(tracking_uri(args), run_id, output_dir, metrics, files=EVALUATION)
             _print_results(output_dir, metrics, [], 0.0)
             return 0
         if getattr(args, "init_model", None):  # the starting weights, imported once
@@ -268,23 +271,33 @@ def main(argv: list[str] | None = None) -> int:
         train_labels=[int(label) for label in getattr(data, "train_labels", [])],
     )
     saved = output_dir / CONFIG_FILE
-    if saved.is_file():  # the run in --output_dir is resumed: the same model and data only
-        conflicts = config.resume_conflicts(json.loads(saved.read_text()))
+    previous = json.loads(saved.read_text()) if saved.is_file() else None
+    if previous:  # the run in --output_dir is resumed: the same model and data only
+        conflicts = config.resume_conflicts(previous)
         if conflicts:
             return fail(
                 PROG,
                 f"--output_dir {output_dir} holds a run with other model or data settings "
                 f"({'; '.join(conflicts)}): give its flags to resume it, or --fresh to start over",
             )
+    # One MLflow run per output folder: a resumed run continues the one it started.
+    uri = tracking_uri(args)
+    run_id = start(args, args.kind, RUN_NAME, (previous or {}).get("mlflow_run_id"))
+    config.mlflow_tracking_uri, config.mlflow_run_id = (uri, run_id) if run_id else (None, None)
     config.write(output_dir)
     try:
         result = fit(config, tokenizer, data, args, workers)
+        checkpoint, history = write_outputs(result, output_dir, config)
+        wait_until_released()  # Ray Train's worker group goes down asynchronously
+        metrics = recipe.after_training(args, checkpoint, data, output_dir, use_gpu)
     except Stalled as err:
+        fail_run(uri, run_id)
         print(f"{PROG}: {err}", file=sys.stderr, flush=True)
         return 1
-    checkpoint, history = write_outputs(result, output_dir, config)
-    wait_until_released()  # Ray Train's worker group goes down asynchronously
-    metrics = recipe.after_training(args, checkpoint, data, output_dir, use_gpu)
+    except BaseException as err:
+        fail_run(uri, run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    finish(uri, run_id, output_dir, metrics, history)
     _print_results(output_dir, metrics, history, time.time() - started)
     return 0
 

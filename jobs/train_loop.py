@@ -3,7 +3,8 @@ epoch after epoch, with Ray Train's checkpoints.
 
 It reads top to bottom: build the recipe, restore the last reported checkpoint, wrap for
 DDP, then per epoch train, validate and report. Every worker calls ``ray.train.report``;
-only rank 0 writes the checkpoint (``jobs.checkpoints``). The batches come from
+only rank 0 writes the checkpoint (``jobs.checkpoints``) and logs the epoch to MLflow
+(``jobs.tracking``). The batches come from
 ``jobs.batches``.
 """
 
@@ -22,6 +23,7 @@ from jobs.checkpoints import report_epoch, restore
 from jobs.config import TrainConfig
 from jobs.distributed import print_once
 from jobs.recipes import recipe_for
+from jobs.tracking import log_epoch
 
 FAILURE_MARKER = ".injected_failure"
 
@@ -76,3 +78,5 @@ def train_loop(loop_config: dict) -> None:
             f"{recipe.epoch_line(metrics)}, {row['seconds']:.0f} s"
         )
         report_epoch(config, recipe, loop_config["tokenizer"], state, row)
+        if ray.train.get_context().get_world_rank() == 0:
+            log_epoch(config.mlflow_tracking_uri, config.mlflow_run_id, row)

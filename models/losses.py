@@ -53,7 +53,11 @@ def info_nce(scores: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
-    return (x - x.mean(0)) / x.std(0)
+    """DRL's per-channel standardisation over the batch. A channel that does not vary (every
+    token a text's first, whose causal feature is the same in every caption) has std 0: DRL
+    divides by it and the loss is NaN from then on; here it stays 0 (a floor of 1e-6 on the
+    std changes nothing else)."""
+    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
 
 
 def _decorrelation(c: torch.Tensor, alpha1: float, alpha2: float) -> torch.Tensor:

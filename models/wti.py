@@ -247,14 +247,20 @@ def token_wise_rank_counts(
     columns = text_column[own]
     if dtype is not None:
         text, video = text.to(dtype), video.to(dtype)
+    # A score that is not a number (a diverged model) loses to everything: a NaN compared
+    # with ``>`` is False, which would rank it first.
     for j, block in _column_blocks(text, text_weight, video, video_weight, block_elements, offset):
         higher += (block > true_score[:, None]).sum(dim=1)
+        higher += (block.isnan() | true_score.isnan()[:, None]).sum(dim=1)
         here = (columns >= j) & (columns < j + block.shape[1])
         texts, cols = own[here], columns[here] - j
         for k in range(0, len(texts), RANK_CHUNK):  # [A, n]: every text on n own texts' videos
             chunk = texts[k : k + RANK_CHUNK]
+            pairs = block[:, cols[k : k + RANK_CHUNK]]
             text_rank[chunk] = 1 + (
-                block[:, cols[k : k + RANK_CHUNK]] > true_score[chunk][None, :]
+                (pairs > true_score[chunk][None, :])
+                | pairs.isnan()
+                | true_score[chunk].isnan()[None, :]
             ).sum(dim=0)
     return higher, text_rank
 

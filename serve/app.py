@@ -2,6 +2,7 @@
 
     serve run serve.app                                   # runs/wti/{checkpoint,index}, runs/pitvqa/checkpoint
     serve run serve:build_app num_shards=4 index=/data/index checkpoint=/data/wti vqa_checkpoint=/data/pitvqa
+    serve run serve:build_app run=best                    # the best MLflow run of experiment wti
     serve deploy cluster/serve.yaml                       # the same, on a running cluster
 
 Nothing starts until Serve runs the graph. A model or index that is missing does not stop
@@ -20,10 +21,29 @@ from .replicas import IndexShard, VQAModel
 from .schemas import API_KEY_VARIABLE, AppArgs
 
 
+def from_run(args: AppArgs) -> AppArgs:
+    """``args`` with the checkpoint (and index) of MLflow run ``args.run`` (``jobs.tracking``)."""
+    from jobs.tracking import local_store, run_folder
+
+    uri = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store("runs")
+    try:
+        kind, folder = run_folder(uri, args.run, args.experiment)
+    except LookupError as err:
+        raise ValueError(str(err)) from None
+    print(f"serving MLflow run {args.run} ({kind}) from {folder}", flush=True)
+    if kind == "pitvqa":
+        return args.model_copy(update={"vqa_checkpoint": str(folder / "checkpoint")})
+    return args.model_copy(
+        update={"checkpoint": str(folder / "checkpoint"), "index": str(folder / "index")}
+    )
+
+
 def build_app(args: AppArgs | dict) -> Application:
     """The application graph for ``args``."""
     if isinstance(args, dict):
         args = AppArgs(**args)
+    if args.run:
+        args = from_run(args)
     from cluster import cluster_gpus, index_shards
 
     use_gpu = cluster_gpus() > 0 if args.use_gpu is None else args.use_gpu

@@ -157,6 +157,20 @@ class AppArgs(BaseModel):
         "exact scores stay fp32): auto = bf16 where the replica's hardware runs it fast, else "
         "fp32; fp16 needs a GPU (models/precision.py)",
     )
+    run: str | None = Field(
+        None,
+        min_length=1,
+        description="an MLflow run id, or best (the finished training run of `experiment` with "
+        "the highest validation score): serve that run's checkpoint and index (checkpoint= and "
+        "index=; vqa_checkpoint= for a PitVQANet run), from its output folder or its artifacts",
+    )
+    experiment: str = Field("wti", min_length=1, description="the MLflow experiment of run=best")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        min_length=1,
+        description="the MLflow store of run= (default: the MLFLOW_TRACKING_URI environment "
+        "variable, else the jobs' local store sqlite:///runs/mlflow.db)",
+    )
     shard_cpus: float | None = Field(
         None,
         ge=0,

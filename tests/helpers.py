@@ -77,6 +77,28 @@ def history(output_dir):
     return [json.loads(line) for line in (output_dir / "history.jsonl").read_text().splitlines()]
 
 
+def mlflow_runs(output_dir, experiment="wti", job=None):
+    """The MLflow runs of ``experiment`` in the local store beside ``output_dir`` (the
+    jobs' default), oldest first, as (run, {metric: [(step, value), ...]}, artifact paths)."""
+    from jobs.tracking import client, local_store
+
+    store = client(local_store(output_dir.parent))
+    found = store.get_experiment_by_name(experiment)
+    runs = store.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"])
+    out = []
+    for run in runs:
+        if job and run.data.tags.get("job") != job:
+            continue
+        steps = {
+            name: [(m.step, m.value) for m in store.get_metric_history(run.info.run_id, name)]
+            for name in run.data.metrics
+        }
+        artifacts = {a.path for a in store.list_artifacts(run.info.run_id)}
+        artifacts |= {a.path for a in store.list_artifacts(run.info.run_id, "checkpoint")}
+        out.append((run, steps, artifacts))
+    return out
+
+
 # -- OpenAI CLIP archives (open_clip builds the OpenAI architecture) ----------------------
 
 

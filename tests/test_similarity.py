@@ -72,3 +72,15 @@ def test_ties_rank_the_true_item_first_in_both_paths(ray_local):
     # v2t: video 1's column [1, 1, 0]: text 0 ties text 1 -> 1; video 2's column is all 0 -> 1;
     # video 3's column [0, 0, 1] -> 1
     assert v2t.tolist() == [1, 1, 1]
+
+
+def test_a_score_that_is_not_a_number_ranks_last(ray_local):
+    """A diverged model's NaN scores rank below every candidate, their own included (1 + V
+    for t2v, 1 + A for v2t), not first (a NaN compared with ``>`` is False, which would
+    count nothing above it: R@1 100)."""
+    text = torch.full((3, 1, 4), float("nan"))
+    video = torch.eye(4)[[0, 1, 2, 3]].unsqueeze(1)
+    t2v, v2t, _ = sliced_ranks(
+        text, torch.ones(3, 1), video, torch.ones(4, 1), np.array([0, 1, 2]), num_slices=2
+    )
+    assert t2v.tolist() == [5, 5, 5] and v2t.tolist() == [4, 4, 4]

@@ -5,7 +5,7 @@ import json
 
 import jsonschema
 import pytest
-from helpers import VQA_SCHEMA, history, retriever_args
+from helpers import VQA_SCHEMA, history, mlflow_runs, retriever_args
 
 from jobs import evaluate, train
 from models import load_checkpoint
@@ -76,6 +76,28 @@ def test_one_worker_trains_then_resumes_at_the_next_epoch(
     assert len(err) == 1 and "interaction wti -> ti" in err[0] and "--fresh" in err[0], err
     assert [row["epoch"] for row in history(out)] == [1, 2]
 
+    # MLflow (the local store beside the run folder): one run for the two commands, the
+    # first command's flags as parameters and what the second changed as tags, each
+    # epoch's metrics once, the final figures, and the run folder's files as artifacts.
+    (run, steps, artifacts), *others = mlflow_runs(out, job="train")
+    assert not others and run.info.status == "FINISHED"
+    assert run.info.run_id == settings["mlflow_run_id"]
+    assert run.data.params["epochs"] == "1" and run.data.params["cdcr"] == "3"
+    assert run.data.tags["resumed_with.epochs"] == "2"
+    assert [step for step, _ in steps["val_score"]] == [1, 2]
+    assert [step for step, _ in steps["train_loss"]] == [1, 2]
+    assert steps["final.t2v.R_at_1"][-1] == (2, metrics["t2v"]["R@1"])
+    assert steps["best_val_score"][-1] == (2, max(row["val_score"] for row in rows))
+    assert {
+        "metrics.json",
+        "history.jsonl",
+        "loss.png",
+        "recall.png",
+        "checkpoint/model.safetensors",
+        "checkpoint/train_config.json",
+        "index",
+    } <= artifacts
+
 
 @pytest.mark.slow
 def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(
@@ -115,6 +137,15 @@ def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(
     # videos are one shard whatever is asked, and metrics.json says what ran.
     assert metrics["num_shards"] == 1
     assert metrics["t2v"] == trained["t2v"] and metrics["v2t"] == trained["v2t"]
+    # Only rank 0 logged, and the recovered worker group went on logging into the same
+    # MLflow run: each epoch once. The evaluation is a run of its own.
+    (run, steps, _), *others = mlflow_runs(out, job="train")
+    assert not others and run.info.status == "FINISHED"
+    assert [step for step, _ in steps["val_score"]] == [1, 2]
+    (evaluation, figures, files), *others = mlflow_runs(again, job="evaluate")
+    assert not others and evaluation.info.status == "FINISHED"
+    assert figures["final.t2v.R_at_1"] == [(0, metrics["t2v"]["R@1"])]  # no epochs: step 0
+    assert {"metrics.json", "recall.png"} <= files
 
 
 @pytest.mark.slow
@@ -142,10 +173,12 @@ def test_endo18_trains_and_evaluates_end_to_end(ray_local, tmp_path):
                 "0",
                 "--image_size",
                 "32",
+                "--no-mlflow",
             ]
         )
         == 0
     )
+    assert not (tmp_path / "mlflow.db").exists()  # --no-mlflow: nothing tracked
     metrics = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(metrics, VQA_SCHEMA)
     assert metrics["num_classes"] == 18

@@ -194,3 +194,17 @@ def test_cdcr_through_the_real_objective(variant):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.clip.parameters())
     if variant == 3:
         assert model.head.text_weight_fc[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("variant", [2, 3])
+def test_cdcr_stays_finite_when_a_channel_does_not_vary(variant):
+    """Every frame's best token is the same vector (a causal text tower's first token is the
+    same in every caption): DRL's standardisation divides by a zero std there (NaN loss,
+    seen in a --cdcr 3 run at step 3); here the loss and its gradient stay finite."""
+    text, text_mask, video, video_mask, text_w, video_w = case(seed=3)
+    text = text.clone()
+    text[:, 0] = text[0, 0] * 10  # the same first token in every text, far the best match
+    text.requires_grad_(True)
+    loss = cdcr_loss(variant, text, text_mask, video, video_mask, text_w, video_w)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(text.grad).all()
