@@ -264,10 +264,14 @@ def search_lists(
     top_k: int,
     exact: bool = False,
     candidates: int | None = None,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The best ``top_k`` of a slice held as inverted lists: (scores ``[A, k]``, rows ``[A, k]`` in
     list order), best first. By the lists' bounds (exact top-k) unless ``candidates`` asks
-    for the fixed centroid rule; ``exact`` scores every list."""
+    for the fixed centroid rule; ``exact`` scores every list. ``stats["scored"]`` (when
+    given) counts the videos scored."""
+    stats = stats if stats is not None else {}
+    stats.setdefault("scored", 0)
     top_k = min(top_k, len(lists))
     text, text_weight = trim_padding(text, text_weight)
     every = np.flatnonzero(np.diff(lists.offsets))
@@ -279,11 +283,12 @@ def search_lists(
         elif candidates:
             probed = lists.probe(text_pooled[a], max(candidates, top_k))
         else:
-            scores, rows = bounded_search(*query, lists, top_k)
+            scores, rows = bounded_search(*query, lists, top_k, stats)
             best.append(scores)
             found.append(rows)
             continue
         scores = lists.scores(*query, probed)[0]
+        stats["scored"] += len(scores)
         top = scores.topk(top_k)
         best.append(top.values)
         found.append(lists.rows(probed).to(top.indices.device)[top.indices])
@@ -291,7 +296,11 @@ def search_lists(
 
 
 def bounded_search(
-    text: torch.Tensor, text_weight: torch.Tensor, lists: InvertedLists, top_k: int
+    text: torch.Tensor,
+    text_weight: torch.Tensor,
+    lists: InvertedLists,
+    top_k: int,
+    stats: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One query's exact top-k (scores ``[k]``, rows ``[k]``): lists in the order of their
     bounds, a batch at a time, until no list left can beat the k-th score so far."""
@@ -309,6 +318,8 @@ def bounded_search(
         batch = order[done : done + step]
         done += len(batch)
         scores = lists.scores(text, text_weight, batch)[0].cpu()
+        if stats is not None:
+            stats["scored"] = stats.get("scored", 0) + len(scores)
         kept_scores = torch.cat([kept_scores, scores])
         kept_rows = torch.cat([kept_rows, lists.rows(batch)])
         if len(kept_scores) > top_k:

@@ -31,7 +31,7 @@ from cluster.ray_private import serve_request_id
 from retrieval.store import MANIFEST, read_manifest
 from retrieval.thumbnails import Thumbnails
 
-from . import auth
+from . import auth, metrics
 from .schemas import (
     PATTERN_MEANS,
     ErrorResponse,
@@ -132,6 +132,21 @@ def _openapi() -> dict:
 
 
 api.openapi = _openapi
+
+
+@api.middleware("http")
+async def _measure(request: Request, call_next):
+    """Every answer counted by route (its template: ``/thumbnail/{video_id}``) and status,
+    and timed end to end (``serve.metrics``)."""
+    started = time.perf_counter()
+    response = await call_next(request)
+    route = request.scope.get("route")
+    metrics.request(
+        getattr(route, "path", "unmatched"),
+        response.status_code,
+        1000 * (time.perf_counter() - started),
+    )
+    return response
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -261,6 +276,8 @@ class Ingress:
             return _bug("/search", exc)
         if "problem" in query:  # no retriever checkpoint
             return error(503, query["problem"])
+        encoded = time.perf_counter()
+        metrics.stage("/search", "encode", 1000 * (encoded - started))
         answers = await self._ask_shards(query, request, [None] * len(self.shards))
         # One version per answer: while the shards move to a new version, the ones that
         # answered from it are asked again for the version the others still serve (they hold
@@ -287,7 +304,11 @@ class Ingress:
         for answer in answers:
             if isinstance(answer, BaseException):
                 log.warning("an index shard did not answer: %r", answer)
+        asked = time.perf_counter()
+        metrics.stage("/search", "shards", 1000 * (asked - encoded))
         hits = merge([a["hits"] for a in live], request.top_k)
+        metrics.stage("/search", "merge", 1000 * (time.perf_counter() - asked))
+        metrics.search(sum(a.get("scored", 0) for a in live), len(answers) - len(live))
         return SearchResponse(
             results=[Hit(video_id=v, score=s) for v, s in hits],
             partial=len(live) < len(answers),
@@ -318,10 +339,12 @@ class Ingress:
         dependencies=[Depends(auth.require_key)],
     )
     async def vqa(self, request: VQARequest):
+        started = time.perf_counter()
         try:
             out = await asyncio.wait_for(
                 self.vqa.answer.remote((request.image, request.question)), self.timeout_s
             )
+            metrics.stage("/vqa", "model", 1000 * (time.perf_counter() - started))
         except Exception as err:
             if not _unavailable(err):
                 return _bug("/vqa", err)
@@ -330,6 +353,7 @@ class Ingress:
             return error(503, out["problem"])
         if "error" in out:
             return error(out["status"], out["error"])
+        metrics.vqa(out["confidence"])
         return VQAResponse(**out)
 
     @api.get(

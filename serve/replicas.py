@@ -38,6 +38,7 @@ from models.precision import autocast, is_large, resolve_precision
 from retrieval.lists import InvertedLists, lists_for, search_lists
 from retrieval.store import IndexReader, read_manifest
 
+from . import metrics
 from .schemas import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS
 
 TRAIN_RETRIEVER = "python jobs/train.py"
@@ -137,11 +138,14 @@ class ShardView:
         )
         self.probe = self.run_probe()  # what the health check must get again
 
-    def search(self, tokens, weights, pooled, top_k: int, exact: bool) -> list[tuple[str, float]]:
+    def search(
+        self, tokens, weights, pooled, top_k: int, exact: bool, stats: dict | None = None
+    ) -> list[tuple[str, float]]:
+        """This view's best ``top_k``; ``stats["scored"]``: how many videos were scored."""
         if not self.rows:
             return []
         scores, rows = search_lists(
-            tokens, weights, pooled, self.lists, top_k, exact, self.candidates
+            tokens, weights, pooled, self.lists, top_k, exact, self.candidates, stats
         )
         return [(self.ids[r], s) for r, s in zip(rows[0].tolist(), scores[0].float().tolist())]
 
@@ -200,6 +204,7 @@ class IndexShard:
             view.version: view,
         }  # one assignment: readers see old or new
         self.problem = None
+        metrics.index(self.shard, view.version, view.rows)
 
     def _follow(self) -> None:
         while True:
@@ -258,12 +263,12 @@ class IndexShard:
         p50 at concurrency 1: 21.1 against 20.3 ms, BENCHMARKS.md)."""
         if self.problem:  # no index here
             return {"problem": self.problem}
-        view = self._view(version)
+        view, stats = self._view(version), {"scored": 0}
         as_tensor = lambda name: torch.as_tensor(query[name], device=self.device).unsqueeze(0)  # noqa: E731
         hits = view.search(
-            as_tensor("features"), as_tensor("weights"), as_tensor("pooled"), top_k, exact
+            as_tensor("features"), as_tensor("weights"), as_tensor("pooled"), top_k, exact, stats
         )
-        return {"hits": hits, "version": view.version}
+        return {"hits": hits, "version": view.version, "scored": stats["scored"]}
 
 
 class BadImage(ValueError):

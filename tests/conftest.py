@@ -52,6 +52,8 @@ def ray_cluster():
             "num_cpus": 2,
             "include_dashboard": False,
             "object_store_memory": 2 * 1024**3,
+            # Metrics reach Ray's endpoint within a second (10 s by default): tests/serve/test_metrics.py.
+            "_system_config": {"metrics_report_interval_ms": 1000},
         },
     )
     ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
