@@ -69,3 +69,53 @@ def plot_confusion(confusion: np.ndarray, labels: list[str], path: str | Path) -
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return Path(path)
+
+
+def plot_explanation(
+    frames: np.ndarray, tokens: list[str], parts: dict, path: str | Path, title: str = ""
+) -> Path:
+    """What one WTI score is made of (``models.wti.explain_pair`` parts as arrays, cut to the
+    real tokens and frames): the frames on top with their weights, the words x frames
+    similarity heat map with each word's best frame boxed and its weight, and the sum."""
+    sim = np.asarray(parts["similarity"])
+    n_tokens, n_frames = sim.shape
+    fig = plt.figure(figsize=(max(6.0, 1.3 * n_frames + 2.5), 1.6 + 0.32 * n_tokens + 1.6))
+    grid = fig.add_gridspec(2, n_frames, height_ratios=[1.3, max(1.0, 0.32 * n_tokens)])
+    for j in range(n_frames):
+        axis = fig.add_subplot(grid[0, j])
+        axis.imshow(frames[j])
+        axis.set_title(f"f{j + 1}  w={parts['frame_weights'][j]:.2f}", fontsize=8)
+        axis.axis("off")
+    heat = fig.add_subplot(grid[1, :])
+    limit = max(1e-6, float(np.abs(sim).max()))
+    image = heat.imshow(sim, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for i in range(n_tokens):
+        best = int(parts["token_best_frame"][i])
+        heat.add_patch(
+            plt.Rectangle((best - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", lw=1.5)
+        )
+        for j in range(n_frames):
+            dark = abs(sim[i, j]) > 0.6 * limit
+            heat.text(
+                j,
+                i,
+                f"{sim[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
+    heat.set_yticks(
+        range(n_tokens), [f"{t}  w={w:.2f}" for t, w in zip(tokens, parts["token_weights"])]
+    )
+    heat.set_xticks(range(n_frames), [f"f{j + 1}" for j in range(n_frames)])
+    heat.set_xlabel(
+        f"score {parts['score']:.4f} = (text→video {parts['text_to_video']:.4f} + "
+        f"video→text {parts['video_to_text']:.4f}) / 2   (boxed: each word's best frame)"
+    )
+    fig.colorbar(image, ax=heat, label="cosine similarity", fraction=0.03)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return Path(path)

@@ -112,6 +112,17 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def token_words(tokenizer, text: str, max_length: int) -> list[str]:
+    """The tokens ``tokenize`` gives ``text`` (padding left out), readable: BPE's word-end
+    and space marks dropped (``red</w>`` and ``Ġred`` read ``red``)."""
+    ids = tokenize(tokenizer, [text], max_length)
+    real = ids["input_ids"][0][ids["attention_mask"][0].bool()].tolist()
+    return [
+        token.replace("</w>", "").replace("\u0120", "") or token
+        for token in tokenizer.convert_ids_to_tokens(real)
+    ]
+
+
 def tokenize(tokenizer, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
     """Pad/truncate to ``max_length``: ``input_ids`` and ``attention_mask``, both ``[N, max_length]``."""
     out = tokenizer(

@@ -265,6 +265,38 @@ def token_wise_rank_counts(
     return higher, text_rank
 
 
+@torch.no_grad()
+def explain_pair(
+    text: torch.Tensor, text_weight: torch.Tensor, frames: torch.Tensor, frame_weight: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """What one text-video WTI score is made of (DRL's ``demo/show_wti.py`` draws the same).
+
+    Prepared features of one text (``[L, D]``, weights ``[L]``) and one video (``[F, D]``,
+    ``[F]``), as the scoring takes them. Returns the token-by-frame ``similarity [L, F]``,
+    each token's best frame and its similarity, each frame's best token and its similarity,
+    and the two sides: ``text_to_video = sum(token_weights * token_best_similarity)``,
+    ``video_to_text = sum(frame_weights * frame_best_similarity)``, ``score`` = their mean,
+    the score ``token_wise_scores`` gives the pair (fp32).
+    """
+    sim = text.float() @ frames.float().T
+    token_best, frame_best = sim.max(dim=1), sim.max(dim=0)
+    text_weight, frame_weight = text_weight.float(), frame_weight.float()
+    t2v = (text_weight * token_best.values).sum()
+    v2t = (frame_weight * frame_best.values).sum()
+    return {
+        "similarity": sim,
+        "token_weights": text_weight,
+        "frame_weights": frame_weight,
+        "token_best_frame": token_best.indices,
+        "token_best_similarity": token_best.values,
+        "frame_best_token": frame_best.indices,
+        "frame_best_similarity": frame_best.values,
+        "text_to_video": t2v,
+        "video_to_text": v2t,
+        "score": (t2v + v2t) / 2,
+    }
+
+
 WTI_ARCHS = (1, 2, 3)
 
 

@@ -198,6 +198,11 @@ class InvertedLists:
         (F, D), lo, hi = self.shape, self.offsets[k], self.offsets[k + 1]
         return self.slabs[lo * F * D : hi * F * D].view(F, hi - lo, D)
 
+    def video(self, row: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One video's frames ``[F, D]`` and frame weights ``[F]`` (``row`` in list order)."""
+        k = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self.slab(k)[:, row - self.offsets[k]], self.weights[row]
+
     def probe(self, query_pooled: torch.Tensor, rows: int) -> np.ndarray:
         """The best lists for one query (``[D]``), until they hold at least ``rows`` videos."""
         sizes = np.diff(self.offsets)

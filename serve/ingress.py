@@ -35,6 +35,7 @@ from . import auth, metrics
 from .schemas import (
     PATTERN_MEANS,
     ErrorResponse,
+    Explanation,
     Hit,
     SearchRequest,
     SearchResponse,
@@ -82,6 +83,24 @@ def _bug(route: str, exc: BaseException) -> JSONResponse:
         500,
         f"internal error in {route}; the server log has the traceback under request id {request_id}",
         request_id,
+    )
+
+
+def _explanation(words: list[str], parts: dict) -> Explanation:
+    """A shard's ``explain_pair`` parts over the query's real tokens (the padding rows have
+    weight 0 and similarity 0; a frame whose best is one says -1)."""
+    n = len(words)
+    return Explanation(
+        tokens=words,
+        token_weights=parts["token_weights"][:n],
+        frame_weights=parts["frame_weights"],
+        similarity=parts["similarity"][:n],
+        token_best_frame=parts["token_best_frame"][:n],
+        token_best_similarity=parts["token_best_similarity"][:n],
+        frame_best_token=[t if t < n else -1 for t in parts["frame_best_token"]],
+        frame_best_similarity=parts["frame_best_similarity"],
+        text_to_video=parts["text_to_video"],
+        video_to_text=parts["video_to_text"],
     )
 
 
@@ -309,8 +328,14 @@ class Ingress:
         hits = merge([a["hits"] for a in live], request.top_k)
         metrics.stage("/search", "merge", 1000 * (time.perf_counter() - asked))
         metrics.search(sum(a.get("scored", 0) for a in live), len(answers) - len(live))
+        parts = {}
+        if request.explain:
+            words = self.encoder.words(request.text)
+            for answer in live:
+                for video_id, explained in answer["explained"].items():
+                    parts[video_id] = _explanation(words, explained)
         return SearchResponse(
-            results=[Hit(video_id=v, score=s) for v, s in hits],
+            results=[Hit(video_id=v, score=s, explain=parts.get(v)) for v, s in hits],
             partial=len(live) < len(answers),
             missing_shards=len(answers) - len(live),
             exact=request.exact,
@@ -323,7 +348,9 @@ class Ingress:
         return await asyncio.gather(
             *(
                 asyncio.wait_for(
-                    shard.search.remote(query, request.top_k, request.exact, version),
+                    shard.search.remote(
+                        query, request.top_k, request.exact, version, request.explain
+                    ),
                     self.timeout_s,
                 )
                 for shard, version in zip(self.shards, versions)

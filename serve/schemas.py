@@ -49,11 +49,39 @@ class SearchRequest(BaseModel):
     exact: bool = Field(
         False, description="score every video exactly instead of the two-stage search"
     )
+    explain: bool = Field(
+        False,
+        description="also return, for each hit, what its WTI score is made of (`explain`)",
+    )
+
+
+class Explanation(BaseModel):
+    """One hit's WTI score, part by part (DRL's weighted token-wise interaction):
+    ``score = (text_to_video + video_to_text) / 2``, where ``text_to_video`` is
+    ``sum(token_weights[i] * token_best_similarity[i])`` and ``video_to_text`` is
+    ``sum(frame_weights[j] * frame_best_similarity[j])``."""
+
+    tokens: list[str] = Field(description="the query's tokens as the model reads them")
+    token_weights: list[float] = Field(description="each token's WTI weight (they sum to 1)")
+    frame_weights: list[float] = Field(
+        description="each frame's WTI weight (they sum to 1; a padded frame has 0)"
+    )
+    similarity: list[list[float]] = Field(description="token x frame cosine similarities")
+    token_best_frame: list[int] = Field(description="each token's most similar frame")
+    token_best_similarity: list[float]
+    frame_best_token: list[int] = Field(
+        description="each frame's most similar token; -1: a padding position (similarity 0), "
+        "which the reference's max can pick when every real token is negative"
+    )
+    frame_best_similarity: list[float]
+    text_to_video: float
+    video_to_text: float
 
 
 class Hit(BaseModel):
     video_id: str
     score: float
+    explain: Explanation | None = Field(None, description="with `explain: true` only")
 
 
 class SearchResponse(BaseModel):

@@ -204,3 +204,28 @@ def test_fp16_topk_ranking_on_gpu():
         _, fp32 = token_wise_topk(t, tw, v, vw, k=10, dtype=torch.float32)
         _, fp16 = token_wise_topk(t, tw, v, vw, k=10)
     assert (fp32 == fp16).all(dim=1).float().mean() >= 0.99
+
+
+def test_explain_pair_parts_sum_to_the_exact_score():
+    """Every text-video pair of a padded case: the parts give the blocked kernel's score
+    within 1e-5, each token's best frame is its row's maximum, a frame's best its column's."""
+    from models.wti import explain_pair
+
+    torch.manual_seed(0)
+    head = WTIHead(16, "wti")
+    text, video, text_mask, video_mask = random_case(A=3, V=4)
+    with torch.no_grad():
+        t, tw = head.prepare_text(text, text_mask)
+        v, vw = head.prepare_video(video, video_mask)
+        scores = token_wise_scores(t, tw, v, vw)
+    for a in range(3):
+        for b in range(4):
+            parts = explain_pair(t[a], tw[a], v[b], vw[b])
+            assert abs(parts["score"] - scores[a, b]) < 1e-5
+            t2v = (parts["token_weights"] * parts["token_best_similarity"]).sum()
+            v2t = (parts["frame_weights"] * parts["frame_best_similarity"]).sum()
+            assert abs((t2v + v2t) / 2 - scores[a, b]) < 1e-5
+            sim = parts["similarity"]
+            assert torch.equal(parts["token_best_similarity"], sim.amax(1))
+            assert torch.equal(sim.gather(1, parts["token_best_frame"][:, None])[:, 0], sim.amax(1))
+            assert torch.equal(sim.gather(0, parts["frame_best_token"][None])[0], sim.amax(0))

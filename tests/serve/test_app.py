@@ -42,6 +42,32 @@ def test_healthz_says_what_is_loaded(app_url):
     assert health["search"]["compute_dtype"] == health["vqa"]["compute_dtype"] == "fp32"
 
 
+@pytest.mark.parametrize("exact", [False, True])
+def test_explain_parts_sum_to_each_hit_score(app_url, exact):
+    """``explain``: each hit's parts (token weights x each token's best-frame similarity, frame
+    weights x each frame's best-token similarity) give back its returned score within 1e-5,
+    on both search paths, and the same hits come back as without it."""
+    query = {"text": "a red circle moves to the left", "top_k": 5, "exact": exact}
+    _, plain = call(f"{app_url}/search", query)
+    status, out = call(f"{app_url}/search", {**query, "explain": True})
+    assert status == 200
+    assert [h["video_id"] for h in out["results"]] == [h["video_id"] for h in plain["results"]]
+    assert all(h["explain"] is None for h in plain["results"])
+    for hit in out["results"]:
+        e = hit["explain"]
+        assert e["tokens"][1:4] == ["a", "red", "circle"]  # after the start token
+        n, frames = len(e["tokens"]), len(e["frame_weights"])
+        assert len(e["token_weights"]) == len(e["token_best_frame"]) == n
+        assert len(e["similarity"]) == n and all(len(row) == frames for row in e["similarity"])
+        assert abs(sum(e["token_weights"]) - 1) < 1e-5 and abs(sum(e["frame_weights"]) - 1) < 1e-5
+        t2v = sum(w * s for w, s in zip(e["token_weights"], e["token_best_similarity"]))
+        v2t = sum(w * s for w, s in zip(e["frame_weights"], e["frame_best_similarity"]))
+        assert abs(t2v - e["text_to_video"]) < 1e-5 and abs(v2t - e["video_to_text"]) < 1e-5
+        assert abs((t2v + v2t) / 2 - hit["score"]) < 1e-5
+        for i, (frame, best) in enumerate(zip(e["token_best_frame"], e["token_best_similarity"])):
+            assert e["similarity"][i][frame] == best == max(e["similarity"][i])
+
+
 def test_search_is_best_first_and_finds_the_attributes(app_url):
     from ingest.synthetic import render_clips
 

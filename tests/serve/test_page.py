@@ -93,4 +93,37 @@ def test_search_shows_thumbnails_and_vqa_answers(app_url, browser, tmp_path):
     )
     assert "%" in browser.find_element(By.ID, "vqa-out").text
     browser.save_screenshot(str(tmp_path / "vqa.png"))
+
+    # explain: each hit's words x frames heat map beside its thumbnail, as the JSON has it.
+    browser.find_element(By.ID, "explain").click()
+    browser.find_element(By.ID, "search-button").click()
+    tables = WebDriverWait(browser, 30).until(
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "figure.hit table.wti")) == 12
+            and d.find_elements(By.CSS_SELECTOR, "figure.hit table.wti")
+        )
+    )
+    from serve_helpers import call
+
+    _, out = call(
+        f"{app_url}/search",
+        {"text": "a red circle moves to the left", "top_k": 12, "explain": True},
+    )
+    first = out["results"][0]["explain"]
+    rows = tables[0].find_elements(By.CSS_SELECTOR, "tr.token")
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == first["tokens"]
+    for row, best in zip(rows, first["token_best_frame"]):
+        cells = row.find_elements(By.CSS_SELECTOR, "td.cell")
+        assert len(cells) == len(first["frame_weights"])
+        assert [i for i, c in enumerate(cells) if "best" in c.get_attribute("class")] == [best]
+    assert "= (text→video" in browser.find_element(By.CSS_SELECTOR, "figure.hit .wti-sum").text
+    browser.execute_script("arguments[0].scrollIntoView()", tables[0])
+    browser.save_screenshot(str(tmp_path / "explain.png"))
+    # The heat map is drawn, not only its numbers: the first table's cells are coloured.
+    box = tables[0].rect
+    shot = np.asarray(Image.open(tmp_path / "explain.png").convert("RGB"))
+    x, y = int(box["x"]), int(box["y"] - browser.execute_script("return window.scrollY"))
+    table = shot[max(y, 0) : y + int(box["height"]), x : x + int(box["width"])].astype(int)
+    tinted = (np.abs(table[..., 0] - table[..., 2]) > 60).mean()
+    assert tinted > 0.2, tinted
     print(f"screenshots in {tmp_path}")
