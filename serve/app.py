@@ -12,6 +12,7 @@ the app: ``/healthz`` says what is loaded and the routes that need it answer 503
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from ray.serve import Application
@@ -29,6 +30,9 @@ def from_run(args: AppArgs) -> AppArgs:
     try:
         kind, folder = run_folder(uri, args.run, args.experiment)
     except LookupError as err:
+        if Path(sys.argv[0]).name == "serve":  # the `serve` command line: one line, exit 2
+            print(f"serve: {err}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         raise ValueError(str(err)) from None
     print(f"serving MLflow run {args.run} ({kind}) from {folder}", flush=True)
     if kind == "pitvqa":
