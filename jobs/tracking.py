@@ -225,6 +225,8 @@ def find_run(uri: str, run: str, experiment: str) -> dict:
     with one line when there is none."""
     from mlflow.exceptions import MlflowException
 
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise LookupError(f"run={run}: no MLflow store at {uri} (run python jobs/train.py first)")
     mlflow = client(uri)
     if run == "best":
         found = mlflow.get_experiment_by_name(experiment)
