@@ -52,7 +52,7 @@ def ray_cluster():
             "num_cpus": 2,
             "include_dashboard": False,
             "object_store_memory": 2 * 1024**3,
-            # Metrics reach Ray's endpoint within a second (10 s by default): tests/serve/test_metrics.py.
+            # Metrics reach Ray's endpoint within a second (10 s by default): tests/serve/test_service_metrics.py.
             "_system_config": {"metrics_report_interval_ms": 1000},
         },
     )
