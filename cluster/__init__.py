@@ -1,5 +1,6 @@
 """What jobs and serving share on a Ray cluster: connecting (``connect``), the job
-``runtime_env`` (``runtime_env``), and sizing by the cluster's GPUs (``resources``).
+``runtime_env`` (``runtime_env``), sizing by the cluster's GPUs (``resources``), and the
+MLflow store the jobs log their runs to and the service reads them from (``tracking``).
 
 The cluster definitions live beside this package: ``ray_cluster.yaml`` (AWS, at the
 repository root), ``cluster/onprem.yaml`` (your own machines) and ``cluster/serve.yaml``

@@ -247,7 +247,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         help="video shards of the retrieval evaluation, one Ray task each (default: one per GPU, else 2; at "
         "most one per column block of the kernel, a few hundred videos)",
     )
-    g = parser.add_argument_group("experiment tracking (MLflow; jobs/tracking.py)")
+    g = parser.add_argument_group("experiment tracking (MLflow; cluster/tracking.py)")
     g.add_argument(
         "--mlflow",
         action=Switch,

@@ -48,7 +48,7 @@ class TrainConfig:
     deterministic: bool = False  # deterministic GPU kernels too (``--deterministic``)
     precision: str = "auto"  # --precision as given
     compute_dtype: str = "fp32"  # ... resolved for the workers' hardware (``models.precision``)
-    # MLflow (``jobs.tracking``): where rank 0 logs each epoch, and the run it continues.
+    # MLflow (``cluster.tracking``): where rank 0 logs each epoch, and the run it continues.
     mlflow_tracking_uri: str | None = None
     mlflow_run_id: str | None = None
     inject_failure: int | None = None  # testing: the first worker to reach this step raises

@@ -12,7 +12,7 @@ returns rank counts, not scores (``jobs.similarity``), so no process ever holds 
 ``[texts, videos]`` matrix; t2v/v2t R@1/5/10, MdR and MnR follow from the ranks. VQA:
 accuracy, macro P/R/F1, balanced accuracy, the majority-class baseline and per-type
 accuracy. Writes ``metrics.json`` and PNG plots, and logs them as an MLflow run
-(``jobs.tracking``).
+(``cluster.tracking``).
 """
 
 from __future__ import annotations
@@ -177,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, error)
 
     from cluster import connect, use_gpus
+    from cluster.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from jobs.data import DataError
     from jobs.distributed import compute_dtype
-    from jobs.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from models.precision import is_large
 
     connect()

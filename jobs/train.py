@@ -217,13 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, error)
 
     from cluster import connect, training_scale, wait_until_released
+    from cluster.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from jobs.config import FILE as CONFIG_FILE
     from jobs.config import TrainConfig
     from jobs.data import DataError
     from jobs.distributed import compute_dtype
     from jobs.evaluate import evaluate_checkpoint
     from jobs.recipes import recipe_module
-    from jobs.tracking import EVALUATION, fail_run, finish, start, tracking_uri
 
     output_dir = Path(args.output_dir)
     connect()

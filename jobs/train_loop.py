@@ -4,7 +4,7 @@ epoch after epoch, with Ray Train's checkpoints.
 It reads top to bottom: build the recipe, restore the last reported checkpoint, wrap for
 DDP, then per epoch train, validate and report. Every worker calls ``ray.train.report``;
 only rank 0 writes the checkpoint (``jobs.checkpoints``) and logs the epoch to MLflow
-(``jobs.tracking``). The batches come from
+(``cluster.tracking``). The batches come from
 ``jobs.batches``.
 """
 
@@ -18,12 +18,12 @@ import ray.train
 import ray.train.torch
 
 from cluster.ray_private import quiet_ray_train
+from cluster.tracking import log_epoch
 from jobs.batches import torch_batches
 from jobs.checkpoints import report_epoch, restore
 from jobs.config import TrainConfig
 from jobs.distributed import print_once
 from jobs.recipes import recipe_for
-from jobs.tracking import log_epoch
 
 FAILURE_MARKER = ".injected_failure"
 

@@ -23,8 +23,8 @@ from .schemas import API_KEY_VARIABLE, AppArgs
 
 
 def from_run(args: AppArgs) -> AppArgs:
-    """``args`` with the checkpoint (and index) of MLflow run ``args.run`` (``jobs.tracking``)."""
-    from jobs.tracking import local_store, run_folder
+    """``args`` with the checkpoint (and index) of MLflow run ``args.run`` (``cluster.tracking``)."""
+    from cluster.tracking import local_store, run_folder
 
     uri = args.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or local_store("runs")
     try:

@@ -80,7 +80,7 @@ def history(output_dir):
 def mlflow_runs(output_dir, experiment="wti", job=None):
     """The MLflow runs of ``experiment`` in the local store beside ``output_dir`` (the
     jobs' default), oldest first, as (run, {metric: [(step, value), ...]}, artifact paths)."""
-    from jobs.tracking import client, local_store
+    from cluster.tracking import client, local_store
 
     store = client(local_store(output_dir.parent))
     found = store.get_experiment_by_name(experiment)

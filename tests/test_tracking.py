@@ -1,11 +1,11 @@
-"""jobs/tracking.py on a local store, without Ray: a run opened, continued and closed as the
+"""cluster/tracking.py on a local store, without Ray: a run opened, continued and closed as the
 jobs do it, the run a service is pointed at, and what happens when tracking cannot work."""
 
 import argparse
 
 import pytest
 
-from jobs import tracking
+from cluster import tracking
 
 
 def args_for(output_dir, **extra):

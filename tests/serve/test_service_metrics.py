@@ -28,7 +28,7 @@ def _store(tmp_path, trained_retriever, rendered_index) -> str:
     """Two finished training runs in a local MLflow store: the better one's folder holds
     the test checkpoint and index; the other's folder is gone (and it has no artifacts), so
     a wrong choice of ``best`` cannot come up."""
-    from jobs import tracking
+    from cluster import tracking
 
     uri = tracking.local_store(tmp_path)
     for name, score, folder in (("good", 80.0, "good"), ("worse", 40.0, "gone")):
@@ -232,12 +232,12 @@ def test_serve_run_best_serves_the_best_run_and_reports_its_metrics(
 
 
 def test_the_dashboard_charts_every_service_metric():
-    """``cluster/grafana/vqa_wti_dashboard.json`` is what ``python -m cluster.dashboard``
+    """``cluster/grafana/vqa_wti_dashboard.json`` is what ``python -m serve.dashboard``
     writes, Grafana's own dashboard model (grafana-foundation-sdk) reads it, and its queries
     name each metric of ``serve.metrics`` (with Prometheus' suffixes) and no other of ours."""
     from grafana_foundation_sdk.models.dashboard import Dashboard
 
-    from cluster.dashboard import DASHBOARD, build
+    from serve.dashboard import DASHBOARD, build
 
     data = json.loads(DASHBOARD.read_text())
     assert data == build()

@@ -1,7 +1,7 @@
 """The Grafana dashboard of the service's metrics (``serve.metrics``), written to
 ``cluster/grafana/vqa_wti_dashboard.json``:
 
-    python -m cluster.dashboard          # after changing serve/metrics.py
+    python -m serve.dashboard          # after changing serve/metrics.py
 
 Import the file in Grafana (Dashboards -> New -> Import) with Ray's Prometheus as the data
 source; docs/serving.md says how to run both on one machine. Serve's own dashboards (Ray's
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from serve.metrics import METRICS, PREFIX
 
-DASHBOARD = Path(__file__).with_name("grafana") / "vqa_wti_dashboard.json"
+DASHBOARD = Path(__file__).resolve().parents[1] / "cluster" / "grafana" / "vqa_wti_dashboard.json"
 RATE = "[$__rate_interval]"
 P = f"ray_{PREFIX}"
 
