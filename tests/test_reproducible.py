@@ -66,7 +66,7 @@ def test_pitvqa_trained_twice_with_one_seed_gives_identical_numbers(
         "--synthetic_dir",
         str(synthetic_dir),
         "--epochs",
-        "2",
+        "1",  # 2841 questions: the epoch's shuffle, the split over 2 workers, 178 steps
         "--batch_size",
         "16",
         "--image_size",
@@ -79,5 +79,5 @@ def test_pitvqa_trained_twice_with_one_seed_gives_identical_numbers(
         "7",
     ]
     first, second = twice(tmp_path, argv)
-    assert len(first[0]) == 2 and first[1]["num_questions"] > 256  # more than one block of rows
+    assert len(first[0]) == 1 and first[1]["num_questions"] > 256  # more than one block of rows
     assert first == second

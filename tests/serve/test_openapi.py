@@ -33,7 +33,7 @@ def test_schemathesis_with_every_check_passes_against_the_live_app(app_url, tmp_
         "--request-timeout",
         "30",
         "--max-time",
-        "60",
+        "30",
         "--generation-database",
         "none",
         "--report",
