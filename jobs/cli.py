@@ -140,7 +140,10 @@ def _drop_known_ray_lines() -> None:
             kept = [
                 line + b"\n" for line in lines if not any(p.search(line) for p in KNOWN_RAY_LINES)
             ]
-            if pending and not pending.startswith(b"["):  # not the start of a C++ log line
+            # A partial line goes out at once (a progress bar) unless it may be the start of
+            # a log line: C++ core ("[2026-..."), or relayed by Ray ("(pid=...)", colour-coded
+            # "\x1b[36m(pid=...)" when the driver's stderr is a terminal or a pipe).
+            if pending and not pending.startswith((b"[", b"(", b"\x1b[")):
                 kept.append(pending)
                 pending = b""
             if kept:

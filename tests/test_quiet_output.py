@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = """
-import os, sys
+import os, sys, time
 sys.path.insert(0, {root!r})
 from jobs.cli import run
 
@@ -21,6 +21,11 @@ def main(argv):
     sys.stderr.write("(pid=gcs_server) [2026-12-05 15:16:53,303 E 28785 28785] (gcs_server) "
                      "gcs_actor_scheduler.cc:538: Failed to kill actor 8b55, return status: Invalid: "
                      "KillActor RPC failed for actor 8b55: RpcError: RPC error: Socket closed rpc_code: 14\\n")
+    # The same line as Ray relays it, colour-coded, in two writes (a read may split it).
+    os.write(2, b"\\x1b[36m(pid=gcs_server)\\x1b[0m [2026-12-05 21:36:22,219 E 9915 9915] (gcs_server) gcs_actor_")
+    time.sleep(0.2)
+    os.write(2, b"scheduler.cc:538: Failed to kill actor e397, return status: Invalid: KillActor RPC "
+                b"failed for actor e397: RpcError: RPC error: Socket closed rpc_code: 14\\n")
     sys.stderr.write("decoded 10/20 videos\\r")
     sys.stderr.flush()
     print("stdout is left alone")
