@@ -284,6 +284,7 @@ class Ingress:
     @api.post(
         "/search",
         response_model=SearchResponse,
+        response_model_exclude_none=True,  # a hit's `explain` only when asked for
         responses=_errors(400, 401, 422, 500, 503),
         dependencies=[Depends(auth.require_key)],
     )

@@ -81,7 +81,9 @@ class Explanation(BaseModel):
 class Hit(BaseModel):
     video_id: str
     score: float
-    explain: Explanation | None = Field(None, description="with `explain: true` only")
+    explain: Explanation | None = Field(
+        None, description="what the score is made of; present with `explain: true` only"
+    )
 
 
 class SearchResponse(BaseModel):
