@@ -1,10 +1,15 @@
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ingest.synthetic import Clip, draw_frame, write_video
 from ingest.video import BadVideo, ClipSpec, decode_clip, resize_center_crop, sample_indices
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_sampling_one_per_second_then_uniform():
@@ -73,22 +78,28 @@ def test_decode_real_video_pads_with_mask(moving_video):
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through /proc")
-def test_decoder_threads_are_gone_before_the_resize(moving_video, monkeypatch):
-    # decord decodes ahead on a thread of its own until its reader is freed; alive through
-    # the resize, it costs every decoding actor 7% more CPU (BENCHMARKS.md, decoding).
-    import ingest.video
+def test_decoder_threads_are_gone_before_the_resize(moving_video):
+    """decord decodes ahead on a thread of its own until its reader is freed; alive through
+    the resize, it costs every decoding actor 7% more CPU (BENCHMARKS.md, decoding). Counted
+    in a fresh process: in the test session other libraries' threads come and go."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+import ingest.video
+from ingest.video import ClipSpec, decode_clip
 
-    def threads():
-        return len(os.listdir("/proc/self/task"))
-
-    during = []
-    resize = ingest.video.resize_center_crop
-    monkeypatch.setattr(
-        ingest.video, "resize_center_crop", lambda *a: during.append(threads()) or resize(*a)
+threads = lambda: len(os.listdir("/proc/self/task"))
+during, resize = [], ingest.video.resize_center_crop
+ingest.video.resize_center_crop = lambda *a: during.append(threads()) or resize(*a)
+before = threads()
+decode_clip({str(moving_video)!r}, ClipSpec(max_frames=4, image_size=32))
+print(during, before)
+assert during == [before], (during, before)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
     )
-    before = threads()
-    decode_clip(moving_video, ClipSpec(max_frames=4, image_size=32))
-    assert during == [before]
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_decode_uniform_cut(moving_video):
