@@ -255,7 +255,6 @@ def find_run(uri: str, run: str, experiment: str) -> dict:
         "run_id": chosen.info.run_id,
         "model": tags.get("model"),
         "output_dir": tags.get("output_dir"),
-        "artifact_uri": chosen.info.artifact_uri,
     }
 
 

@@ -3,8 +3,8 @@
     python jobs/explain.py --checkpoint runs/wti/checkpoint --video VIDEO.mp4 \\
         --text "a red circle moves to the left"
 
-Decodes the video as the index job does (the checkpoint's frame rate, frame count and
-size), encodes it and the text with the checkpoint, and writes ``--output`` (explain.png):
+Decodes the video as ``jobs/index.py`` does (``jobs.index.clip_spec``: the checkpoint's
+frame count and size, the same ``--feature_framerate`` and ``--slice_framepos``), encodes it and the text with the checkpoint, and writes ``--output`` (explain.png):
 the frames with their WTI weights, the words x frames similarity heat map with each word's
 best frame boxed and its weight, and the score as the sum of its parts
 (``models.wti.explain_pair``; ``/search`` with ``"explain": true`` returns the same numbers).
@@ -13,7 +13,6 @@ Runs on this machine's CPU or GPU; no Ray.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -31,6 +30,10 @@ def build_parser() -> Parser:
     add("--video", required=True, help="a video file (any format decord reads)")
     add("--text", required=True, help="the query")
     add("--output", default="explain.png", help="the PNG to write")
+    add("--feature_framerate", type=float, default=1.0, help="frames per second sampled")
+    add(
+        "--slice_framepos", type=int, choices=(0, 1, 2), default=2, help="0 head, 1 tail, 2 uniform"
+    )
     return parser
 
 
@@ -50,23 +53,17 @@ def main(argv: list[str] | None = None) -> int:
             PROG,
             f"--checkpoint {checkpoint} is a {saved.get('model')} checkpoint, not the retriever",
         )
-    config = saved["config"]
-    if config.get("interaction", "wti") == "dp":
+    if saved["config"].get("interaction", "wti") == "dp":
         return fail(PROG, "--checkpoint scores by dot product (no token-wise parts to show)")
-    trained = checkpoint / "train_config.json"
-    train = json.loads(trained.read_text()) if trained.is_file() else {}
 
     from ingest.datasets import normalize_clips
-    from ingest.video import BadVideo, ClipSpec, decode_clip
+    from ingest.video import BadVideo, decode_clip
+    from jobs.index import clip_spec
 
-    spec = ClipSpec(
-        train.get("feature_framerate") or 1.0,
-        config["max_frames"],
-        train.get("slice_framepos") if train.get("slice_framepos") is not None else 2,
-        config["clip_config"]["vision_config"]["image_size"],
-    )
     try:
-        frames, mask = decode_clip(args.video, spec)
+        frames, mask = decode_clip(
+            args.video, clip_spec(saved, args.feature_framerate, args.slice_framepos)
+        )
     except BadVideo as err:
         return fail(PROG, f"--video {args.video}: {err}")
 

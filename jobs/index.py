@@ -55,6 +55,20 @@ def index_info(checkpoint: Path) -> dict:
     }
 
 
+def clip_spec(saved: dict, feature_framerate: float, slice_framepos: int):
+    """How the videos of an index (and ``jobs/explain.py``'s video) are decoded for the
+    retriever checkpoint whose ``config.json`` is ``saved``: its frame count and size."""
+    from ingest.video import ClipSpec
+
+    config = saved["config"]
+    return ClipSpec(
+        feature_framerate,
+        config["max_frames"],
+        slice_framepos,
+        config["clip_config"]["vision_config"]["image_size"],
+    )
+
+
 def add_encoded(writer, batch: dict) -> None:
     """Append ``jobs.encode.ClipEncoder`` rows (a batch of columns) to a ``retrieval.store.IndexWriter``."""
     from retrieval.store import IndexRows
@@ -235,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         videos_dir = corpora[-1]
 
     from ingest.clips import DecodeLog, clip_dataset
-    from ingest.video import ClipSpec, find_videos
+    from ingest.video import find_videos
 
     videos = find_videos(videos_dir) if videos_dir.is_dir() else {}
     if not videos:
@@ -245,13 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = check_append(output_dir, checkpoint)
         if problem:
             return fail(PROG, problem)
-    config = saved["config"]
-    spec = ClipSpec(
-        args.feature_framerate,
-        config["max_frames"],
-        args.slice_framepos,
-        config["clip_config"]["vision_config"]["image_size"],
-    )
+    spec = clip_spec(saved, args.feature_framerate, args.slice_framepos)
 
     from cluster import connect, use_gpus
     from jobs.distributed import compute_dtype
