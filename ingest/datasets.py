@@ -32,7 +32,7 @@ CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 def image_pixels(images: list, image_size: int, mean=None, std=None) -> np.ndarray:
     """PIL images -> ``[B, 3, S, S]`` float32: RGB, bicubic resize to ``S`` if needed, 0-1
     (the reference's ToTensor), then ``(x - mean) / std`` when given (shape ``[1,3,1,1]``).
-    Training (``QABatcher``) and the VQA service both preprocess through here."""
+    Training (``qa_batch``) and the VQA service both preprocess through here."""
     arrays = []
     for image in images:
         image = image.convert("RGB")
@@ -43,37 +43,36 @@ def image_pixels(images: list, image_size: int, mean=None, std=None) -> np.ndarr
     return pixels if mean is None else (pixels - mean) / std
 
 
-class QABatcher:
+def qa_batch(
+    batch: dict[str, np.ndarray], tokenize: Tokenize, image_size: int, mean=None, std=None
+) -> dict[str, np.ndarray]:
     """Rows ``image``/``question``/``label`` -> ``pixel_values [B,3,S,S]`` (0-1, as the
-    reference's ToTensor, or normalised), ``input_ids``/``attention_mask [B,L]``, ``label``."""
-
-    def __init__(self, tokenize: Tokenize, image_size: int, mean=None, std=None):
-        self.tokenize, self.image_size = tokenize, image_size
-        self.mean = None if mean is None else np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = None if std is None else np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        pixels = image_pixels(
-            [Image.open(path) for path in batch["image"]], self.image_size, self.mean, self.std
-        )
-        input_ids, attention_mask = _arrays(self.tokenize(list(batch["question"])))
-        return {
-            "pixel_values": pixels,
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "label": batch["label"].astype(np.int64),
-        }
+    reference's ToTensor, or normalised by ``mean``/``std``), ``input_ids``/``attention_mask
+    [B,L]``, ``label``."""
+    if mean is not None:
+        mean = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    pixels = image_pixels([Image.open(path) for path in batch["image"]], image_size, mean, std)
+    input_ids, attention_mask = _arrays(tokenize(list(batch["question"])))
+    return {
+        "pixel_values": pixels,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "label": batch["label"].astype(np.int64),
+    }
 
 
 def qa_dataset(
     rows: list[dict], tokenize: Tokenize, image_size: int, mean=None, std=None, batch_size: int = 64
 ) -> ray.data.Dataset:
-    """VQA rows (from ``ingest.qa.read_qa``) as model-ready tensors."""
+    """VQA rows (from ``ingest.qa.read_qa``) as model-ready tensors. Ray Data tasks, not an
+    actor pool: nothing is worth loading once per process, and tasks run in Ray's pooled
+    workers, where an actor pool starts fresh processes (two per split, each importing the
+    tokenizer's libraries) for every dataset."""
     return ray.data.from_items(rows).map_batches(
-        QABatcher,
-        fn_constructor_kwargs=dict(tokenize=tokenize, image_size=image_size, mean=mean, std=std),
+        qa_batch,
+        fn_kwargs=dict(tokenize=tokenize, image_size=image_size, mean=mean, std=std),
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
     )
 
 

@@ -1,7 +1,7 @@
 """bench/full_size.py's build and training stages at a small width (the full-size run is
-the bench's own; its figures are in BENCHMARKS.md). It runs as a user runs it, in its own
-process on a Ray of its own (``RAY_ADDRESS=local``: the bench starts one that its stages
-share). The evaluation, index and service stages are left out: their entry points have
+the bench's own; its figures are in BENCHMARKS.md). It runs as a user runs it on a cluster,
+in its own process with ``RAY_ADDRESS`` naming the test session's Ray, which its stages
+share (without one, the bench starts a local Ray for them). The evaluation, index and service stages are left out: their entry points have
 end-to-end tests of their own (tests/test_train_job.py, tests/test_evaluate_job.py,
 tests/test_index_job.py, tests/serve/)."""
 
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = {"build", "train_retriever", "train_pitvqa"}
 
 
-def test_the_training_stages_run_through_the_real_entry_points_in_bf16(tmp_path):
+def test_the_training_stages_run_through_the_real_entry_points_in_bf16(ray_cluster, tmp_path):
     """The bench's build and training stages at bf16 (fp32 is every other test's
     precision), then the bench's feature
     cosine of the trained models, bf16 against fp32, here in-process (the bench computes it
@@ -51,7 +51,7 @@ def test_the_training_stages_run_through_the_real_entry_points_in_bf16(tmp_path)
         capture_output=True,
         text=True,
         timeout=900,
-        env={**os.environ, "RAY_ADDRESS": "local"},
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     # The JSON line is the last of its own; a Ray message may follow it under load.
