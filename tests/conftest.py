@@ -100,32 +100,17 @@ def synthetic_msrvtt(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def packed_run(ray_local, synthetic_dir, tmp_path_factory):
-    """One training run that two tests read: 2 Ray Train workers packed on one node (the
-    head), 2 epochs of CLIP4Clip's meanP + dot product, one worker killed at step 15 (in
-    epoch 2) and recovered, no index. ``test_train_job.py`` checks the recovery and the
-    evaluate CLI on it; ``test_cluster_nodes.py`` compares its first epoch with the same 2
-    workers spread over two nodes."""
-    from helpers import PACKED_MODEL, retriever_args
+    """One training run that three tests read: 2 Ray Train workers packed on one node (the
+    head), 2 epochs of the WTI retriever, one worker killed at step 15 (in epoch 2) and
+    recovered, no index. ``test_train_job.py`` checks the recovery and the evaluate CLI on
+    it; ``test_cluster_nodes.py`` compares its first epoch with the same 2 workers spread
+    over two nodes; ``test_reproducible.py`` compares it with the same command unbroken."""
+    from helpers import packed_args
 
     from jobs import train
 
     out = tmp_path_factory.mktemp("packed") / "run"
     code = train.main(
-        retriever_args(
-            synthetic_dir,
-            out,
-            "--epochs",
-            "2",
-            "--num_workers",
-            "2",
-            "--placement_strategy",
-            "STRICT_PACK",
-            "--inject_failure",
-            "15",
-            "--max_failures",
-            "1",
-            *PACKED_MODEL,
-            "--no-index",
-        )
+        packed_args(synthetic_dir, out, "--inject_failure", "15", "--max_failures", "1")
     )
     return code, out

@@ -65,12 +65,21 @@ def retriever_args(synthetic_dir, output_dir, *extra):
     ]
 
 
-PACKED_MODEL = (
-    "--interaction",
-    "dp",
-    "--sim_header",
-    "meanP",
-)  # conftest's packed run and the spread run
+def packed_args(synthetic_dir, output_dir, *extra):
+    """The command of conftest's packed run without its injected failure: 2 Ray Train
+    workers packed on one node, 2 epochs, no index."""
+    return retriever_args(
+        synthetic_dir,
+        output_dir,
+        "--epochs",
+        "2",
+        "--num_workers",
+        "2",
+        "--placement_strategy",
+        "STRICT_PACK",
+        "--no-index",
+        *extra,
+    )
 
 
 def history(output_dir):

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import PACKED_MODEL, history, retriever_args
+from helpers import history, retriever_args
 
 from jobs import train
 
@@ -105,7 +105,6 @@ def lost_node_run(ray_cluster, synthetic_dir, tmp_path_factory):
         "120",
         "--index",
         "0",
-        *PACKED_MODEL,
     )
     result = {}
     runner = threading.Thread(target=lambda: result.setdefault("code", train.main(args)))

@@ -1,11 +1,13 @@
 """The same command with the same seed, on the same machine and worker count, gives the same
 numbers: per-epoch losses and validation metrics (``history.jsonl``) and ``metrics.json``,
-bit for bit, for both models (two Ray Train workers, so that the split between them counts)."""
+bit for bit, for both models (two Ray Train workers, so that the split between them counts).
+The retriever's first run is conftest's packed run, which loses a worker in epoch 2 and
+resumes from epoch 1's checkpoint: the recovery changes nothing either."""
 
 import json
 
 import pytest
-from helpers import history
+from helpers import history, packed_args
 
 from jobs import train
 
@@ -31,30 +33,13 @@ def twice(tmp_path, argv) -> list[tuple[list[dict], dict]]:
 
 
 def test_the_retriever_trained_twice_with_one_seed_gives_identical_numbers(
-    ray_local, synthetic_dir, tmp_path
+    packed_run, synthetic_dir, tmp_path
 ):
-    argv = [
-        "--synthetic_dir",
-        str(synthetic_dir),
-        "--synthetic_train",
-        "16",  # the other jobs' corpus, decoded once (80 captions, one block; PitVQANet's
-        # 2841 questions below are several)
-        "--synthetic_test",
-        "8",
-        "--epochs",
-        "2",
-        "--batch_size",
-        "16",
-        "--n_display",
-        "0",
-        "--no-index",
-        "--num_workers",
-        "2",
-        "--seed",
-        "7",
-    ]
-    first, second = twice(tmp_path, argv)
-    assert len(first[0]) == 2 and first[0][0]["steps"] == 80 // 16
+    code, recovered = packed_run  # the same command with --inject_failure 15 --max_failures 1
+    assert code == 0 and (recovered / ".injected_failure").exists()
+    assert train.main(packed_args(synthetic_dir, tmp_path / "unbroken")) == 0
+    first, second = outcome(recovered), outcome(tmp_path / "unbroken")
+    assert len(first[0]) == 2 and first[0][0]["steps"] == 80 // 8  # 16 videos x 5 captions
     assert first == second
 
 
