@@ -114,3 +114,36 @@ def packed_run(ray_local, synthetic_dir, tmp_path_factory):
         packed_args(synthetic_dir, out, "--inject_failure", "15", "--max_failures", "1")
     )
     return code, out
+
+
+@pytest.fixture(scope="session")
+def endo18_run(ray_local, tmp_path_factory):
+    """One PitVQANet run that two tests read: the EndoVis18-VQA layout from disk, 2 Ray Train
+    workers, 1 epoch, seed 7, no MLflow. ``test_train_job.py`` checks what it trained and
+    evaluated; ``test_reproducible.py`` runs the same command again and compares."""
+    from ingest.synthetic import make_endo18
+    from jobs import train
+
+    folder = tmp_path_factory.mktemp("endo18")
+    root = make_endo18(folder / "endo18", frames=8)  # about 350 training questions
+    argv = [
+        "--dataset",
+        "endo18",
+        "--data_root",
+        str(root),
+        "--epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--n_display",
+        "0",
+        "--image_size",
+        "32",
+        "--num_workers",
+        "2",
+        "--seed",
+        "7",
+        "--no-mlflow",
+    ]
+    out = folder / "run"
+    return train.main([*argv, "--output_dir", str(out)]), out, argv, root

@@ -1,8 +1,9 @@
 """The same command with the same seed, on the same machine and worker count, gives the same
 numbers: per-epoch losses and validation metrics (``history.jsonl``) and ``metrics.json``,
 bit for bit, for both models (two Ray Train workers, so that the split between them counts).
-The retriever's first run is conftest's packed run, which loses a worker in epoch 2 and
-resumes from epoch 1's checkpoint: the recovery changes nothing either."""
+Each model's first run is one conftest makes for other tests too: the retriever's is the
+packed run, which loses a worker in epoch 2 and resumes from epoch 1's checkpoint (the
+recovery changes nothing either); PitVQANet's is the EndoVis18 run."""
 
 import json
 
@@ -43,27 +44,15 @@ def test_the_retriever_trained_twice_with_one_seed_gives_identical_numbers(
     assert first == second
 
 
-def test_pitvqa_trained_twice_with_one_seed_gives_identical_numbers(
-    ray_local, synthetic_dir, tmp_path
-):
-    argv = [
-        "--model",
-        "pitvqa",
-        "--synthetic_dir",
-        str(synthetic_dir),
-        "--epochs",
-        "1",  # 2841 questions (11 blocks): the epoch's shuffle, the split over 2 workers
-        "--batch_size",
-        "64",
-        "--image_size",
-        "32",
-        "--n_display",
-        "0",
-        "--num_workers",
-        "2",
-        "--seed",
-        "7",
-    ]
-    first, second = twice(tmp_path, argv)
-    assert len(first[0]) == 1 and first[1]["num_questions"] > 256  # more than one block of rows
+def test_pitvqa_trained_twice_with_one_seed_gives_identical_numbers(endo18_run, tmp_path):
+    from jobs.data import ROWS_PER_BLOCK
+
+    code, first_out, argv, _ = endo18_run  # conftest's run: 2 workers, seed 7, endo18
+    assert code == 0
+    assert train.main([*argv, "--output_dir", str(tmp_path / "second")]) == 0
+    first, second = outcome(first_out), outcome(tmp_path / "second")
+    settings = json.loads((first_out / "train_config.json").read_text())
+    # More than one block of rows: the epoch's shuffle and the split over 2 workers count.
+    assert settings["num_train_rows"] > ROWS_PER_BLOCK and len(first[0][0]["worker_nodes"]) == 2
+    assert len(first[0]) == 1 and first[1]["num_questions"] > 0
     assert first == second

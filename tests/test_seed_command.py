@@ -1,6 +1,7 @@
 """The commands users already type: the seed's PitVQA command, word for word, and CLIP flags."""
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -16,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def seed_run(ray_local, tmp_path_factory):
+def seed_run(ray_cluster, tmp_path_factory):
     """``python jobs/train.py --dataset=pit24 --data_root=DIR --epochs=60 --batch_size=64
-    --lr=0.00002``, word for word, from a folder laid out like the repository root: the run
-    that the tests below read."""
+    --lr=0.00002``, word for word, from a folder laid out like the repository root, in its own
+    process on the session's cluster (``RAY_ADDRESS``, as a job on a cluster runs; a job that
+    starts its own Ray is tests/test_job_submit.py's): the run that the tests below read."""
     from ingest.synthetic import make_pit24
 
     tmp_path = tmp_path_factory.mktemp("seed")
@@ -41,6 +43,8 @@ def seed_run(ray_local, tmp_path_factory):
             "PATH": f"{python}:/usr/bin:/bin",
             "HOME": str(tmp_path),
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05",
+            "RAY_ADDRESS": ray_cluster.address,
+            **{k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")},
         },
     )
     return done, data_root, tmp_path / "repo" / "runs" / "pitvqa"

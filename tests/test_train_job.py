@@ -149,36 +149,13 @@ def test_a_worker_that_dies_is_recovered_and_the_evaluate_cli_agrees(
 
 
 @pytest.mark.slow
-def test_endo18_trains_and_evaluates_end_to_end(ray_local, tmp_path):
+def test_endo18_trains_and_evaluates_end_to_end(endo18_run):
     """The EndoVis18-VQA layout from disk (``seq_N/left_fr`` + ``vqa/Classification``) through
-    training, the 18 classes, and the per-type metrics of its three question types."""
-    from ingest.synthetic import make_endo18
-
-    root = make_endo18(tmp_path / "endo18", frames=4)
-    out = tmp_path / "run"
-    assert (
-        train.main(
-            [
-                "--dataset",
-                "endo18",
-                "--data_root",
-                str(root),
-                "--epochs",
-                "1",
-                "--batch_size",
-                "16",
-                "--output_dir",
-                str(out),
-                "--n_display",
-                "0",
-                "--image_size",
-                "32",
-                "--no-mlflow",
-            ]
-        )
-        == 0
-    )
-    assert not (tmp_path / "mlflow.db").exists()  # --no-mlflow: nothing tracked
+    training on 2 workers, the 18 classes, and the per-type metrics of its three question
+    types (conftest's run, which tests/test_reproducible.py runs again)."""
+    code, out, _, root = endo18_run
+    assert code == 0
+    assert not (out.parent / "mlflow.db").exists()  # --no-mlflow: nothing tracked
     metrics = json.loads((out / "metrics.json").read_text())
     jsonschema.validate(metrics, VQA_SCHEMA)
     assert metrics["num_classes"] == 18

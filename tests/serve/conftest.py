@@ -96,6 +96,17 @@ def pitvqa_checkpoint(tmp_path_factory, gpt2_tokenizer):
     return folder
 
 
+def pytest_runtest_teardown(item, nextitem):
+    """Serve is shut down once the last test of this folder has run (no test outside it uses
+    an app): its replicas would take CPU from every test after it."""
+    import ray
+
+    if ray.is_initialized() and (nextitem is None or nextitem.path.parent != item.path.parent):
+        from ray import serve
+
+        serve.shutdown()
+
+
 @pytest.fixture(scope="session")
 def serve_port(ray_local):
     from ray import serve
