@@ -75,6 +75,11 @@ def _value(samples: dict, name: str, **tags) -> float:
     return sum(v for (n, labels), v in samples.items() if n == name and want <= labels)
 
 
+def _gauges(samples: dict, name: str, shard: int) -> set:
+    """The values of gauge ``name`` that shard ``shard``'s replicas reported."""
+    return {v for (n, t), v in samples.items() if n == name and ("shard", str(shard)) in t}
+
+
 def _to_json(value):
     return value.to_json() if hasattr(value, "to_json") else value.value
 
@@ -215,18 +220,23 @@ def test_serve_run_best_serves_the_best_run_and_reports_its_metrics(
             if health["search"]["index_version"] is not None:
                 break
             time.sleep(0.5)
-        time.sleep(2)  # the replacement's gauges: reported each second
-        samples = _scrape(port)
-        for i, rows in enumerate(health["search"]["shard_rows"]):
-            versions = {
-                v
-                for (n, t), v in samples.items()
-                if n == "index_version" and ("shard", str(i)) in t
-            }
-            row_counts = {
-                v for (n, t), v in samples.items() if n == "index_rows" and ("shard", str(i)) in t
-            }
-            assert health["search"]["index_version"] in versions and rows in row_counts
+
+        # The replacement's gauges reach the endpoint with its next report (each second; later
+        # on a loaded machine): scraped until every shard's are there, for up to 30 s.
+        expected = [
+            (health["search"]["index_version"], rows) for rows in health["search"]["shard_rows"]
+        ]
+        deadline = time.time() + 30
+        while True:
+            samples = _scrape(port)
+            seen = [
+                (_gauges(samples, "index_version", i), _gauges(samples, "index_rows", i))
+                for i in range(len(expected))
+            ]
+            if all(v in vs and r in rs for (v, r), (vs, rs) in zip(expected, seen)):
+                break
+            assert time.time() < deadline, (expected, seen)
+            time.sleep(0.5)
     finally:
         serve.delete(APP)
 
