@@ -24,15 +24,6 @@ def outcome(output_dir) -> tuple[list[dict], dict]:
     return rows, metrics
 
 
-def twice(tmp_path, argv) -> list[tuple[list[dict], dict]]:
-    runs = []
-    for name in ("first", "second"):
-        out = tmp_path / name
-        assert train.main([*argv, "--output_dir", str(out)]) == 0
-        runs.append(outcome(out))
-    return runs
-
-
 def test_the_retriever_trained_twice_with_one_seed_gives_identical_numbers(
     packed_run, synthetic_dir, tmp_path
 ):
