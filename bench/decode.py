@@ -128,7 +128,9 @@ def main(argv=None):
     files = find_videos(args.data) if args.data else synthetic_videos(args)
     videos = clip_list(files, args.videos or (len(files) if args.data else 600))
     spec = ClipSpec()
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
+    # A Ray of its own, as the other benchmarks start (a bare ray.init() would attach to, or
+    # wait for, whatever cluster an address file on this machine names).
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     configure_ray_data()  # as the jobs run Ray Data (ordered rows among them)
     cpus = int(ray.cluster_resources()["CPU"])
     workers = args.workers or cpus

@@ -36,6 +36,13 @@ def connect():
     return ray
 
 
+def log_ray_data_here() -> None:
+    """Ray Data's logging config for this process by its absolute path: a Ray Train worker
+    runs in its run folder, where ``runtime_env.yaml``'s relative path names nothing (a
+    one-worker run reads its datasets there itself, without a split coordinator)."""
+    os.environ["RAY_DATA_LOGGING_CONFIG"] = str(DATA_LOGGING)
+
+
 def configure_ray_data() -> None:
     """Ray Data's settings for this process, as every job runs it (the benchmarks too)."""
     import ray
@@ -44,6 +51,10 @@ def configure_ray_data() -> None:
     # Rows in the order they were read, whichever task finishes first: the same command and
     # seed give the same model and the same index, bit for bit (docs/decisions.md).
     context.execution_options.preserve_order = True
+    # Parquet (the decoded-clip cache) through the reader that lists files in a task: the
+    # new one (Ray 2.60's default) starts a pool of footer-reading actors per read, each a
+    # fresh process, which cost a small job a third of its CPU time (docs/decisions.md).
+    context.use_datasource_v2 = False
     context.print_on_execution_start = False
     # Workers (Ray Train's dataset splits) have no terminal: no tqdm lines relayed from them.
     context.use_ray_tqdm = False

@@ -37,6 +37,8 @@ class EveryValidationRow(ray.train.DataConfig):
         super().__init__(execution_options=ExecutionOptions(preserve_order=True))
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        if world_size == 1:  # nothing to split: the worker reads each dataset whole, in order
+            return [self._whole(datasets)]
         others = {k: v for k, v in datasets.items() if k != "val"}
         out = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
         if "val" in datasets:
@@ -49,6 +51,18 @@ class EveryValidationRow(ray.train.DataConfig):
             splits = val.streaming_split(world_size, equal=False, locality_hints=hints)
             for worker, split in zip(out, splits):
                 worker["val"] = split
+        return out
+
+    def _whole(self, datasets) -> dict:
+        """Each dataset as one iterator, without ``streaming_split``'s coordinator actor
+        (a fresh process per dataset, spawned when the worker first reads it)."""
+        out = {}
+        for name, ds in datasets.items():
+            if ds.name is None:
+                ds.set_name(name)
+            ds = ds.copy(ds)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            out[name] = ds.iterator()
         return out
 
 

@@ -294,7 +294,7 @@ def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
     out_dir = Path(out_dir)
     manifest = _read_manifest(out_dir)
     if not manifest:
-        return ray.data.read_parquet(str(out_dir / "clips"))
+        return _read_parquet(str(out_dir / "clips"))
     wanted = set(video_ids) if video_ids is not None else None
     current = {
         vid: entry["file"]
@@ -317,9 +317,22 @@ def read_clips(out_dir: str | Path, video_ids=None) -> ray.data.Dataset:
         )
         return {k: v[keep] for k, v in batch.items() if k != "path"}
 
-    return ray.data.read_parquet(files, include_paths=True).map_batches(
-        current_rows, batch_format="numpy"
-    )
+    return _read_parquet(files, include_paths=True).map_batches(current_rows, batch_format="numpy")
+
+
+def _read_parquet(paths, **kwargs) -> ray.data.Dataset:
+    """``ray.data.read_parquet`` without the tqdm bar its file sampling draws at every read
+    (a line of output each time where the output is not a terminal); the dataset's own
+    progress shows as configured (``cluster.connect``)."""
+    context = ray.data.DataContext.get_current()
+    shown = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        ds = ray.data.read_parquet(paths, **kwargs)
+    finally:
+        context.enable_progress_bars = shown
+    ds.context.enable_progress_bars = shown
+    return ds
 
 
 def clip_ids(out_dir: str | Path, video_ids=None) -> list[str]:

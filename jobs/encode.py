@@ -1,5 +1,6 @@
-"""Encoding on Ray Data: actor pools that load a checkpoint once each (on its own GPU
-when the cluster has GPUs) and run ``models.encode`` or PitVQANet over a dataset.
+"""Encoding on Ray Data: ``models.encode`` or PitVQANet over a dataset, with the checkpoint
+loaded once per process: on GPUs a pool of actors, one per GPU, each holding the model on
+its GPU; on CPUs tasks, whose worker processes Ray keeps for the job's later tasks.
 
     texts  = encode(captions_ds, TextEncoder, checkpoint, use_gpu)   # row, features, weights, pooled
     videos = encode(clips_ds, ClipEncoder, checkpoint, use_gpu)      # index rows (jobs/index.py)
@@ -12,6 +13,7 @@ queries with the same ``models.encode`` functions.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -24,14 +26,32 @@ from models.device import pick_device
 from models.encode import encode_texts, encode_videos
 from models.precision import autocast
 
+# This process's last checkpoint: {(folder, its files, device): (model, tokenizer)}.
+_LOADED: dict = {}
+
+
+def loaded(checkpoint: str, device: str):
+    """``load_checkpoint`` once per process and checkpoint: the video and text encoders of a
+    job share the model, and a folder rewritten since (a resumed run's new best epoch) is
+    loaded afresh. Only the last one is kept."""
+    folder = Path(checkpoint)
+    files = tuple(
+        sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir())
+    )
+    key = (str(folder.resolve()), files, device)
+    if key not in _LOADED:
+        _LOADED.clear()
+        _LOADED[key] = load_checkpoint(folder, device=device)
+    return _LOADED[key]
+
 
 class CheckpointActor:
-    """Loads the checkpoint once per actor, on its GPU when it has one; its models compute
-    in ``compute_dtype`` (``models.precision``; the outputs are fp32)."""
+    """Holds the checkpoint's model (``loaded``), on its GPU when it has one; its models
+    compute in ``compute_dtype`` (``models.precision``; the outputs are fp32)."""
 
     def __init__(self, checkpoint: str, compute_dtype: str = "fp32"):
         self.device = pick_device()
-        self.model, self.tokenizer = load_checkpoint(checkpoint, device=self.device)
+        self.model, self.tokenizer = loaded(checkpoint, self.device)
         self.compute_dtype = compute_dtype
 
     def autocast(self):
@@ -108,15 +128,32 @@ def encode(
     batch_size: int = 32,
     compute_dtype: str = "fp32",
 ) -> ray.data.Dataset:
-    """``ds`` through a pool of ``udf`` actors (one per GPU, or one on CPUs), lazily."""
+    """``ds`` through ``udf``, lazily: a pool of ``udf`` actors, one per GPU; on CPUs one
+    task at a time (as one actor would run), in a worker process that has usually loaded
+    the checkpoint already. An actor is a fresh process that imports torch and transformers
+    and loads the model (7 CPU-s on a 2-core machine); a job's tasks reuse its workers, so
+    indexing, evaluation and the next command of a session pay that once."""
+    kwargs = {"checkpoint": str(checkpoint), "compute_dtype": compute_dtype}
+    if use_gpu:
+        return ds.map_batches(
+            udf,
+            fn_constructor_kwargs=kwargs,
+            batch_size=batch_size,
+            compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)),
+            num_gpus=1,
+            num_cpus=0,
+        )
     return ds.map_batches(
-        udf,
-        fn_constructor_kwargs={"checkpoint": str(checkpoint), "compute_dtype": compute_dtype},
+        _on_cpu,
+        fn_kwargs={"udf": udf, **kwargs},
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=per_gpu(use_gpu)),
-        num_gpus=1 if use_gpu else 0,
-        num_cpus=0 if use_gpu else 1,
+        compute=ray.data.TaskPoolStrategy(size=1),
+        num_cpus=1,
     )
+
+
+def _on_cpu(batch: dict[str, np.ndarray], udf: type[CheckpointActor], **kwargs) -> dict:
+    return udf(**kwargs)(batch)
 
 
 def collect(ds: ray.data.Dataset) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ import numpy as np
 import ray.train
 import ray.train.torch
 
+from cluster.connect import log_ray_data_here
 from cluster.ray_private import quiet_ray_train
 from cluster.tracking import log_epoch
 from jobs.batches import torch_batches
@@ -40,6 +41,7 @@ def train_loop(loop_config: dict) -> None:
     """Ray Train's ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a
     ``TrainConfig`` as a dict) and ``tokenizer`` (saved with each checkpoint)."""
     quiet_ray_train()
+    log_ray_data_here()
     config = TrainConfig(**loop_config["config"])
     if config.deterministic:  # seeds, deterministic algorithms, no cuDNN benchmarking
         ray.train.torch.enable_reproducibility(config.seed)
