@@ -51,7 +51,8 @@ def steps(device: str, small: bool) -> list[dict]:
             "200",
         ]
         train = ["--size", "32", "--steps", "3", "--epochs", "2", "--batch", "4", "--frames", "2"]
-        precisions = "bf16"  # the autocast path; tests/bench/test_bench_train.py runs both
+        train += ["--threads", "1"]
+        precisions = "bf16"  # the autocast path (fp32 is every other test's)
         serve = ["--videos", "500", "--concurrency", "1", "--requests", "10", "--seconds", "3"]
     else:
         wti = ["--texts", "5000", "--videos", "5000"]

@@ -6,6 +6,9 @@ import torch
 # Ray Train's controller polls its workers this often (jobs/train.py: 0.25 s unless set); a
 # worker's next report waits for the poll, which is most of an epoch of the tests' tiny runs.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.05")
+# Ray Train's preemption watcher (an actor per run that polls Ray for nodes being drained,
+# as spot instances are) has nothing to watch on this one machine: a process fewer per run.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 from models import build_bpe_tokenizer
 

@@ -1,5 +1,6 @@
 """bench/gpu.py's dry run on the CPU (``--device cpu --small``): every step of the GPU
-checklist runs or says why not, within its limit, and the report files are written."""
+checklist runs or says why not, within its limit, and the report files are written. Its
+training steps are bench/train.py's smoke test (the plain loop and Ray Train's, at bf16)."""
 
 import json
 import subprocess
@@ -32,8 +33,16 @@ def test_the_gpu_checklist_dry_run_passes_on_the_cpu(tmp_path):
         assert row["status"] == "ok", (name, row, (tmp_path / f"{name}.log").read_text()[-2000:])
         assert (tmp_path / f"{name}.log").is_file()
     assert report["steps"]["wti_5k"]["result"]["bench"] == "wti"
+    # The training steps are bench/train.py's runs (both loops, bf16 autocast, 1 thread).
     for model in ("retriever", "pitvqa"):
         (row,) = report["steps"][f"train_{model}"]["result"]["results"]
-        assert row["precision"] == "bf16" and row["ray_train"]["samples_per_s"] > 0
+        assert row["precision"] == "bf16"
+        assert row["ray_train"]["threads"] == 1  # --threads reached the Ray Train worker
+        for side in ("plain", "ray_train"):
+            assert row[side]["samples_per_s"] > 0
+            assert row[side]["step_ms"] > 0 and row[side]["wait_ms"] >= 0
+        assert row["ray_fit_seconds"] > 0
+        log = (tmp_path / f"train_{model}.log").read_text()
+        assert "plain" in log and "Ray Train" in log  # the table a person reads names both
     table = (tmp_path / "gpu.md").read_text()
     assert all(f"| {name} |" in table for name in names)

@@ -122,7 +122,7 @@ def serve_port(ray_local):
 def app_url(serve_port, trained_retriever, rendered_index, pitvqa_checkpoint):
     # shard_cpus=0: this app stays up for the whole session, and the training tests that
     # run beside it need the head's two CPUs (the CPU default, one per shard, is tested in
-    # test_serve_nodes.py).
+    # test_serve_nodes_haproxy.py).
     return run_app(
         serve_port,
         "default",

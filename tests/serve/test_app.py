@@ -313,68 +313,66 @@ def test_a_model_call_that_raises_is_a_500_with_a_request_id(
         serve.delete("broken")
 
 
-def app_without_models(serve_port, tmp_path, name, **args) -> str:
-    """An app whose checkpoints and index are missing (it starts fast; its routes answer 503)."""
-    return run_app(
+KEY = "k3y-for-this-test"
+
+
+@pytest.fixture(scope="module")
+def keyed_app_without_models(serve_port, tmp_path_factory):
+    """An app with an API key whose checkpoints and index are missing (it starts fast; its
+    model routes answer 503): the two tests below share it."""
+    from ray import serve
+
+    missing = tmp_path_factory.mktemp("missing")
+    yield run_app(
         serve_port,
-        name,
-        checkpoint=str(tmp_path / "nope"),
-        index=str(tmp_path / "noindex"),
-        vqa_checkpoint=str(tmp_path / "nothing"),
+        "keyed",
+        checkpoint=str(missing / "nope"),
+        index=str(missing / "noindex"),
+        vqa_checkpoint=str(missing / "nothing"),
         num_shards=1,
-        **args,
+        api_key=KEY,
     )
+    serve.delete("keyed")
 
 
 def test_with_an_api_key_search_vqa_and_thumbnails_need_it_and_healthz_does_not(
-    serve_port, tmp_path
+    keyed_app_without_models,
 ):
-    key = "k3y-for-this-test"
+    base = keyed_app_without_models
+    status, health = call(f"{base}/healthz")
+    assert status == 200 and health["api_key_required"] is True
+    requests = [
+        ("/search", {"text": "a red circle"}),
+        ("/search", {"top_k": "not even valid"}),  # the key is checked before the body
+        ("/vqa", {"image": png_b64(), "question": "what"}),
+        ("/thumbnail/video1", None),
+    ]
+    wrong = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"}]
+    wrong += [{"Authorization": KEY}, {"Authorization": f"Bearer {KEY}x"}]
+    for path, body in requests:
+        for headers in wrong:
+            status, out = call(f"{base}{path}", body, headers=headers)
+            assert status == 401 and "API key" in out["error"], (path, headers, out)
+    right = {"Authorization": f"Bearer {KEY}"}
     # No models: a request the key lets through gets their 503.
-    base = app_without_models(serve_port, tmp_path, "keyed", api_key=key)
-    try:
-        status, health = call(f"{base}/healthz")
-        assert status == 200 and health["api_key_required"] is True
-        requests = [
-            ("/search", {"text": "a red circle"}),
-            ("/search", {"top_k": "not even valid"}),  # the key is checked before the body
-            ("/vqa", {"image": png_b64(), "question": "what"}),
-            ("/thumbnail/video1", None),
-        ]
-        wrong = [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {key}"}]
-        wrong += [{"Authorization": key}, {"Authorization": f"Bearer {key}x"}]
-        for path, body in requests:
-            for headers in wrong:
-                status, out = call(f"{base}{path}", body, headers=headers)
-                assert status == 401 and "API key" in out["error"], (path, headers, out)
-        right = {"Authorization": f"Bearer {key}"}
-        assert call(f"{base}/search", {"text": "a red circle"}, headers=right)[0] == 503
-        assert call(f"{base}/search", {"top_k": 5}, headers=right)[0] == 422
-        status, _ = call(f"{base}/vqa", {"image": png_b64(), "question": "what"}, headers=right)
-        assert status == 503
-        assert call(f"{base}/thumbnail/video1", headers=right)[0] == 404
-        # The document says which routes need the key.
-        status, spec = call(f"{base}/openapi.json")
-        assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
-        assert spec["paths"]["/search"]["post"]["security"] == [{"bearer": []}]
-        assert "security" not in spec["paths"]["/healthz"]["get"]
-    finally:
-        from ray import serve
-
-        serve.delete("keyed")
+    assert call(f"{base}/search", {"text": "a red circle"}, headers=right)[0] == 503
+    assert call(f"{base}/search", {"top_k": 5}, headers=right)[0] == 422
+    status, _ = call(f"{base}/vqa", {"image": png_b64(), "question": "what"}, headers=right)
+    assert status == 503
+    assert call(f"{base}/thumbnail/video1", headers=right)[0] == 404
+    # The document says which routes need the key.
+    status, spec = call(f"{base}/openapi.json")
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/search"]["post"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
 
 
-def test_missing_models_start_and_answer_503_with_the_command(serve_port, tmp_path):
-    base = app_without_models(serve_port, tmp_path, "empty")
-    try:
-        status, health = call(f"{base}/healthz")
-        assert status == 200 and health["status"] == "degraded"
-        assert not health["search"]["loaded"] and not health["vqa"]["loaded"]
-        status, out = call(f"{base}/search", {"text": "a red circle"})
-        assert status == 503 and "python jobs/train.py" in out["error"]
-        status, out = call(f"{base}/vqa", {"image": png_b64(), "question": "what"})
-        assert status == 503 and "python jobs/train.py --model pitvqa" in out["error"]
-    finally:
-        from ray import serve
-
-        serve.delete("empty")
+def test_missing_models_start_and_answer_503_with_the_command(keyed_app_without_models):
+    base, right = keyed_app_without_models, {"Authorization": f"Bearer {KEY}"}
+    status, health = call(f"{base}/healthz")
+    assert status == 200 and health["status"] == "degraded"
+    assert not health["search"]["loaded"] and not health["vqa"]["loaded"]
+    status, out = call(f"{base}/search", {"text": "a red circle"}, headers=right)
+    assert status == 503 and "python jobs/train.py" in out["error"]
+    status, out = call(f"{base}/vqa", {"image": png_b64(), "question": "what"}, headers=right)
+    assert status == 503 and "python jobs/train.py --model pitvqa" in out["error"]
