@@ -8,6 +8,7 @@ model's tokenizer), so that this layer does not depend on the models.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -100,7 +101,10 @@ def normalize_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """
     import torch
 
-    frames = torch.from_numpy(batch["frames"]).permute(0, 1, 4, 2, 3).float() / 255.0
+    with warnings.catch_warnings():  # a read-only view of Ray's object store, only read here
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        frames = torch.from_numpy(batch["frames"])
+    frames = frames.permute(0, 1, 4, 2, 3).float() / 255.0
     pixels = (frames - torch.from_numpy(CLIP_MEAN).view(3, 1, 1)) / torch.from_numpy(CLIP_STD).view(
         3, 1, 1
     )

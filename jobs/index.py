@@ -11,11 +11,11 @@ index (a video id it already holds is replaced); the checkpoint must be the one 
 built with. ``--remove`` takes videos out. Each change is the index's next version, made in
 one rename of its manifest (``retrieval.store``); a running service picks it up within seconds.
 
-Ray Data decodes the videos (the clip job, streamed: nothing but the index is written), an
-actor pool encodes them (``jobs.encode.ClipEncoder``; one GPU per actor when the cluster
-has GPUs), and the driver writes the rows into segments (``retrieval.store``): per
-video its id, prepared frame features (fp16), frame mask, video-side WTI weights, pooled
-vector and a thumbnail. The manifest records the checkpoint, the count, the dimensions and
+Ray Data decodes the videos (the clip job, streamed: nothing but the index is written),
+``jobs.encode.ClipEncoder`` encodes them (an actor per GPU when the cluster has GPUs, else
+tasks), and the driver writes the rows into segments (``retrieval.store``): per video its
+id, prepared frame features (fp16), frame mask, video-side WTI weights, pooled vector and a
+thumbnail. The manifest records the checkpoint, the count, the dimensions and
 the shard layout. ``serve run serve.app`` serves ``runs/wti/index`` by default. Ray comes
 from RAY_ADDRESS or starts locally.
 """
