@@ -38,32 +38,25 @@ class EveryValidationRow(ray.train.DataConfig):
 
     def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
         if world_size == 1:  # nothing to split: the worker reads each dataset whole, in order
-            return [self._whole(datasets)]
+            # (no ``streaming_split`` coordinator: a fresh process per dataset)
+            return [{name: self._prepared(name, ds).iterator() for name, ds in datasets.items()}]
         others = {k: v for k, v in datasets.items() if k != "val"}
         out = super().configure(others, world_size, worker_handles, worker_node_ids, **kwargs)
         if "val" in datasets:
-            val = datasets["val"]
-            if val.name is None:
-                val.set_name("val")
-            val = val.copy(val)
-            val.context.execution_options = self._resolve_execution_options("val")
+            val = self._prepared("val", datasets["val"])
             hints = worker_node_ids if self._enable_shard_locality else None
             splits = val.streaming_split(world_size, equal=False, locality_hints=hints)
             for worker, split in zip(out, splits):
                 worker["val"] = split
         return out
 
-    def _whole(self, datasets) -> dict:
-        """Each dataset as one iterator, without ``streaming_split``'s coordinator actor
-        (a fresh process per dataset, spawned when the worker first reads it)."""
-        out = {}
-        for name, ds in datasets.items():
-            if ds.name is None:
-                ds.set_name(name)
-            ds = ds.copy(ds)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            out[name] = ds.iterator()
-        return out
+    def _prepared(self, name: str, ds):
+        """``ds`` named and copied with the ingest options, as ``DataConfig.configure`` does."""
+        if ds.name is None:
+            ds.set_name(name)
+        ds = ds.copy(ds)
+        ds.context.execution_options = self._resolve_execution_options(name)
+        return ds
 
 
 def blocks_as_dataset(ds: ray.data.Dataset, num_blocks: int) -> ray.data.Dataset:
