@@ -197,6 +197,7 @@ class IndexShard:
         self.views: dict[int, ShardView] = {}
         self.problem = None
         self.refresh()
+        self._report()
         threading.Thread(target=self._follow, name="follow-index", daemon=True).start()
 
     def refresh(self) -> None:
@@ -223,13 +224,20 @@ class IndexShard:
             view.version: view,
         }  # one assignment: readers see old or new
         self.problem = None
-        metrics.index(self.shard, view.version, view.rows)
+
+    def _report(self) -> None:
+        """The newest view's gauges. Sent again on every poll: Ray drops a gauge series that
+        its process has not set for about 30 s, even while that process lives."""
+        view = self._view()
+        if view is not None:
+            metrics.index(self.shard, view.version, view.rows)
 
     def _follow(self) -> None:
         while True:
             time.sleep(self.poll_s)
             try:
                 self.refresh()
+                self._report()
             except (
                 Exception
             ):  # a version half-deleted under us, a bad file: keep serving, try again

@@ -150,6 +150,7 @@ def test_serve_run_best_serves_the_best_run_and_reports_its_metrics(
                 pass
             time.sleep(0.5)
         assert health.get("search", {}).get("shards_up") == 2, health
+        shards_up = time.time()  # each shard has set its index gauges by now
         # run=best is the better run: its folder's checkpoint and index.
         assert health["search"]["checkpoint"] == str((tmp_path / "good" / "checkpoint").resolve())
         assert health["search"]["index"] == str((tmp_path / "good" / "index").resolve())
@@ -221,8 +222,11 @@ def test_serve_run_best_serves_the_best_run_and_reports_its_metrics(
                 break
             time.sleep(0.5)
 
-        # The replacement's gauges reach the endpoint with its next report (each second; later
-        # on a loaded machine): scraped until every shard's are there, for up to 30 s.
+        # Ray drops a gauge series its process has not set for about 30 s: the shard that was
+        # not killed must still report its gauges 40 s after it came up. The replacement's
+        # reach the endpoint with its next report (each second; later on a loaded machine):
+        # scraped until every shard's are there, for up to 30 s.
+        time.sleep(max(0.0, shards_up + 40 - time.time()))
         expected = [
             (health["search"]["index_version"], rows) for rows in health["search"]["shard_rows"]
         ]
