@@ -16,7 +16,8 @@ Each side times its steps after a warm-up epoch, with the same number of torch t
 splits each batch's time into the step itself and the wait for the batch (the hand-over).
 ``--size full`` builds the papers' architectures from their configs (``bench/full_size.py``)
 with random weights; ``--device cuda`` runs both sides on one GPU. Prints a table and ends
-with one JSON line.
+with one JSON line. It starts a local Ray of its own unless RAY_ADDRESS names a cluster
+(the dry run's test, tests/bench/test_bench_gpu.py, gives it the test session's).
 """
 
 from __future__ import annotations
@@ -250,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
     }
     if not ray.is_initialized():
+        attach = os.environ.get("RAY_ADDRESS") not in (None, "", "local")
         ray.init(
-            address="local",
-            num_cpus=max(args.threads, os.cpu_count()),
-            include_dashboard=False,
+            address=None if attach else "local",
+            num_cpus=None if attach else max(args.threads, os.cpu_count()),
+            include_dashboard=None if attach else False,
             log_to_driver=False,
         )
     print(

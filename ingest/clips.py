@@ -24,7 +24,7 @@ from .video import BadVideo, ClipSpec, decode_clip
 
 @ray.remote(num_cpus=0)
 class DecodeLog:
-    """Gathers, from every decoding actor on every node, the ``Skipped`` records and how
+    """Gathers, from every decoder on every node, the ``Skipped`` records and how
     many videos each node decoded."""
 
     def __init__(self):
@@ -40,7 +40,8 @@ class DecodeLog:
 
 
 class ClipDecoder:
-    """``map_batches`` callable: rows of ``video_id``/``path`` -> decoded clips (good ones only)."""
+    """``map_batches`` callable (an actor's, or a task's as an instance): rows of
+    ``video_id``/``path`` -> decoded clips (good ones only)."""
 
     def __init__(self, spec: ClipSpec, collector):
         self.spec = spec
@@ -70,6 +71,14 @@ class ClipDecoder:
             }
 
 
+# Decodes of fewer videos run as tasks in Ray's pooled workers, which are warm after the
+# first job (12 tiny videos: 0.8-1.0 s), where a pool of fresh actor processes takes 2-4 s
+# to start. From this many on, the pool's start-up is paid back: its actors decode
+# steadily (bench/decode.py: 89% of linear scaling at 600 clips; a task pool was slower
+# there, docs/decisions.md).
+POOL_MIN_VIDEOS = 100
+
+
 def clip_dataset(
     videos: dict[str, str | Path],
     spec: ClipSpec,
@@ -81,23 +90,28 @@ def clip_dataset(
     """Lazy Ray Dataset of decoded clips: ``video_id``, ``frames [F,S,S,3] uint8``, ``frame_mask [F]``.
 
     ``videos`` maps video id to path; ``ends`` a video's window end in seconds (ActivityNet's
-    ``ceil(duration)``), where it has one. Decoding runs on a bounded pool of actors (one
-    CPU each; ``concurrency``, CLIP4Clip's --num_thread_reader, DRL's --workers, at most the
-    cluster's CPUs, which is also the default).
+    ``ceil(duration)``), where it has one. Decoding runs one CPU a decoder, at most
+    ``concurrency`` at a time (CLIP4Clip's --num_thread_reader, DRL's --workers; at most the
+    cluster's CPUs, which is also the default): a pool of actors from ``POOL_MIN_VIDEOS``
+    videos on, tasks below it.
     """
     ends = ends or {}
     rows = [
         {"video_id": vid, "path": str(path), "end": float(ends.get(vid, np.nan))}
         for vid, path in videos.items()
     ]
-    # One batch per block: clips stream out as soon as they are decoded and the actors
+    # One batch per block: clips stream out as soon as they are decoded and the decoders
     # stay evenly loaded (bench/decode.py measured this against 4 and 16 batches a block).
     blocks = max(1, -(-len(rows) // batch_size))
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    # At most one actor per CPU of the cluster (each takes one: more would wait forever for
-    # their CPU) and per block to give them.
+    # At most one decoder per CPU of the cluster (each takes one: more actors would wait
+    # forever for their CPU) and per block to give them.
     workers = max(1, min(concurrency or cpus, cpus, blocks))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
+    if len(rows) < POOL_MIN_VIDEOS:
+        return ds.map_batches(
+            ClipDecoder(spec, collector), batch_size=batch_size, concurrency=workers, num_cpus=1
+        )
     return ds.map_batches(
         ClipDecoder,
         fn_constructor_kwargs={"spec": spec, "collector": collector},
@@ -119,7 +133,7 @@ def write_clips(
 ) -> tuple[int, Report]:
     """Decode ``videos`` into Parquet shards under ``out_dir``; returns (clips written, report).
 
-    The decoding actors stream their clips to this process, which writes the files (so a
+    The decoders stream their clips to this process, which writes the files (so a
     folder on this machine is right on a cluster of several nodes too, and no write task
     competes with the decoders for a CPU) and prints one progress line every
     ``progress_every`` videos. The report (``out_dir/skipped.jsonl``) lists every skipped

@@ -317,7 +317,7 @@ def build_parser(prog: str, description: str, evaluate: bool = False) -> Parser:
         "--workers",
         type=int,
         default=None,
-        help="decoding parallelism: Ray Data decoding actors (CLIP4Clip's / DRL's data-loading "
+        help="decoding parallelism: Ray Data decoders at a time (CLIP4Clip's / DRL's data-loading "
         "workers; 0 or none: one per CPU of the cluster). Never the Ray Train workers",
     )
     g.add_argument(

@@ -108,7 +108,7 @@ def retrieval_source(
             for path in given:
                 if not Path(path).exists():
                     raise DataError(f"{path}: no such file or folder")
-            # Absolute: the decoding actors do not run in this process's folder.
+            # Absolute: the decoders do not run in this process's folder.
             root, videos = None, Path(features_path).absolute()
         else:
             from ingest.synthetic import make_msrvtt

@@ -42,7 +42,7 @@ def parse_args(argv):
         "--workers",
         type=positive_int,
         default=None,
-        help="decoding actors (default: the cluster's CPUs)",
+        help="decoders at a time (default: the cluster's CPUs)",
     )
     frames = sub.add_parser(
         "pitvqa-frames", help="raw PitVQA videos -> 1 fps, preprocessed PNG frames"

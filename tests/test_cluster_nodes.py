@@ -57,21 +57,23 @@ def committed_epochs(out) -> list[dict]:
 def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, monkeypatch):
     import ray
 
-    from ingest.clips import read_clips, write_clips
+    from ingest.clips import POOL_MIN_VIDEOS, read_clips, write_clips
     from ingest.video import ClipSpec, find_videos
 
     # Deal blocks once the whole pool is up: on this busy machine the worker nodes' actors
     # may start after the head's have decoded everything.
     monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
-    # Each video three times (54 clips, 14 blocks of 4): more blocks than the pool holds in
-    # flight (2 an actor, the head's actors served first, as the blocks live there), so
+    # Each video six times (108 clips, 27 blocks of 4): a decode large enough for the actor
+    # pool (a cluster's path for a dataset of any size), and more blocks than the pool holds
+    # in flight (2 an actor, the head's actors served first, as the blocks live there), so
     # every node gets some. The 18 clips alone (5 blocks of tiny videos) all went to the
     # head's actors, which finish a block before the executor deals the next.
     videos = {
         f"{vid}_{copy}": path
         for vid, path in find_videos(synthetic_msrvtt / "videos").items()
-        for copy in range(3)
+        for copy in range(6)
     }
+    assert len(videos) >= POOL_MIN_VIDEOS
     written, report = write_clips(videos, tmp_path / "out", ClipSpec(image_size=32, max_frames=4))
     assert written == len(videos) and not report.records
     # One decoding actor per CPU: 2 on the head, 1 on each worker node.

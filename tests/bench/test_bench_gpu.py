@@ -3,6 +3,7 @@ checklist runs or says why not, within its limit, and the report files are writt
 training steps are bench/train.py's smoke test (the plain loop and Ray Train's, at bf16)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +15,16 @@ pytestmark = pytest.mark.slow  # Ray Train starts twice
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_gpu_checklist_dry_run_passes_on_the_cpu(tmp_path):
+def test_the_gpu_checklist_dry_run_passes_on_the_cpu(ray_cluster, tmp_path):
+    # The training steps share the session's Ray (RAY_ADDRESS, as bench/full_size.py's test
+    # does) rather than start two of their own.
     done = subprocess.run(
         [sys.executable, "bench/gpu.py", "--device", "cpu", "--small", "--out", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.address},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu.json").read_text())
