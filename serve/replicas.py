@@ -30,12 +30,8 @@ from ray import serve
 
 from ingest.datasets import image_pixels
 from ingest.qa import SPLITS, load_labels
-from models import load_checkpoint, tokenize
-from models.checkpoint import read_config
 from models.device import pick_device
-from models.encode import encode_texts
 from models.precision import autocast, is_large, resolve_precision
-from models.tokenizer import token_words
 from models.wti import explain_pair
 from retrieval.lists import InvertedLists, lists_for, search_lists
 from retrieval.store import IndexReader, read_manifest
@@ -66,9 +62,13 @@ def _node() -> str:
 
 class _CheckpointReplica:
     """Loads a checkpoint folder on the replica's device, or records what is missing
-    (``problem``) so that the app still starts and the route can answer 503."""
+    (``problem``) so that the app still starts and the route can answer 503. The model
+    code (transformers) is imported here, not with this module: an index shard, which only
+    scores, starts without it (3-4 s of CPU less per shard replica)."""
 
     def __init__(self, checkpoint: str, what: str, command: str, precision: str = "auto"):
+        from models.checkpoint import load_checkpoint
+
         self.device, self.checkpoint = _setup_torch(), Path(checkpoint)
         self.model = self.tokenizer = self.problem = self.compute_dtype = None
         try:
@@ -105,6 +105,8 @@ class QueryEncoder(_CheckpointReplica):
         super().__init__(checkpoint, "retriever checkpoint", TRAIN_RETRIEVER, precision)
 
     def encode(self, texts: list[str]) -> list[dict]:
+        from models.encode import encode_texts
+
         if self.model is None:
             return [{"problem": self.problem}] * len(texts)
         with self.autocast():
@@ -113,6 +115,8 @@ class QueryEncoder(_CheckpointReplica):
 
     def words(self, text: str) -> list[str]:
         """The query's tokens as the model reads them (its feature rows, padding left out)."""
+        from models.tokenizer import token_words
+
         return token_words(self.tokenizer, text, self.model.config.max_words)
 
 
@@ -351,6 +355,8 @@ class VQAModel(_CheckpointReplica):
     """(base64 image, question) -> answer class, its probability and the top five."""
 
     def __init__(self, checkpoint: str, precision: str = "auto"):
+        from models.checkpoint import read_config
+
         super().__init__(checkpoint, "PitVQANet checkpoint", TRAIN_PITVQA, precision)
         if self.model is not None:
             self.labels = read_config(self.checkpoint).get("labels") or _labels_for(
@@ -359,6 +365,8 @@ class VQAModel(_CheckpointReplica):
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def answer(self, items: list[tuple[str, str]]) -> list[dict]:
+        from models.tokenizer import tokenize
+
         if self.model is None:
             return [{"problem": self.problem}] * len(items)
         out: list[dict] = [{} for _ in items]
