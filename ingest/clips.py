@@ -72,11 +72,11 @@ class ClipDecoder:
 
 
 # Decodes of fewer videos run as tasks in Ray's pooled workers, which are warm after the
-# first job (12 tiny videos: 0.8-1.0 s), where a pool of fresh actor processes takes 2-4 s
-# to start. From this many on, the pool's start-up is paid back: its actors decode
-# steadily (bench/decode.py: 89% of linear scaling at 600 clips; a task pool was slower
-# there, docs/decisions.md).
-POOL_MIN_VIDEOS = 100
+# first job (12 tiny videos: 0.8-1.0 s, where a pool of fresh actor processes takes 2.7-3.6
+# s to start). From this many on, the pool's start-up is paid back (bench/decode.py on a
+# fresh Ray, 320x240 videos: 24 clips 4.8 s as a pool, 4.6 s as tasks; 60 clips 8.6 s as a
+# pool, 10.2 s as tasks; 600 clips: the pool at 89% of linear scaling).
+POOL_MIN_VIDEOS = 32
 
 
 def clip_dataset(

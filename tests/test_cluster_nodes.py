@@ -63,7 +63,7 @@ def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, m
     # Deal blocks once the whole pool is up: on this busy machine the worker nodes' actors
     # may start after the head's have decoded everything.
     monkeypatch.setattr(ray.data.DataContext.get_current(), "wait_for_min_actors_s", 120)
-    # Each video six times (108 clips, 27 blocks of 4): a decode large enough for the actor
+    # Each video three times (54 clips, 14 blocks of 4): a decode large enough for the actor
     # pool (a cluster's path for a dataset of any size), and more blocks than the pool holds
     # in flight (2 an actor, the head's actors served first, as the blocks live there), so
     # every node gets some. The 18 clips alone (5 blocks of tiny videos) all went to the
@@ -71,7 +71,7 @@ def test_decoding_runs_on_every_node(worker_nodes, synthetic_msrvtt, tmp_path, m
     videos = {
         f"{vid}_{copy}": path
         for vid, path in find_videos(synthetic_msrvtt / "videos").items()
-        for copy in range(6)
+        for copy in range(3)
     }
     assert len(videos) >= POOL_MIN_VIDEOS
     written, report = write_clips(videos, tmp_path / "out", ClipSpec(image_size=32, max_frames=4))
