@@ -132,8 +132,9 @@ def _fit_watched(trainer, args):
     thread.start()
     seen = _last_report(args)  # a resumed run's earlier reports
     moved, longest = time.time(), 0.0
+    poll_s = min(2.0, args.stall_timeout_s / 6)  # the bound holds within a sixth of it
     while thread.is_alive():
-        thread.join(timeout=2.0)
+        thread.join(timeout=poll_s)
         stamp, now = _last_report(args), time.time()
         if stamp != seen:
             if seen is not None:
