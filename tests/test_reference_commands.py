@@ -12,12 +12,9 @@ same folder; the counts here are computed from the folder the way CLIP4Clip's lo
 """
 
 import json
-import os
 import pickle
 import shlex
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +23,6 @@ from helpers import tiny_openai_clip
 
 pytestmark = pytest.mark.slow  # a whole job per command
 
-ROOT = Path(__file__).resolve().parents[1]
 
 # CLIP4Clip's README, "How to Run", as printed there (the launcher line included).
 CLIP4CLIP = {
@@ -187,7 +183,7 @@ def clip4clip_counts(datatype: str, data_path: Path, features: Path) -> tuple[in
 
 def run_in(folder: Path, command: str, monkeypatch) -> int:
     """``command`` (``python jobs/train.py ...``) in ``folder``, in this process (the test
-    session's Ray; the CLI's own process is run once, by the DRL test)."""
+    session's Ray; the CLI's own process is tests/test_seed_command.py's)."""
     from jobs import train
 
     words = shlex.split(command)
@@ -220,39 +216,22 @@ def test_clip4clips_readme_command_runs_as_printed(
 
 def drl_folder(corpora, tmp_path) -> Path:
     """DRL's data layout, data/MSR-VTT/anns (the CSVs and MSRVTT_data.json) and videos, in a
-    folder that runs this project's jobs (as its repository root does)."""
+    folder that the commands run from (as DRL's repository root is)."""
     anns = tmp_path / "data" / "MSR-VTT" / "anns"
     anns.mkdir(parents=True)
     for name in ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json"):
         shutil.copy(corpora["msrvtt"] / name, anns / name)
     (tmp_path / "data" / "MSR-VTT" / "videos").symlink_to(corpora["msrvtt"] / "MSRVTT_Videos")
-    for package in ("jobs", "ingest", "models", "retrieval", "cluster", "serve"):
-        (tmp_path / package).symlink_to(ROOT / package)  # this repository's, run from here
     return tmp_path
 
 
-def test_drls_readme_command_runs_as_printed(corpora, clip_home, ray_cluster, tmp_path):
-    """As a user runs it: its own process, in a folder laid out as DRL's repository."""
+def test_drls_readme_command_runs_as_printed(
+    corpora, clip_home, ray_local, tmp_path, monkeypatch, capsys
+):
+    """Run from a folder laid out as DRL's repository (data/MSR-VTT/...)."""
+    monkeypatch.setenv("HOME", str(clip_home))
     folder = drl_folder(corpora, tmp_path)
-    command = as_run_here(DRL_TRAIN)
-    python = str(Path(sys.executable).parent)
-    done = subprocess.run(
-        command,
-        shell=True,
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={
-            "PATH": f"{python}:/usr/bin:/bin",
-            "HOME": str(clip_home),
-            "PYTHONPATH": str(ROOT),
-            "RAY_ADDRESS": ray_cluster.address,  # the session's cluster, as a job's would be
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.05",
-            **{k: v for k, v in os.environ.items() if k.startswith("RAY_AUTH")},
-        },
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert run_in(folder, as_run_here(DRL_TRAIN), monkeypatch) == 0, capsys.readouterr().err[-3000:]
     run = folder / "ckpts" / "ckpt_msrvtt_wti_cdcr"
     metrics = json.loads((run / "metrics.json").read_text())
     counts = clip4clip_counts("msrvtt", corpora["msrvtt"], corpora["msrvtt"] / "MSRVTT_Videos")
