@@ -316,7 +316,7 @@ def vqa_questions(
     if not train or not val:
         raise DataError(
             f"{root}: no usable {'training' if not train else 'validation'} questions "
-            f"for {dataset} (expected layout: see the README)"
+            f"for {dataset} (expected layout: docs/data.md)"
         )
     return train, val, report
 
