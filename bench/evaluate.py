@@ -148,9 +148,13 @@ def main(argv=None) -> int:
         )
         return 2
 
-    from cluster import connect
+    from cluster import ClusterError, connect
 
-    ray = connect()
+    try:
+        ray = connect()
+    except ClusterError as err:
+        print(f"bench/evaluate.py: error: {err}", file=sys.stderr)
+        return 2
     _features_task = ray.remote(num_returns=4)(
         lambda *a: tuple(x.numpy() for x in make_features(*a))
     )

@@ -6,7 +6,7 @@ The cluster definitions live beside this package: ``ray_cluster.yaml`` (AWS, at 
 repository root), ``cluster/onprem.yaml`` (your own machines) and ``cluster/serve.yaml``
 (``serve deploy``)."""
 
-from .connect import connect
+from .connect import ClusterError, connect
 from .resources import (
     cluster_gpus,
     index_shards,
@@ -18,6 +18,7 @@ from .resources import (
 from .runtime_env import runtime_env
 
 __all__ = [
+    "ClusterError",
     "cluster_gpus",
     "connect",
     "index_shards",

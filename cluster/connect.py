@@ -5,16 +5,40 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from pathlib import Path
 
 DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
+
+
+class ClusterError(RuntimeError):
+    """The cluster named in ``RAY_ADDRESS`` cannot be reached (the jobs' one-line error)."""
+
+
+def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing answers at ``address`` (``RAY_ADDRESS``, a GCS ``host:port``), or None.
+    Ray itself retries such an address for minutes, printing a warning every few seconds;
+    the names Ray resolves itself (``auto``, ``local``, ``ray://`` and ``http://``
+    addresses) are left to it."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        return (
+            f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); "
+            "start one (ray start --head) or unset RAY_ADDRESS to run on a Ray of its own"
+        )
+    return None
 
 
 def connect():
     """``ray`` connected as above, with Ray's own INFO logs (an execution plan per dataset,
     a line per report, a progress block every 10 s when the output is not a terminal) kept
     out of the job's progress lines, which the jobs print themselves (one line per N videos
-    or steps); warnings and errors still show. In a terminal Ray Data's bars show too."""
+    or steps); warnings and errors still show. In a terminal Ray Data's bars show too.
+    ``ClusterError`` if ``RAY_ADDRESS`` names a cluster that does not answer."""
     # Every Ray process this driver starts reads Ray Data's logging config from here
     # (a submitted job gets the same from cluster/runtime_env.yaml).
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))
@@ -23,9 +47,13 @@ def connect():
     from .ray_private import local_cluster_running
 
     if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        problem = unreachable(address) if address else None
+        if problem:
+            raise ClusterError(problem)
         # Without a `ray start` cluster here, a stale address file left by one that died
         # would make a bare ``ray.init()`` wait for it forever: start a local instance.
-        attach = os.environ.get("RAY_ADDRESS") or local_cluster_running()
+        attach = address or local_cluster_running()
         ray.init(address=None if attach else "local")
     from .resources import note_free_resources
 

@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
     videos = find_videos(source)
     if not videos:
         return fail(PROG, f"no video files in {source}")
-    from cluster import connect
+    from cluster import ClusterError, connect
 
-    connect()
+    try:
+        connect()
+    except ClusterError as err:
+        return fail(PROG, str(err))
     if args.command == "clips":
         from ingest.clips import write_clips
 

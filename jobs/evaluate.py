@@ -176,13 +176,16 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import connect, use_gpus
+    from cluster import ClusterError, connect, use_gpus
     from cluster.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from jobs.data import DataError
     from jobs.distributed import compute_dtype
     from models.precision import is_large
 
-    connect()
+    try:
+        connect()
+    except ClusterError as err:
+        return fail(PROG, str(err))
     use_gpu = use_gpus(args.use_gpu)
     if isinstance(use_gpu, str):
         return fail(PROG, use_gpu)

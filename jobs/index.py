@@ -261,11 +261,14 @@ def main(argv: list[str] | None = None) -> int:
             return fail(PROG, problem)
     spec = clip_spec(saved, args.feature_framerate, args.slice_framepos)
 
-    from cluster import connect, use_gpus
+    from cluster import ClusterError, connect, use_gpus
     from jobs.distributed import compute_dtype
     from models.precision import is_large
 
-    ray = connect()
+    try:
+        ray = connect()
+    except ClusterError as err:
+        return fail(PROG, str(err))
     use_gpu = use_gpus(args.use_gpu)
     if isinstance(use_gpu, str):
         return fail(PROG, use_gpu)

@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         return fail(PROG, error)
 
-    from cluster import connect, training_scale, wait_until_released
+    from cluster import ClusterError, connect, training_scale, wait_until_released
     from cluster.tracking import EVALUATION, fail_run, finish, start, tracking_uri
     from jobs.config import FILE as CONFIG_FILE
     from jobs.config import TrainConfig
@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     from jobs.recipes import recipe_module
 
     output_dir = Path(args.output_dir)
-    connect()
+    try:
+        connect()
+    except ClusterError as err:
+        return fail(PROG, str(err))
     scale = training_scale(args.num_workers, args.use_gpu)
     if isinstance(scale, str):
         return fail(PROG, scale)

@@ -1,9 +1,11 @@
 """The cluster definitions and the shared cluster pieces: every YAML is valid for the Ray
 that is installed (its own schema files and checks), the job runtime_env ships the code and
-not the data, and the sizing rules follow the GPUs."""
+not the data, the sizing rules follow the GPUs, and a job pointed at a cluster that is not
+there says so in one line."""
 
 import copy
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -159,3 +161,40 @@ def test_wait_until_released_waits_for_a_finished_stages_cpu(ray_local):
     waited = time.time() - started
     assert 0.9 <= waited < 15, waited
     assert ray_local.available_resources().get("CPU", 0) >= 2
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["jobs/train.py", "--epochs", "1", "--output_dir", "{tmp}/run"],
+        ["jobs/decode.py", "clips", "--features_path", "{tmp}", "--output_dir", "{tmp}/clips"],
+    ],
+    ids=["train", "decode"],
+)
+def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(command, tmp_path):
+    """Ray itself retries such an address for minutes, a warning every few seconds."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:  # a port that nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    (tmp_path / "a.mp4").write_bytes(b"")  # decode's folder holds a video file
+    began = time.time()
+    done = subprocess.run(
+        [sys.executable, *(word.format(tmp=tmp_path) for word in command)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": address},
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"{command[0]}: error: RAY_ADDRESS={address}: no Ray cluster answers there "
+        "(Connection refused); start one (ray start --head) or unset RAY_ADDRESS to run on "
+        "a Ray of its own"
+    ]
+    assert time.time() - began < 60
