@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -43,13 +44,16 @@ def stop_serve_run(process: subprocess.Popen, grace_s: float = 10.0) -> None:
 
     Processes of its Ray that left the group are killed too: Serve's HAProxy ingress runs
     ``haproxy`` in a session of its own, which a killed Ray leaves running on its ports
-    (8404, 9101), so that the next HAProxy on the machine cannot start."""
+    (8404, 9101), so that the next HAProxy on the machine cannot start. The processes below
+    it are noted until it ends: one started while it shuts down (an HAProxy reload) is an
+    orphan once its parent has gone."""
     below = descendants(process.pid)
     os.killpg(process.pid, signal.SIGINT)
-    try:
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
+    deadline = time.monotonic() + grace_s
+    while process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
         below |= descendants(process.pid)
+    if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     for pid, started in below:
