@@ -6,6 +6,10 @@ there says so in one line."""
 import copy
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -142,7 +146,6 @@ def test_sizes_follow_the_gpus(ray_local, monkeypatch):
 
 def test_wait_until_released_waits_for_a_finished_stages_cpu(ray_local):
     import threading
-    import time
 
     from cluster.resources import note_free_resources, wait_until_released
 
@@ -173,11 +176,6 @@ def test_wait_until_released_waits_for_a_finished_stages_cpu(ray_local):
 )
 def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(command, tmp_path):
     """Ray itself retries such an address for minutes, a warning every few seconds."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
     with socket.socket() as s:  # a port that nothing listens on once closed
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
