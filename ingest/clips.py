@@ -110,7 +110,10 @@ def clip_dataset(
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     if len(rows) < POOL_MIN_VIDEOS:
         return ds.map_batches(
-            ClipDecoder(spec, collector), batch_size=batch_size, concurrency=workers, num_cpus=1
+            ClipDecoder(spec, collector),
+            batch_size=batch_size,
+            compute=ray.data.TaskPoolStrategy(size=workers),
+            num_cpus=1,
         )
     return ds.map_batches(
         ClipDecoder,
