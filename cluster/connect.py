@@ -12,11 +12,12 @@ DATA_LOGGING = Path(__file__).with_name("ray_data_logging.yaml")
 
 
 class ClusterError(RuntimeError):
-    """The cluster named in ``RAY_ADDRESS`` cannot be reached (the jobs' one-line error)."""
+    """``RAY_ADDRESS`` names no Ray cluster that answers (the jobs' one-line error)."""
 
 
 def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
-    """Why nothing answers at ``address`` (``RAY_ADDRESS``, a GCS ``host:port``), or None.
+    """Why ``address`` (``RAY_ADDRESS``, a GCS ``host:port``) is no Ray cluster, or None: nothing
+    answers there, or something does but not as a GCS (the dashboard's port, a service's).
     Ray itself retries such an address for minutes, printing a warning every few seconds;
     the names Ray resolves itself (``auto``, ``local``, ``ray://`` and ``http://``
     addresses) are left to it."""
@@ -30,7 +31,30 @@ def unreachable(address: str, timeout_s: float = 5.0) -> str | None:
             f"RAY_ADDRESS={address}: no Ray cluster answers there ({err.strerror or err}); "
             "start one (ray start --head) or unset RAY_ADDRESS to run on a Ray of its own"
         )
+    if not _gcs_serving(address, timeout_s):
+        return (
+            f"RAY_ADDRESS={address}: something answers there, but not a Ray cluster's GCS "
+            "(the address `ray start --head` prints, port 6379 by default; the dashboard's "
+            "port, 8265, is the one `ray job submit` takes)"
+        )
     return None
+
+
+def _gcs_serving(address: str, timeout_s: float) -> bool:
+    """Whether ``address`` answers gRPC's standard health check as serving, as Ray's GCS does
+    (an empty ``HealthCheckRequest``; ``status: SERVING`` is the bytes ``08 01``)."""
+    import grpc
+
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda request: request,
+            response_deserializer=lambda response: response,
+        )
+        try:
+            return check(b"", timeout=timeout_s) == b"\x08\x01"
+        except grpc.RpcError:
+            return False
 
 
 def connect():
@@ -38,7 +62,7 @@ def connect():
     a line per report, a progress block every 10 s when the output is not a terminal) kept
     out of the job's progress lines, which the jobs print themselves (one line per N videos
     or steps); warnings and errors still show. In a terminal Ray Data's bars show too.
-    ``ClusterError`` if ``RAY_ADDRESS`` names a cluster that does not answer."""
+    ``ClusterError`` if ``RAY_ADDRESS`` names no cluster that answers."""
     # Every Ray process this driver starts reads Ray Data's logging config from here
     # (a submitted job gets the same from cluster/runtime_env.yaml).
     os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", str(DATA_LOGGING))

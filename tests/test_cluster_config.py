@@ -9,8 +9,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -166,6 +168,25 @@ def test_wait_until_released_waits_for_a_finished_stages_cpu(ray_local):
     assert ray_local.available_resources().get("CPU", 0) >= 2
 
 
+def one_line_and_exit_2(command: list[str], address: str, why: str) -> None:
+    """``command`` with ``RAY_ADDRESS=address`` exits 2 within a minute, its stderr one line:
+    the address and ``why``."""
+    began = time.time()
+    done = subprocess.run(
+        [sys.executable, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RAY_ADDRESS": address},
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [
+        f"{command[0]}: error: RAY_ADDRESS={address}: {why}"
+    ]
+    assert time.time() - began < 60
+
+
 @pytest.mark.parametrize(
     "command",
     [
@@ -180,19 +201,29 @@ def test_a_ray_address_where_nothing_answers_is_one_line_and_exit_2(command, tmp
         s.bind(("127.0.0.1", 0))
         address = f"127.0.0.1:{s.getsockname()[1]}"
     (tmp_path / "a.mp4").write_bytes(b"")  # decode's folder holds a video file
-    began = time.time()
-    done = subprocess.run(
-        [sys.executable, *(word.format(tmp=tmp_path) for word in command)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "RAY_ADDRESS": address},
+    one_line_and_exit_2(
+        [word.format(tmp=tmp_path) for word in command],
+        address,
+        "no Ray cluster answers there (Connection refused); start one (ray start --head) or "
+        "unset RAY_ADDRESS to run on a Ray of its own",
     )
-    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
-    assert done.stderr.strip().splitlines() == [
-        f"{command[0]}: error: RAY_ADDRESS={address}: no Ray cluster answers there "
-        "(Connection refused); start one (ray start --head) or unset RAY_ADDRESS to run on "
-        "a Ray of its own"
-    ]
-    assert time.time() - began < 60
+
+
+def test_a_ray_address_that_is_not_a_gcs_is_one_line_and_exit_2(ray_cluster, tmp_path):
+    """Something answers, but not as Ray's GCS (an HTTP server, as the dashboard's 8265 is):
+    Ray would retry it for minutes. The session's own GCS passes the same check."""
+    from cluster.connect import unreachable
+
+    assert unreachable(ray_cluster.address) is None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        one_line_and_exit_2(
+            ["jobs/train.py", "--epochs", "1", "--output_dir", str(tmp_path)],
+            f"127.0.0.1:{server.server_address[1]}",
+            "something answers there, but not a Ray cluster's GCS (the address `ray start "
+            "--head` prints, port 6379 by default; the dashboard's port, 8265, is the one "
+            "`ray job submit` takes)",
+        )
+    finally:
+        server.shutdown()
