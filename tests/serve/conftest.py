@@ -96,9 +96,13 @@ def pitvqa_checkpoint(tmp_path_factory, gpt2_tokenizer):
     return folder
 
 
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item, nextitem):
     """Serve is shut down once the last test of this folder has run (no test outside it uses
-    an app): its replicas would take CPU from every test after it."""
+    an app): its replicas would take CPU from every test after it. After the test's own
+    teardown: a module's fixture deletes its app first (the folder's last test is the
+    session's when the folder runs alone)."""
+    yield
     import ray
 
     if ray.is_initialized() and (nextitem is None or nextitem.path.parent != item.path.parent):
