@@ -16,21 +16,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def production() -> dict:
-    """The environment of the settings docs/serving.md gives for production (Serve's HAProxy
-    ingress and its throughput-optimised data plane; bench/serve.py: /search p50 x0.62 at
-    concurrency 1), which the live-index and several-node tests run as a deployment would
-    (the other Serve tests run Serve as it comes). HAProxy's stats and metrics go to free
-    ports: its defaults, 8404 and 9101, may be taken on a test machine (they were, by an
-    HAProxy that a killed `serve run` had left behind)."""
-    return {
-        "RAY_SERVE_ENABLE_HA_PROXY": "1",
-        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
-    }
-
-
 def call(url: str, body=None, raw: bytes | None = None, timeout: float = 30, headers=None):
     """(status, parsed JSON or bytes) for a GET (no body) or a JSON POST."""
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
