@@ -111,6 +111,23 @@ def mlflow_runs(output_dir, experiment="wti", job=None):
 # -- OpenAI CLIP archives (open_clip builds the OpenAI architecture) ----------------------
 
 
+def save_torchscript(model, path) -> None:
+    """``torch.jit.script(model).save(path)``, as OpenAI ships CLIP. Scripting parses the
+    model's source with ``ast``, whose recursion-depth bookkeeping CPython 3.11 shares between
+    threads: an ``ast`` call in another thread of the test process (Ray's, pytest's) makes it
+    fail with "AST constructor recursion depth mismatch" (CPython gh-106905; seen once in a
+    full run). The parse itself is deterministic, so it is tried again."""
+    import torch
+
+    for attempt in range(3):
+        try:
+            torch.jit.script(model).save(str(path))
+            return
+        except SystemError as err:
+            if "recursion depth mismatch" not in str(err) or attempt == 2:
+                raise
+
+
 def tiny_openai_clip(seed=0):
     """An OpenAI-architecture ViT CLIP from open_clip at a tiny width, random weights (layer
     norms perturbed so that they matter)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_openai_clip
+from helpers import save_torchscript, tiny_openai_clip
 
 pytestmark = pytest.mark.slow  # a whole job per command
 
@@ -132,7 +132,7 @@ def clip_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     cache = home / ".cache" / "clip"
     cache.mkdir(parents=True)
-    torch.jit.script(tiny_openai_clip()).save(str(cache / "ViT-B-32.pt"))
+    save_torchscript(tiny_openai_clip(), cache / "ViT-B-32.pt")
     from open_clip.tokenizer import default_bpe  # imported by tiny_openai_clip
 
     shutil.copy(default_bpe(), cache / "bpe_simple_vocab_16e6.txt.gz")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import tiny_openai_clip
+from helpers import save_torchscript, tiny_openai_clip
 from open_clip_ref import open_clip
 from torch import nn
 
@@ -94,7 +94,7 @@ def test_openai_clip_file_computes_open_clips_features(oc, tmp_path, layout):
     clip = tiny_openai_clip()
     path = tmp_path / "ViT-tiny.pt"
     if layout == "torchscript":
-        torch.jit.script(clip).save(str(path))
+        save_torchscript(clip, path)
     elif layout == "state_dict_fp32":
         torch.save(clip.state_dict(), path)
     else:  # as OpenAI ships it: fp16; open_clip then computes with the rounded weights in fp32
