@@ -1,8 +1,9 @@
 """A live index: ``serve run`` serving an index while ``jobs/index.py --append`` and
 ``--remove`` change it. The service picks up each version within 30 s, without a restart and
 without a failed or partial answer while it does; once ``/healthz`` reports a version, no
-answer comes from an older one: a removed video is never returned after that (8 removals,
-one at a time, each queried on both paths), and the added ones are found."""
+answer comes from an older one: a removed video is never returned after that (21 removals:
+two videos together, then 20 one at a time, each queried on both paths), and the added ones
+are found."""
 
 import os
 import subprocess
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.slow  # a `serve run` on a Ray of its own
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000  # serve run's default; the session's Serve is on a free port
 PICKUP_S = 30
-REMOVALS = 8  # one video at a time, each queried on both paths once /healthz shows it
+REMOVALS = 20  # one video at a time, each queried on both paths once /healthz shows it
 # The settings docs/serving.md gives for production (Serve's HAProxy ingress and its
 # throughput-optimised data plane; bench/serve.py: /search p50 x0.62 at concurrency 1): the
 # other Serve tests run Serve as it comes, this one as a deployment would.
@@ -104,6 +105,9 @@ def test_videos_added_and_removed_while_serving_are_picked_up(
         # A shard re-scores 4 candidates: queries with a small top_k go through the first
         # stage's probing (with the default, an index this small is scored whole).
         "candidates=4",
+        # Each shard looks for a new version every 0.5 s (2 s by default): the 21 versions
+        # below are picked up sooner; the pick-up bound checked is the same.
+        "index_poll_s=0.5",
     ]
     started = time.time()
     server = subprocess.Popen(
