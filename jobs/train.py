@@ -58,6 +58,7 @@ def _worker_env(config) -> dict:
 def fit(config, tokenizer, data, args, workers: int):
     """Ray Train V2: one TorchTrainer over ``jobs.train_loop`` with ``config`` (a
     ``TrainConfig``); returns its Result."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -66,7 +67,9 @@ def fit(config, tokenizer, data, args, workers: int):
 
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": config.to_dict(), "tokenizer": tokenizer},
+        # The tokenizer as a reference: Train's controller unpickles this config, and a
+        # tokenizer in it made that process import transformers (about 3 CPU-s a run).
+        train_loop_config={"config": config.to_dict(), "tokenizer": ray.put(tokenizer)},
         scaling_config=ScalingConfig(
             num_workers=workers, use_gpu=config.use_gpu, placement_strategy=args.placement_strategy
         ),

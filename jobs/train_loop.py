@@ -39,12 +39,15 @@ def maybe_fail(config: TrainConfig, step: int) -> None:
 
 def train_loop(loop_config: dict) -> None:
     """Ray Train's ``train_loop_per_worker``: ``loop_config`` holds ``config`` (a
-    ``TrainConfig`` as a dict) and ``tokenizer`` (saved with each checkpoint)."""
+    ``TrainConfig`` as a dict) and ``tokenizer``, an object reference to the tokenizer saved
+    with each checkpoint (Train's controller holds ``loop_config`` too: a tokenizer there
+    would make it import transformers for nothing)."""
     quiet_ray_train()
     log_ray_data_here()
     config = TrainConfig(**loop_config["config"])
     if config.deterministic:  # seeds, deterministic algorithms, no cuDNN benchmarking
         ray.train.torch.enable_reproducibility(config.seed)
+    tokenizer = ray.get(loop_config["tokenizer"])
     recipe = recipe_for(config.model)(config)
     state = restore(recipe)
     recipe.prepare(ray.train.torch.prepare_model)
@@ -79,6 +82,6 @@ def train_loop(loop_config: dict) -> None:
             f"epoch {epoch}/{config.epochs}: loss {row['train_loss']:.4f}, "
             f"{recipe.epoch_line(metrics)}, {row['seconds']:.0f} s"
         )
-        report_epoch(config, recipe, loop_config["tokenizer"], state, row)
+        report_epoch(config, recipe, tokenizer, state, row)
         if ray.train.get_context().get_world_rank() == 0:
             log_epoch(config.mlflow_tracking_uri, config.mlflow_run_id, row)
