@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serve_helpers import call
+from serve_helpers import call, production
 
 from cluster.processes import stop_serve_run
 
@@ -24,10 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 PORT = 8000  # serve run's default; the session's Serve is on a free port
 PICKUP_S = 30
 REMOVALS = 20  # one video at a time, each queried on both paths once /healthz shows it
-# The settings docs/serving.md gives for production (Serve's HAProxy ingress and its
-# throughput-optimised data plane; bench/serve.py: /search p50 x0.62 at concurrency 1): the
-# other Serve tests run Serve as it comes, this one as a deployment would.
-PRODUCTION = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 
 
 def write_clip_videos(folder: Path, clips) -> None:
@@ -117,7 +113,7 @@ def test_videos_added_and_removed_while_serving_are_picked_up(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env={**os.environ, "RAY_ADDRESS": "local", **PRODUCTION},
+        env={**os.environ, "RAY_ADDRESS": "local", **production()},
     )
     base = f"http://127.0.0.1:{PORT}"
     answers, stop = [], threading.Event()

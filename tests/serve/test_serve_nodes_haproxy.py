@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from serve_helpers import free_port
+from serve_helpers import free_port, production
 
 pytestmark = pytest.mark.slow  # a Ray cluster of its own
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
 RECOVERY_BOUND_S = 120
 
 SCRIPT = r"""
@@ -81,7 +80,7 @@ def test_shards_spread_over_nodes_and_come_back_under_haproxy(
             bound=RECOVERY_BOUND_S,
         )
     )
-    env = {**os.environ, **PRODUCTION}
+    env = {**os.environ, **production()}
     env.pop("RAY_ADDRESS", None)
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env
